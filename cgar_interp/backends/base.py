@@ -1,0 +1,117 @@
+"""What every backend implements, and the HF-module-tree plumbing two of them share.
+
+A backend runs *one* forward pass over a right-padded batch of token ids and, in that pass,
+
+- applies ``writes``: per site, a function from the site's canonical tensor to its replacement;
+- applies ``reads``: per site, a function from the (possibly patched) canonical tensor to what
+  should be kept (usually a few positions), and returns what those functions return.
+
+Everything else (position selection, derived sites, validation, batching) lives once in
+:mod:`cgar_interp.models` and :mod:`cgar_interp.capture`, identical for every backend. Canonical
+shapes are defined in :mod:`cgar_interp.sites`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..sites import Site
+
+Reader = Callable[[Tensor], Tensor]
+Writer = Callable[[Tensor], Tensor]
+
+# nnsight needs modules touched in execution order: the rotary embedding runs after the token
+# embedding (resid.0, order (-1, 9)) and before block 0.
+ROTARY_ORDER = (-1, 10)
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The head geometry the canonical conversions need."""
+
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+
+
+class Backend(ABC):
+    """One loaded model behind one hooking engine.
+
+    Attributes:
+        name: backend name as users spell it.
+        hf_model: the underlying ``LlamaForCausalLM`` module tree (shared by decode and resume).
+        engine: the engine's own object (TransformerBridge, nnsight model, or the HF model).
+    """
+
+    name: str
+    hf_model: torch.nn.Module
+    engine: object
+
+    @abstractmethod
+    def forward(
+        self, ids: Tensor, reads: Mapping[Site, Reader], writes: Mapping[Site, Writer]
+    ) -> tuple[Tensor, dict[Site, Tensor]]:
+        """Run one forward pass.
+
+        Args:
+            ids: token ids ``[batch, pos]``.
+            reads: site -> function of the canonical tensor whose result is returned.
+            writes: site -> function returning the canonical tensor's replacement.
+
+        Returns:
+            ``(logits [batch, pos, vocab], {site: reader result})``.
+        """
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x [batch, pos, heads, d_head]`` with the model's ``cos, sin [batch|1, pos, d_head]``.
+
+    The same formula as ``transformers``' ``apply_rotary_pos_emb`` (it uses heads on dim 1).
+    """
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    cos = cos.unsqueeze(2).to(x.dtype)
+    sin = sin.unsqueeze(2).to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+def hf_to_canonical(
+    site: Site, raw: Tensor, dims: Dims, rotary: tuple[Tensor, Tensor] | None
+) -> Tensor:
+    """Canonical tensor of ``site`` from what the HF module tree holds there."""
+    kind = site.kind
+    if kind == "attn_pattern":  # [batch, n_heads, q, k] -> [batch, q, n_heads, k]
+        return raw.permute(0, 2, 1, 3)
+    if kind in ("q", "k", "v", "z"):
+        heads = dims.n_kv_heads if kind in ("k", "v") else dims.n_heads
+        x = raw.view(*raw.shape[:2], heads, dims.d_head)
+        if kind in ("q", "k"):
+            if rotary is None:
+                raise RuntimeError(f"site {site} needs the rotary embedding, which was not read")
+            x = apply_rope(x, *rotary)
+        return x
+    return raw
+
+
+def hf_from_canonical(site: Site, canonical: Tensor) -> Tensor:
+    """What the HF module tree should hold at a patchable ``site`` given its canonical value."""
+    if site.kind == "z":
+        return canonical.reshape(*canonical.shape[:2], -1)
+    return canonical
+
+
+def needs_rotary(sites) -> bool:
+    return any(s.kind in ("q", "k") for s in sites)
+
+
+def get_module(root: torch.nn.Module, path: str):
+    """``root.model.layers[3].mlp`` from ``"model.layers.3.mlp"`` (works on nnsight envoys too)."""
+    obj = root
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj

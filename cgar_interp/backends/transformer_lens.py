@@ -1,0 +1,64 @@
+"""TransformerLens 4.x ``TransformerBridge``: reads and writes through its hook points."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from ..sites import Site
+from .base import Backend, Reader, Writer
+
+
+def tl_to_canonical(site: Site, raw: Tensor) -> Tensor:
+    if site.kind == "attn_pattern":  # [batch, n_heads, q, k] -> [batch, q, n_heads, k]
+        return raw.permute(0, 2, 1, 3)
+    return raw
+
+
+def tl_from_canonical(site: Site, canonical: Tensor) -> Tensor:
+    return canonical  # every patchable kind is canonical on the bridge already
+
+
+class TransformerLensBackend(Backend):
+    """Hooks are passed to ``run_with_hooks`` for one call, so none outlive it."""
+
+    name = "transformer_lens"
+
+    def __init__(self, bridge, n_layers: int):
+        self.engine = bridge
+        self.hf_model = bridge.original_model
+        self.n_layers = n_layers
+
+    def forward(
+        self, ids: Tensor, reads: Mapping[Site, Reader], writes: Mapping[Site, Writer]
+    ) -> tuple[Tensor, dict[Site, Tensor]]:
+        results: dict[Site, Tensor] = {}
+        hooks = []
+        for site in sorted(set(reads) | set(writes), key=lambda s: s.order):
+            reader, writer = reads.get(site), writes.get(site)
+
+            def hook(tensor, hook, site=site, reader=reader, writer=writer):
+                canon = tl_to_canonical(site, tensor)
+                if writer is not None:
+                    canon = writer(canon)
+                if reader is not None:
+                    results[site] = reader(canon)
+                return tl_from_canonical(site, canon) if writer is not None else None
+
+            hooks.append((site.tl_hook_name(self.n_layers), hook))
+        with torch.no_grad():
+            logits = self.engine.run_with_hooks(ids, fwd_hooks=hooks)
+        return logits, results
+
+
+def load(path: str, *, device: str, dtype: torch.dtype, tokenizer, dims) -> TransformerLensBackend:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    placement = {"device_map": "auto"} if device == "auto" else {"device": device}
+    bridge = TransformerBridge.boot_transformers(
+        path, dtype=dtype, tokenizer=tokenizer, **placement
+    )
+    bridge.eval()
+    return TransformerLensBackend(bridge, bridge.cfg.n_layers)

