@@ -81,6 +81,25 @@ class Architecture:
         return Dims(self.n_heads, self.n_kv_heads, self.d_head)
 
 
+@dataclass
+class ForwardStats:
+    """Counts of the work a handle did: full forward passes and suffix (resume) passes.
+
+    ``forward_rows`` counts prompts sent through a full forward pass; ``resume_block_rows``
+    counts (row x block) applications in suffix passes. Probes report these, so "two forward
+    passes per query" is a counted fact, not a claim.
+    """
+
+    forward_calls: int = 0
+    forward_rows: int = 0
+    resume_calls: int = 0
+    resume_rows: int = 0
+    resume_block_rows: int = 0
+
+    def reset(self) -> None:
+        self.__init__()
+
+
 @dataclass(frozen=True)
 class Patch:
     """An intervention: at ``site`` and ``positions``, add a vector or apply a function.
@@ -235,6 +254,7 @@ class ModelHandle:
         self.device = device
         self.dtype = dtype
         self.prepend_bos = prepend_bos
+        self.stats = ForwardStats()
 
     # ----------------------------------------------------------------- description
     def __repr__(self) -> str:
@@ -356,6 +376,8 @@ class ModelHandle:
         if want_logits and logits_positions is not None:
             logits_idx = resolve_positions(logits_positions, batch.lengths)
         logits, raw = self.backend.forward(batch.ids, reads, writes)
+        self.stats.forward_calls += 1
+        self.stats.forward_rows += batch.batch_size
         captures = {str(s): self._derive(s, raw[s.base()]) for s in wanted}
         if logits_idx is not None:
             logits = select_positions(logits, *logits_idx)
@@ -517,6 +539,9 @@ class ModelHandle:
                 past_key_values=None,
                 position_ids=position_ids,
             )
+            self.stats.resume_calls += 1
+            self.stats.resume_rows += h.shape[0]
+            self.stats.resume_block_rows += h.shape[0] * (self.arch.n_layers - layer)
             for block in inner.layers[layer : self.arch.n_layers]:
                 h = block(
                     h,
