@@ -33,6 +33,13 @@ class TokenBatch:
     def batch_size(self) -> int:
         return int(self.ids.shape[0])
 
+    def select(self, indices) -> TokenBatch:
+        """Rows ``indices`` (a list or 1-D tensor), trimmed to their own width."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        lengths = self.lengths[idx.to(self.lengths.device)]
+        width = int(lengths.max()) if len(lengths) else 0
+        return TokenBatch(self.ids[idx.to(self.ids.device), :width], lengths)
+
     def to(self, device) -> TokenBatch:
         return TokenBatch(self.ids.to(device), self.lengths.to(device))
 

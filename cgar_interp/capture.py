@@ -1,0 +1,139 @@
+"""Batched capture over many prompts: the engine loop every probe shares.
+
+Prompts are sorted by length and cut into batches (less padding, and right padding never
+changes a result), run through :meth:`ModelHandle.capture`, and put back in the caller's order.
+Probes never write their own forward loop: they call :func:`capture_many` for reads, and
+:func:`iter_batches` + :meth:`ModelHandle.resume` / ``run_with_patches`` for interventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .models import ModelHandle, RunResult
+from .sites import Site
+from .tokens import TokenBatch
+
+
+@dataclass(frozen=True)
+class SubBatch:
+    """A slice of a larger batch: ``indices`` into it and the ids trimmed to their own width."""
+
+    indices: Tensor
+    batch: TokenBatch
+
+
+def iter_batches(batch: TokenBatch, batch_size: int, sort: bool = True) -> Iterator[SubBatch]:
+    """Cut ``batch`` into sub-batches of at most ``batch_size`` rows (sorted by length)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    lengths = batch.lengths.cpu()
+    order = torch.argsort(lengths, stable=True) if sort else torch.arange(len(lengths))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = int(lengths[idx].max())
+        yield SubBatch(idx, TokenBatch(batch.ids[idx, :width], lengths[idx]))
+
+
+def capture_many(
+    handle: ModelHandle,
+    batch: TokenBatch,
+    sites: Iterable[str | Site],
+    positions: int | Sequence[int] = -1,
+    *,
+    batch_size: int = 16,
+    with_logits: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Capture ``sites`` at ``positions`` (and last-position logits) for every row of ``batch``.
+
+    Args:
+        handle: the model.
+        batch: all prompts, right-padded.
+        sites: site names.
+        positions: relative positions per row (default ``-1``, each row's last token).
+        batch_size: rows per forward pass.
+        with_logits: also keep logits at the last position, ``[n, vocab]``.
+        progress: called with the number of rows finished after each batch.
+
+    Returns:
+        a :class:`RunResult` whose tensors are ``[n, ...]`` in the order of ``batch``'s rows,
+        on the CPU.
+    """
+    if isinstance(positions, Tensor) or positions is None:
+        raise ValueError("capture_many takes relative positions (ints); pass e.g. -1 or [-2, -1]")
+    sites = list(sites)
+    parts: dict[str, list[Tensor]] = {str(handle.site(s)): [] for s in sites}
+    logits: list[Tensor] = []
+    order: list[Tensor] = []
+    for sub in iter_batches(batch, batch_size):
+        run = handle.capture(
+            sub.batch, sites, positions, with_logits=with_logits, logits_positions=-1
+        )
+        for name, value in run.captures.items():
+            if name.startswith("attn_pattern."):  # key axis: pad to the full batch width
+                value = torch.nn.functional.pad(value, (0, batch.ids.shape[1] - value.shape[-1]))
+            parts[name].append(value.cpu())
+        if with_logits:
+            logits.append(run.logits.cpu())
+        order.append(sub.indices)
+        if progress:
+            progress(len(sub.indices))
+    inverse = torch.argsort(torch.cat(order))
+    captures = {name: torch.cat(values)[inverse] for name, values in parts.items()}
+    return RunResult(logits=torch.cat(logits)[inverse] if with_logits else None, captures=captures)
+
+
+def resume_variants(
+    handle: ModelHandle,
+    batch: TokenBatch,
+    layers: Sequence[int],
+    variants: Callable[[int, Tensor, Tensor], Tensor],
+    score: Callable[[Tensor, Tensor], dict[str, Tensor]],
+    *,
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+) -> dict[int, dict[str, Tensor]]:
+    """Interventions at the last position, run cheaply: one prefix pass, one suffix per layer.
+
+    For each sub-batch, one forward pass captures ``resid.{l}`` at every position for all
+    ``layers``; then, per layer, ``variants(l, h_last, indices)`` returns ``[n_var, b, d_model]``
+    replacement residuals for the last position, and all variants run together through blocks
+    ``l .. L-1`` only (:meth:`ModelHandle.resume`). ``score(logits [n_var, b, vocab], indices)``
+    reduces the last-position logits to per-query values ``[n_var, b]`` right away, so no
+    full-vocabulary tensor outlives its sub-batch.
+
+    Returns:
+        ``{layer: {name: [n_var, n]}}`` in the order of ``batch``'s rows.
+    """
+    sites = [f"resid.{layer}" for layer in layers]
+    parts: dict[int, dict[str, list[Tensor]]] = {layer: {} for layer in layers}
+    order: list[Tensor] = []
+    for sub in iter_batches(batch, batch_size):
+        captured = handle.capture(sub.batch, sites, positions=None)
+        lengths = sub.batch.lengths
+        rows = torch.arange(len(lengths))
+        for layer in layers:
+            h = captured[f"resid.{layer}"]  # [b, pos, d]
+            replaced = variants(layer, h[rows, lengths - 1], sub.indices)  # [n_var, b, d]
+            n_var = replaced.shape[0]
+            stacked = h.repeat(n_var, 1, 1)
+            stacked[torch.arange(n_var * len(rows)), (lengths - 1).repeat(n_var)] = (
+                replaced.reshape(-1, h.shape[-1]).to(h.dtype)
+            )
+            logits = handle.resume(stacked, layer, positions=-1, lengths=lengths.repeat(n_var))
+            scored = score(logits.reshape(n_var, len(rows), -1), sub.indices)
+            for name, value in scored.items():
+                parts[layer].setdefault(name, []).append(value.cpu())
+        order.append(sub.indices)
+        if progress:
+            progress(len(sub.indices))
+    inverse = torch.argsort(torch.cat(order))
+    return {
+        layer: {name: torch.cat(values, dim=1)[:, inverse] for name, values in named.items()}
+        for layer, named in parts.items()
+    }

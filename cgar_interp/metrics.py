@@ -1,0 +1,105 @@
+"""Per-query read-out metrics from logits, and their means with bootstrap intervals.
+
+Every probe scores logits the same way (SCIENCE.md section 3/4):
+
+- ``vocab_correct``: argmax over the *whole vocabulary* is the gold label's first token
+  (the paper's "Accuracy (full vocab)");
+- ``label_correct``: argmax over the label tokens only is the gold label;
+- ``label_mass``: softmax mass summed over the label tokens ("Concentration mass on label tokens");
+- ``gold_mass``: softmax mass on the gold label's token;
+- ``entropy`` (nats, whole vocabulary) and ``eff_candidates = exp(entropy)``;
+- ``label_entropy`` / ``label_eff``: the same over the label distribution renormalised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+METRICS = (
+    "vocab_correct",
+    "label_correct",
+    "label_mass",
+    "gold_mass",
+    "entropy",
+    "eff_candidates",
+    "label_entropy",
+    "label_eff",
+)
+
+
+def query_metrics(logits: Tensor, label_ids: Tensor, gold: Tensor) -> dict[str, Tensor]:
+    """Per-query metrics.
+
+    Args:
+        logits: ``[..., n, vocab]`` logits (any leading grid axes).
+        label_ids: ``[K]`` first token of each class's label word.
+        gold: ``[n]`` gold class index per query.
+
+    Returns:
+        metric name -> ``[..., n]`` float64 tensor.
+    """
+    if not torch.isfinite(logits).all():
+        bad = (~torch.isfinite(logits)).nonzero()[0].tolist()
+        raise FloatingPointError(f"non-finite logits at index {bad} (shape {tuple(logits.shape)})")
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    p = logp.exp()
+    label_ids = label_ids.to(logits.device)
+    gold = gold.to(logits.device)
+    label_logp = logp[..., label_ids]  # [..., n, K]
+    label_p = label_logp.exp()
+    mass = label_p.sum(-1)
+    entropy = -(p * logp).sum(-1)
+    norm_label = label_logp - torch.logsumexp(label_logp, dim=-1, keepdim=True)
+    label_entropy = -(norm_label.exp() * norm_label).sum(-1)
+    gold_token = label_ids[gold]  # [n]
+    gold_mass = label_p.gather(-1, gold.expand(label_p.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    return {
+        "vocab_correct": (logp.argmax(-1) == gold_token).double(),
+        "label_correct": (label_logp.argmax(-1) == gold).double(),
+        "label_mass": mass,
+        "gold_mass": gold_mass,
+        "entropy": entropy,
+        "eff_candidates": entropy.exp(),
+        "label_entropy": label_entropy,
+        "label_eff": label_entropy.exp(),
+    }
+
+
+def bootstrap_ci(
+    values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (``[n]``), seeded."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        raise ValueError("cannot bootstrap an empty sample")
+    if values.size == 1 or n_boot <= 0:
+        return float(values.mean()), float(values.mean())
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.size, size=(n_boot, values.size))
+    means = values[idx].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def summarise(
+    per_query: Mapping[str, Tensor | np.ndarray], n_boot: int = 1000, seed: int = 0
+) -> list[dict]:
+    """One tidy row per metric: ``metric, value, n, ci_low, ci_high`` (values ``[n]`` each)."""
+    rows = []
+    for name, values in per_query.items():
+        arr = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+        low, high = bootstrap_ci(arr, n_boot=n_boot, seed=seed)
+        rows.append(
+            {
+                "metric": name,
+                "value": float(arr.mean()),
+                "n": int(arr.size),
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
+    return rows

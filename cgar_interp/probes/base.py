@@ -1,0 +1,135 @@
+"""The probe contract, the probe registry and the per-task inputs every probe shares.
+
+A probe is a frozen config dataclass registered under its TOML ``kind`` plus a ``run`` function
+``(config, ProbeContext) -> tidy DataFrame``. It declares the residual layers it reads; the engine
+captures them once per task for all probes (:meth:`ProbeContext.captures`), and interventions go
+through :func:`cgar_interp.capture.resume_variants`. Rows are tidy:
+``task, probe, ..., metric, value, n, ci_low, ci_high``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from ..capture import capture_many
+from ..metrics import query_metrics, summarise
+from ..models import ModelHandle
+from ..tokens import TokenBatch
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    kind: str
+    config_cls: type
+    run: Callable[..., pd.DataFrame]
+    doc: str
+
+
+PROBES: dict[str, ProbeSpec] = {}
+
+
+def register_probe(kind: str, config_cls: type, doc: str = ""):
+    """Decorator: register ``run(config, ctx)`` as probe ``kind``; duplicates are refused."""
+
+    def decorate(run):
+        if kind in PROBES:
+            raise ValueError(f"probe kind {kind!r} is already registered")
+        PROBES[kind] = ProbeSpec(kind, config_cls, run, doc or (run.__doc__ or "").split("\n")[0])
+        return run
+
+    return decorate
+
+
+def get_probe(kind: str) -> ProbeSpec:
+    if kind not in PROBES:
+        raise ValueError(f"unknown probe kind {kind!r}; valid kinds: {', '.join(sorted(PROBES))}")
+    return PROBES[kind]
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """One task's prompts, aligned by query: row ``i`` of every batch is query ``i``.
+
+    Attributes:
+        task: task name. ``classes``: class names; ``label_ids``: ``[K]`` first label tokens.
+        gold: ``[n]`` gold class per query. ``fit`` / ``eval``: disjoint query indices.
+        zero: ``[n]`` zero-shot prompts; ``icl``: ``[n]`` prompts with demonstrations;
+        icl_shuffled: ``[n]`` the same demonstrations with labels shuffled (or None).
+    """
+
+    task: str
+    classes: tuple[str, ...]
+    label_ids: Tensor
+    gold: Tensor
+    fit: Tensor
+    eval: Tensor
+    zero: TokenBatch
+    icl: TokenBatch
+    icl_shuffled: TokenBatch | None = None
+
+
+@dataclass
+class TaskCaptures:
+    """Last-position residuals at the declared layers and last-position logits, per prompt kind."""
+
+    layers: tuple[int, ...]
+    resid: dict[str, dict[int, Tensor]]  # kind -> layer -> [n, d_model]
+    logits: dict[str, Tensor | None]  # kind -> [n, vocab] (None where only fit rows ran)
+
+
+@dataclass
+class ProbeContext:
+    """What a probe receives: the model, the task's inputs, shared captures, run settings."""
+
+    handle: ModelHandle
+    inputs: TaskInputs
+    layers: tuple[int, ...]
+    seed: int = 0
+    n_boot: int = 1000
+    batch_size: int = 16
+    progress: Callable[[str, int], Callable[[int], None]] | None = None
+    _captures: TaskCaptures | None = field(default=None, repr=False)
+
+    def captures(self) -> TaskCaptures:
+        """Capture (once) ``resid.{l}`` at the last position for the declared layers + logits."""
+        if self._captures is None:
+            sites = [f"resid.{layer}" for layer in self.layers]
+            resid, logits = {}, {}
+            n = self.inputs.gold.shape[0]
+            every = torch.arange(n)
+            kinds = {"zero": (self.inputs.zero, every), "icl": (self.inputs.icl, every)}
+            if self.inputs.icl_shuffled is not None:  # only ever averaged over fit queries
+                kinds["icl_shuffled"] = (self.inputs.icl_shuffled, self.inputs.fit)
+            for kind, (batch, rows) in kinds.items():
+                subset = batch if len(rows) == n else batch.select(rows)
+                tick = (
+                    self.progress(f"{self.inputs.task}: capture {kind}", len(rows))
+                    if self.progress
+                    else None
+                )
+                run = capture_many(
+                    self.handle, subset, sites, -1, batch_size=self.batch_size, progress=tick
+                )
+                resid[kind], logits[kind] = {}, None
+                for layer in self.layers:
+                    # rows not captured stay NaN, so a misuse cannot pass silently
+                    full = torch.full((n, self.handle.arch.d_model), float("nan"))
+                    full[rows] = run[f"resid.{layer}"].float()
+                    resid[kind][layer] = full
+                if len(rows) == n:
+                    logits[kind] = run.logits.float()
+            self._captures = TaskCaptures(self.layers, resid, logits)
+        return self._captures
+
+    def score(self, logits: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        """Per-query metrics of ``logits [..., b, vocab]`` for the queries ``indices [b]``."""
+        return query_metrics(logits, self.inputs.label_ids, self.inputs.gold[indices])
+
+    def rows(self, per_query: dict[str, Tensor], **keys) -> list[dict]:
+        """Tidy rows (one per metric, bootstrap CI) tagged with ``keys``."""
+        return [{**keys, **row} for row in summarise(per_query, n_boot=self.n_boot, seed=self.seed)]

@@ -1,0 +1,231 @@
+"""The paper's context-gate sweep (SCIENCE.md section 3), with the ablation and baselines.
+
+For every query layer q, context layer c and gate strength lambda:
+
+- ``decode`` mode (the paper's first-order form): ``r = W_U norm(h_zero^(q) + lambda cbar^(c))``;
+- ``patch`` mode (the ablation of that approximation): add ``lambda cbar^(c)`` to the residual at
+  layer c, last position, of the zero-shot forward pass and run blocks c..L-1 (prefix reuse; the
+  query layer is then the model's own output, recorded as ``q_layer = n_layers``).
+
+``cbar^(c)`` is the mean of ``h_icl^(c) - h_zero^(c)`` over the *fit* queries; everything is
+scored on the disjoint *eval* queries. Vectors: ``context`` (cbar), ``random`` (a seeded random
+direction with cbar's norm), ``shuffled`` (cbar from demonstrations whose labels were shuffled).
+Baselines: zero-shot and full ICL logits of the same eval queries.
+
+Cost: the shared capture is two forward passes per query (zero-shot and ICL; plus one per *fit*
+query for the shuffled baseline); decode mode is matrix algebra on captured residuals, whatever
+the grid; patch mode is one extra forward per eval query plus suffix passes with every
+(vector, lambda) variant batched together.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from ..capture import resume_variants
+from ..layers import resolve_layers
+from .base import ProbeContext, register_probe
+
+MODES = ("decode", "patch")
+VECTORS = ("context", "random", "shuffled")
+
+
+@dataclass(frozen=True)
+class ContextGateConfig:
+    """Grid and options of the context-gate probe (TOML ``kind = "context_gate"``).
+
+    Attributes:
+        query_layers: layers q decoded in decode mode (``"last"`` = n_layers, the paper's).
+        context_layers: layers c where cbar is estimated/added (``"paper"``: 20/24/28/32 of 32).
+        lambdas: gate strengths, finite and >= 0 (the paper: 0, 0.01, 0.1, 1, 10).
+        modes: ``decode`` and/or ``patch``.
+        vectors: ``context`` and any of the baselines ``random``, ``shuffled``.
+    """
+
+    query_layers: str | tuple[int, ...] = "last"
+    context_layers: str | tuple[int, ...] = "paper"
+    lambdas: tuple[float, ...] = (0.0, 0.01, 0.1, 1.0, 10.0)
+    modes: tuple[str, ...] = MODES
+    vectors: tuple[str, ...] = VECTORS
+
+    def __post_init__(self):
+        if not self.lambdas:
+            raise ValueError("lambdas is empty; give at least one, e.g. [0, 0.1, 1]")
+        for lam in self.lambdas:
+            if not math.isfinite(lam) or lam < 0:
+                raise ValueError(f"lambda {lam!r} is not valid: lambdas must be finite and >= 0")
+        for mode in self.modes:
+            if mode not in MODES:
+                raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+        for vec in self.vectors:
+            if vec not in VECTORS:
+                raise ValueError(f"unknown vector {vec!r}; valid vectors: {', '.join(VECTORS)}")
+        if "context" not in self.vectors:
+            raise ValueError("vectors must include 'context' (the baselines are compared with it)")
+
+    def needed_layers(self, n_layers: int) -> tuple[int, ...]:
+        """Residual layers read at the last position (the probe contract)."""
+        q = resolve_layers(self.query_layers, n_layers, "query_layers")
+        c = resolve_layers(self.context_layers, n_layers, "context_layers")
+        return tuple(sorted(set(q) | set(c)))
+
+    @property
+    def needs_shuffled(self) -> bool:
+        return "shuffled" in self.vectors
+
+
+def gate_vectors(
+    config: ContextGateConfig, ctx: ProbeContext, layers
+) -> dict[tuple[str, int], torch.Tensor]:
+    """``{(vector kind, c): [d_model]}``: cbar and its baselines, estimated on fit queries."""
+    cap = ctx.captures()
+    fit = ctx.inputs.fit
+    out = {}
+    for c in layers:
+        cbar = (cap.resid["icl"][c][fit] - cap.resid["zero"][c][fit]).mean(0)
+        out[("context", c)] = cbar
+        if "random" in config.vectors:
+            gen = torch.Generator().manual_seed(ctx.seed * 100_003 + c)
+            direction = torch.randn(cbar.shape[0], generator=gen, dtype=cbar.dtype)
+            out[("random", c)] = direction * (cbar.norm() / direction.norm())
+        if "shuffled" in config.vectors:
+            if "icl_shuffled" not in cap.resid:
+                raise ValueError("vector 'shuffled' needs shuffled-label ICL prompts for the task")
+            shuffled = cap.resid["icl_shuffled"][c][fit] - cap.resid["zero"][c][fit]
+            out[("shuffled", c)] = shuffled.mean(0)
+    return out
+
+
+def run_context_gate(config: ContextGateConfig, ctx: ProbeContext) -> dict[str, pd.DataFrame]:
+    """Context-gate sweep: tidy metric rows, plus per-query gate terms for the theory."""
+    handle, inputs = ctx.handle, ctx.inputs
+    n_layers = handle.n_layers
+    q_layers = resolve_layers(config.query_layers, n_layers, "query_layers")
+    c_layers = resolve_layers(config.context_layers, n_layers, "context_layers")
+    cap = ctx.captures()
+    ev = inputs.eval
+    lambdas = torch.tensor(config.lambdas, dtype=torch.float32)
+    vectors = gate_vectors(config, ctx, c_layers)
+    base = {"task": inputs.task, "probe": "context_gate"}
+    rows = []
+    for kind, label in (("zero", "zero_shot"), ("icl", "icl")):
+        rows += ctx.rows(
+            ctx.score(cap.logits[kind][ev], ev),
+            **base,
+            mode="baseline",
+            vector=label,
+            q_layer=n_layers,
+            c_layer=-1,
+            lam=0.0,
+        )
+
+    if "decode" in config.modes:
+        chunk = max(1, 4 * ctx.batch_size)
+        for q in q_layers:
+            h = cap.resid["zero"][q][ev]  # [n_eval, d]
+            for (kind, c), vec in vectors.items():
+                parts: dict[str, list[torch.Tensor]] = {}
+                for start in range(0, len(ev), chunk):
+                    idx = ev[start : start + chunk]
+                    shifted = h[start : start + chunk][None] + lambdas[:, None, None] * vec
+                    scored = ctx.score(handle.decode_residual(shifted).float(), idx)
+                    for name, value in scored.items():
+                        parts.setdefault(name, []).append(value)
+                merged = {name: torch.cat(v, dim=-1) for name, v in parts.items()}
+                for i, lam in enumerate(config.lambdas):
+                    rows += ctx.rows(
+                        {name: v[i] for name, v in merged.items()},
+                        **base,
+                        mode="decode",
+                        vector=kind,
+                        q_layer=q,
+                        c_layer=c,
+                        lam=lam,
+                    )
+
+    if "patch" in config.modes:
+        kinds = [k for k in config.vectors if (k, c_layers[0]) in vectors]
+        eval_batch = inputs.zero.select(ev)
+
+        def variants(c, h_last, idx):
+            stack = [
+                h_last[None] + lambdas[:, None, None] * vectors[(k, c)].to(h_last.dtype)
+                for k in kinds
+            ]
+            return torch.cat(stack)  # [n_kinds * n_lam, b, d]
+
+        tick = ctx.progress(f"{inputs.task}: patch", len(ev)) if ctx.progress else None
+        out = resume_variants(
+            handle,
+            eval_batch,
+            c_layers,
+            variants,
+            lambda logits, idx: ctx.score(logits.float(), ev[idx]),
+            batch_size=ctx.batch_size,
+            progress=tick,
+        )
+        n_lam = len(config.lambdas)
+        for c in c_layers:
+            for k_i, kind in enumerate(kinds):
+                for l_i, lam in enumerate(config.lambdas):
+                    per_query = {m: v[k_i * n_lam + l_i] for m, v in out[c].items()}
+                    rows += ctx.rows(
+                        per_query,
+                        **base,
+                        mode="patch",
+                        vector=kind,
+                        q_layer=n_layers,
+                        c_layer=c,
+                        lam=lam,
+                    )
+    return {
+        "context_gate": pd.DataFrame(rows),
+        "gate_terms": gate_terms(ctx, q_layers, c_layers, vectors),
+    }
+
+
+def gate_terms(ctx: ProbeContext, q_layers, c_layers, vectors) -> pd.DataFrame:
+    """Per eval query, label-restricted raw scores ``b = W_U h_zero^(q)`` and ``g = W_U cbar^(c)``.
+
+    Raw (no final norm): the section-2 first-order form ``z = b + lambda g``. Also the label
+    logits of the normed decode at lambda = 0, and ``|cbar|``. One row per (query, q, c, class).
+    """
+    handle, inputs = ctx.handle, ctx.inputs
+    cap = ctx.captures()
+    w_u = (
+        handle.backend.hf_model.lm_head.weight.detach().float().cpu()[inputs.label_ids.cpu()]
+    )  # [K, d]
+    ev = inputs.eval
+    rows = []
+    for q in q_layers:
+        h = cap.resid["zero"][q][ev]
+        b = h @ w_u.T  # [n_eval, K]
+        normed = handle.decode_residual(h).float().cpu()[:, inputs.label_ids.cpu()]
+        for c in c_layers:
+            vec = vectors[("context", c)]
+            g = w_u @ vec  # [K]
+            for i, query in enumerate(ev.tolist()):
+                for k, cls in enumerate(inputs.classes):
+                    rows.append(
+                        {
+                            "task": inputs.task,
+                            "query": query,
+                            "gold": int(inputs.gold[query]),
+                            "q_layer": q,
+                            "c_layer": c,
+                            "class": k,
+                            "class_name": cls,
+                            "b": float(b[i, k]),
+                            "g": float(g[k]),
+                            "normed_logit": float(normed[i, k]),
+                            "cbar_norm": float(vec.norm()),
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+register_probe("context_gate", ContextGateConfig)(run_context_gate)

@@ -1,0 +1,70 @@
+"""Task vectors (Hendel et al., 2023): does one residual vector carry the task?
+
+Per layer l: the task vector ``theta^(l)`` is the mean over the *fit* queries of the ICL prompt's
+residual at layer l, last position. For each held-out *eval* query it *replaces* the residual at
+layer l, last position, of the query's zero-shot forward pass, and blocks l..L-1 run on
+(prefix reuse). Accuracy and label mass per layer show where the task is encoded; the best layer
+is marked. (Hendel et al. take the vector from one ICL prompt with a dummy query; the mean over
+fit queries is the same estimator with less variance, as in function-vector work.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ..capture import resume_variants
+from ..layers import resolve_layers
+from .base import ProbeContext, register_probe
+
+
+@dataclass(frozen=True)
+class TaskVectorConfig:
+    """Layers to patch (TOML ``kind = "task_vectors"``); default every block input 0..L-1."""
+
+    layers: str | tuple[int, ...] = "all"
+
+    def needed_layers(self, n_layers: int) -> tuple[int, ...]:
+        """Residual layers read at the last position (the probe contract)."""
+        return resolve_layers(self.layers, n_layers, "layers")
+
+
+def run_task_vectors(config: TaskVectorConfig, ctx: ProbeContext) -> dict[str, pd.DataFrame]:
+    """Patch the mean ICL residual into zero-shot forwards, per layer; tidy rows."""
+    inputs = ctx.inputs
+    layers = config.needed_layers(ctx.handle.n_layers)
+    cap = ctx.captures()
+    fit, ev = inputs.fit, inputs.eval
+    theta = {layer: cap.resid["icl"][layer][fit].mean(0) for layer in layers}
+
+    def variants(layer, h_last, idx):
+        return theta[layer].to(h_last.dtype).expand_as(h_last)[None]  # [1, b, d]
+
+    tick = ctx.progress(f"{inputs.task}: task vectors", len(ev)) if ctx.progress else None
+    out = resume_variants(
+        ctx.handle,
+        inputs.zero.select(ev),
+        layers,
+        variants,
+        lambda logits, idx: ctx.score(logits.float(), ev[idx]),
+        batch_size=ctx.batch_size,
+        progress=tick,
+    )
+    rows = []
+    base = {"task": inputs.task, "probe": "task_vectors"}
+    for layer in layers:
+        rows += ctx.rows(
+            {m: v[0] for m, v in out[layer].items()},
+            **base,
+            layer=layer,
+            theta_norm=float(theta[layer].norm()),
+        )
+    table = pd.DataFrame(rows)
+    acc = table[table.metric == "vocab_correct"]
+    best = int(acc.loc[acc.value.idxmax(), "layer"]) if len(acc) else -1
+    table["best_layer"] = best
+    return {"task_vectors": table}
+
+
+register_probe("task_vectors", TaskVectorConfig)(run_task_vectors)
