@@ -65,7 +65,7 @@ def raw_last_hidden(model, batch, rows, layer):
     out = []
     for r in rows.tolist():
         store = {}
-        hook = module.register_forward_hook(lambda m, a, o: store.setdefault("h", o))
+        hook = module.register_forward_hook(lambda m, a, o, store=store: store.setdefault("h", o))
         try:
             with torch.no_grad():
                 model(batch.ids[r, : batch.lengths[r]][None], use_cache=False)
