@@ -1,0 +1,67 @@
+"""``load_task``: one entry point for shipped sets, the synthetic family, hub datasets and files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .loaders import FILE_SUFFIXES, HUB_DATASETS, hub_dataset, load_file, load_hub
+from .shipped import SHIPPED, load_shipped
+from .synthetic import synthetic_task
+from .tasks import Task, TaskError
+
+
+def load_task(name: str | os.PathLike, **options: Any) -> Task:
+    """Load a task by name or path.
+
+    Args:
+        name: one of
+
+            - a shipped offline set: ``sst2-mini``, ``trec-mini``, ``agnews-mini``;
+            - ``synthetic`` (options: ``n_classes``, ``n_per_class``, ``keys_per_class``,
+              ``n_fillers``, ``seed``; see :func:`~cgar_interp.data.synthetic.synthetic_task`);
+            - a hub dataset: ``sst2``, ``trec``, ``ag_news`` or their hub ids (options: ``split``,
+              ``revision``, ``max_per_class``, ``seed``, ``duplicates``; needs the hub or the
+              local HF cache);
+            - a local ``.jsonl`` / ``.csv`` / ``.parquet`` file (options: ``text_column``,
+              ``label_column``, ``id_column``, ``like``, ``classes``, ``label_words``,
+              ``template``, ``name``, ``duplicates``).
+        **options: passed to the loader named above.
+
+    >>> load_task("trec-mini").label_words
+    ('abbreviation', 'entity', 'description', 'human', 'location', 'number')
+    >>> load_task("synthetic", n_classes=4, n_per_class=8, seed=3).n_classes
+    4
+    """
+    if isinstance(name, str) and name in SHIPPED:
+        if options:
+            raise TaskError(
+                f"shipped task {name!r} takes no options; got {', '.join(sorted(options))}"
+            )
+        return load_shipped(name)
+    if isinstance(name, str) and name == "synthetic":
+        return synthetic_task(**options)
+    path = Path(name)
+    if path.suffix.lower() in FILE_SUFFIXES or path.is_file():
+        return load_file(path, **options)
+    spec = hub_dataset(str(name))
+    if spec is not None:
+        return load_hub(spec.name, **options)
+    raise TaskError(f"unknown task {str(name)!r}; {describe_tasks()}")
+
+
+def describe_tasks() -> str:
+    """One line naming everything :func:`load_task` accepts."""
+    hub = ", ".join(f"{s.name} ({s.hub_id})" for s in HUB_DATASETS.values())
+    return (
+        f"shipped offline sets: {', '.join(SHIPPED)}; synthetic: 'synthetic'; hub datasets: "
+        f"{hub}; or a path to a {'/'.join(FILE_SUFFIXES)} file"
+    )
+
+
+def available_tasks() -> dict[str, str]:
+    """Task names that load offline, with a one-line description each."""
+    out = {name: spec.description for name, spec in SHIPPED.items()}
+    out["synthetic"] = "nonsense key words -> arbitrary label words, zero-shot at chance"
+    return out
