@@ -88,6 +88,16 @@ def capture_many(
     return RunResult(logits=torch.cat(logits)[inverse] if with_logits else None, captures=captures)
 
 
+def iter_equal_length(batch: TokenBatch, batch_size: int) -> Iterator[SubBatch]:
+    """Sub-batches whose rows all have the same length (rectangular, no padding at all)."""
+    lengths = batch.lengths.cpu()
+    for length in torch.unique(lengths).tolist():
+        rows = (lengths == length).nonzero()[:, 0]
+        for start in range(0, len(rows), batch_size):
+            idx = rows[start : start + batch_size]
+            yield SubBatch(idx, TokenBatch(batch.ids[idx, :length], lengths[idx]))
+
+
 def resume_variants(
     handle: ModelHandle,
     batch: TokenBatch,
@@ -98,36 +108,30 @@ def resume_variants(
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
 ) -> dict[int, dict[str, Tensor]]:
-    """Interventions at the last position, run cheaply: one prefix pass, one suffix per layer.
+    """Interventions at the last position, run at the cost of one token per variant.
 
-    For each sub-batch, one forward pass captures ``resid.{l}`` at every position for all
-    ``layers``; then, per layer, ``variants(l, h_last, indices)`` returns ``[n_var, b, d_model]``
-    replacement residuals for the last position, and all variants run together through blocks
-    ``l .. L-1`` only (:meth:`ModelHandle.resume`). ``score(logits [n_var, b, vocab], indices)``
-    reduces the last-position logits to per-query values ``[n_var, b]`` right away, so no
-    full-vocabulary tensor outlives its sub-batch.
+    Prompts are grouped by length; each group runs once and keeps its KV cache
+    (:func:`cgar_interp.prefix.last_token_state`). Per layer, ``variants(l, h_last, indices)``
+    returns ``[n_var, b, d_model]`` replacement residuals for the last position (``h_last`` is
+    ``[b, d_model]``, the unpatched residual after ``l`` blocks), and all of them run through
+    blocks ``l .. L-1`` as single tokens over the cached prefix
+    (:func:`cgar_interp.prefix.resume_last_token`). ``score(logits [n_var, b, vocab], indices)``
+    reduces them to per-query values ``[n_var, b]`` at once, so no full-vocabulary tensor
+    outlives its group.
 
     Returns:
         ``{layer: {name: [n_var, n]}}`` in the order of ``batch``'s rows.
     """
-    sites = [f"resid.{layer}" for layer in layers]
+    from .prefix import last_token_state, resume_last_token
+
     parts: dict[int, dict[str, list[Tensor]]] = {layer: {} for layer in layers}
     order: list[Tensor] = []
-    for sub in iter_batches(batch, batch_size):
-        captured = handle.capture(sub.batch, sites, positions=None)
-        lengths = sub.batch.lengths
-        rows = torch.arange(len(lengths))
+    for sub in iter_equal_length(batch, batch_size):
+        state = last_token_state(handle, sub.batch.ids)
         for layer in layers:
-            h = captured[f"resid.{layer}"]  # [b, pos, d]
-            replaced = variants(layer, h[rows, lengths - 1], sub.indices)  # [n_var, b, d]
-            n_var = replaced.shape[0]
-            stacked = h.repeat(n_var, 1, 1)
-            stacked[torch.arange(n_var * len(rows)), (lengths - 1).repeat(n_var)] = (
-                replaced.reshape(-1, h.shape[-1]).to(h.dtype)
-            )
-            logits = handle.resume(stacked, layer, positions=-1, lengths=lengths.repeat(n_var))
-            scored = score(logits.reshape(n_var, len(rows), -1), sub.indices)
-            for name, value in scored.items():
+            replaced = variants(layer, state.resid[layer].float(), sub.indices)  # [n_var, b, d]
+            logits = resume_last_token(handle, state, layer, replaced)
+            for name, value in score(logits, sub.indices).items():
                 parts[layer].setdefault(name, []).append(value.cpu())
         order.append(sub.indices)
         if progress:

@@ -40,7 +40,9 @@ def test_lambda_zero_equals_zero_shot_in_both_modes(gate_tables):
             for c in (1, 2):
                 got = values(table, mode=mode, vector=vector, c_layer=c, lam=0.0)
                 for metric, value in zero.items():
-                    assert got[metric] == pytest.approx(value, abs=1e-9), (mode, vector, c, metric)
+                    # decode is the same arithmetic; patch runs the KV-cache path (float-level)
+                    tol = {"abs": 1e-9} if mode == "decode" else {"rel": 1e-6, "abs": 1e-7}
+                    assert got[metric] == pytest.approx(value, **tol), (mode, vector, c, metric)
 
 
 def test_patch_at_the_last_layer_is_decode_at_the_last_layer(gate_tables):

@@ -21,6 +21,38 @@ def tl_from_canonical(site: Site, canonical: Tensor) -> Tensor:
     return canonical  # every patchable kind is canonical on the bridge already
 
 
+def _unwrap(module):
+    """The HF module a TransformerBridge component wraps (itself if it wraps nothing)."""
+    while "_original_component" in getattr(module, "_modules", {}):
+        module = module._modules["_original_component"]
+    return module
+
+
+def plain_view(wrapped: torch.nn.Module) -> torch.nn.Module:
+    """A plain HF model tree sharing every parameter with the bridge's wrapped model.
+
+    The bridge replaces HF submodules by hooked wrappers in place, which costs Python overhead
+    on every call; hook-free engine paths (decode, suffix passes over a KV cache) run on this
+    view instead. No weight is copied: each parameter *is* the bridge's tensor.
+    """
+    config = wrapped.config
+    with torch.device("meta"):
+        view = type(wrapped)(config)
+    for name, _ in list(view.named_parameters(remove_duplicate=False)):
+        *path, leaf = name.split(".")
+        source, target = wrapped, view
+        for part in path:
+            source = _unwrap(source[int(part)] if part.isdigit() else getattr(source, part))
+            target = target[int(part)] if part.isdigit() else getattr(target, part)
+        setattr(target, leaf, getattr(_unwrap(source), leaf))
+    # the rotary embedding holds buffers only: share the bridge's (unwrapped) module itself
+    view.model.rotary_emb = _unwrap(wrapped.model.rotary_emb)
+    leftover = [n for n, b in view.named_buffers() if b.is_meta]
+    if leftover:
+        raise RuntimeError(f"plain view of the bridge left buffers on the meta device: {leftover}")
+    return view.eval()
+
+
 class TransformerLensBackend(Backend):
     """Hooks are passed to ``run_with_hooks`` for one call, so none outlive it."""
 
@@ -28,7 +60,7 @@ class TransformerLensBackend(Backend):
 
     def __init__(self, bridge, n_layers: int):
         self.engine = bridge
-        self.hf_model = bridge.original_model
+        self.hf_model = plain_view(bridge.original_model)
         self.n_layers = n_layers
 
     def forward(

@@ -1,0 +1,115 @@
+"""Prefix reuse through the KV cache: re-run only the last token, from any layer.
+
+An intervention at the *last* position of a prompt changes nothing at earlier positions (the
+model is causal). So for a group of equal-length prompts we run the prompt once, keep the keys
+and values of positions ``0 .. n-2`` at every layer, and then push any number of replacement
+residuals for the last position through blocks ``l .. L-1`` as *one token each*, attending to
+the cached keys and values. This is exact (the same arithmetic as the full forward on those
+positions), and the suffix costs one token per variant instead of the whole prompt.
+
+Everything runs on the HF module tree that every backend wraps (TransformerBridge's blocks or
+nnsight's module), with rotary embeddings and the causal mask computed as the model does.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .models import ModelHandle
+
+
+@dataclass
+class LastTokenState:
+    """Cached prefix of a group of equal-length prompts and the last token's residuals.
+
+    Attributes:
+        cache: KV cache of positions ``0 .. n-2`` (every layer).
+        resid: ``{l: [b, d_model]}`` residual after ``l`` blocks at the last position,
+            ``l = 0 .. n_layers``.
+        length: ``n``, the common length.
+    """
+
+    cache: object
+    resid: dict[int, Tensor]
+    length: int
+
+
+def _blocks(handle: ModelHandle, h: Tensor, start: int, cache, position: int, record=None) -> Tensor:
+    """Run ``h [rows, 1, d]`` (token at ``position``) through blocks ``start .. L-1``."""
+    from transformers.masking_utils import create_causal_mask
+
+    inner = handle.backend.hf_model.model
+    position_ids = torch.full((1, 1), position, dtype=torch.long, device=h.device)
+    rotary = inner.rotary_emb(h, position_ids=position_ids)
+    mask = create_causal_mask(
+        config=handle.backend.hf_model.config,
+        inputs_embeds=h,
+        attention_mask=None,
+        past_key_values=cache,
+        position_ids=position_ids,
+    )
+    for index in range(start, handle.arch.n_layers):
+        h = inner.layers[index](
+            h,
+            attention_mask=mask,
+            position_embeddings=rotary,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        if isinstance(h, tuple):
+            h = h[0]
+        if record is not None:
+            record[index + 1] = h[:, 0]
+    return h
+
+
+def last_token_state(handle: ModelHandle, ids: Tensor) -> LastTokenState:
+    """Run equal-length prompts ``ids [b, n]`` (``n >= 2``) and keep what suffix passes need."""
+    from transformers import DynamicCache
+
+    if ids.dim() != 2 or ids.shape[1] < 2:
+        raise ValueError(f"last_token_state needs [batch, n >= 2] ids; got {tuple(ids.shape)}")
+    hf = handle.backend.hf_model
+    ids = ids.to(handle.input_device)
+    n = ids.shape[1]
+    cache = DynamicCache(config=hf.config)
+    with torch.no_grad():
+        hf.model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
+        prefix = copy.deepcopy(cache)  # positions 0..n-2; the last token's pass appends to `cache`
+        h = hf.model.embed_tokens(ids[:, -1:])
+        resid = {0: h[:, 0]}
+        _blocks(handle, h, 0, cache, n - 1, record=resid)
+    handle.stats.forward_calls += 1
+    handle.stats.forward_rows += ids.shape[0]
+    return LastTokenState(prefix, resid, n)
+
+
+def resume_last_token(handle: ModelHandle, state: LastTokenState, layer: int, h_last: Tensor) -> Tensor:
+    """Logits of replacement residuals at the last position, from layer ``layer`` on.
+
+    Args:
+        state: from :func:`last_token_state` for ``b`` prompts.
+        layer: ``0 .. n_layers``; ``h_last`` replaces the residual after ``layer`` blocks.
+        h_last: ``[n_var, b, d_model]`` replacement residuals (variant-major).
+
+    Returns:
+        ``[n_var, b, vocab]`` logits at the last position.
+    """
+    n_var, b, d = h_last.shape
+    cache = copy.deepcopy(state.cache)
+    if n_var > 1:
+        cache.batch_repeat_interleave(n_var)
+    # batch_repeat_interleave puts the variants of prompt i next to each other: row i*n_var + v
+    rows = h_last.transpose(0, 1).reshape(b * n_var, 1, d).to(device=handle.input_device, dtype=handle.dtype)
+    with torch.no_grad():
+        out = _blocks(handle, rows, layer, cache, state.length - 1)
+        logits = handle.decode_residual(out[:, 0])
+    handle.stats.resume_calls += 1
+    handle.stats.resume_rows += b * n_var
+    handle.stats.resume_block_rows += b * n_var * (handle.arch.n_layers - layer)
+    return logits.reshape(b, n_var, -1).transpose(0, 1)
