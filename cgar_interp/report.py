@@ -1,0 +1,148 @@
+"""One self-contained HTML report per run: provenance, key numbers with intervals, figures.
+
+plotly.js is inlined once in the page head (no external URL: the page works offline). Every
+piece of text that comes from data (task names, labels, prompts, config values) goes through
+:func:`html.escape`, so a dataset row holding ``<script>`` renders as text.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from .figures import figures_for
+from .results import atomic_write_text
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f5f5f5}td.l,th.l{text-align:left}.prov td{text-align:left}.muted{color:#777;font-size:.85em}
+"""
+
+PROVENANCE_KEYS = (
+    "model",
+    "model_hash",
+    "backend",
+    "device",
+    "dtype",
+    "prepend_bos",
+    "bos_token",
+    "seed",
+    "started",
+    "finished",
+    "status",
+    "config_hash",
+)
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _table_html(frame: pd.DataFrame, left: tuple[str, ...] = ()) -> str:
+    head = "".join(f'<th class="{"l" if c in left else ""}">{_e(c)}</th>' for c in frame.columns)
+    rows = []
+    for row in frame.itertuples(index=False):
+        cells = []
+        for col, value in zip(frame.columns, row, strict=True):
+            text = f"{value:.4f}" if isinstance(value, float) else value
+            cells.append(f'<td class="{"l" if col in left else ""}">{_e(text)}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def key_numbers(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Compact tables of the numbers a reader looks for first."""
+    out = {}
+    gate = tables.get("context_gate")
+    if gate is not None and not gate.empty:
+        last_q = gate.q_layer.max()
+        sel = gate[
+            (gate.metric.isin(["vocab_correct", "label_mass"]))
+            & (
+                (gate["mode"] == "baseline")
+                | (
+                    (gate.vector == "context")
+                    & (gate.q_layer == last_q)
+                    & (gate.c_layer == gate.c_layer.max())
+                )
+            )
+        ]
+        cols = [
+            "task",
+            "mode",
+            "vector",
+            "c_layer",
+            "lam",
+            "metric",
+            "value",
+            "ci_low",
+            "ci_high",
+            "n",
+        ]
+        out["Context gate at c = last layer (and baselines)"] = sel[cols].reset_index(drop=True)
+    tv = tables.get("task_vectors")
+    if tv is not None and not tv.empty:
+        acc = tv[tv.metric == "vocab_correct"]
+        best = acc.loc[acc.groupby("task").value.idxmax()]
+        out["Task vectors: best layer per task"] = (
+            best[["task", "layer", "value", "ci_low", "ci_high", "n"]]
+            .rename(columns={"value": "vocab_correct"})
+            .reset_index(drop=True)
+        )
+    return out
+
+
+def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None = None) -> Path:
+    """Write ``report.html`` (and ``figures/*.html``) for a run directory; returns the report path."""
+    run_dir = Path(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    tables = {p.stem: pd.read_parquet(p) for p in sorted((run_dir / "tables").glob("*.parquet"))}
+    figures = figures_for(tables)
+    figures.update(extra_figures or {})
+    fig_dir = run_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    for name, fig in figures.items():
+        # "directory": one plotly.min.js beside the figures, referenced relatively (offline)
+        fig.write_html(fig_dir / f"{name}.html", include_plotlyjs="directory", full_html=True)
+
+    prov = {k: manifest.get(k) for k in PROVENANCE_KEYS if k in manifest}
+    versions = manifest.get("versions", {})
+    prov_rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in prov.items())
+    prov_rows += f"<tr><td>versions</td><td>{_e(', '.join(f'{k} {v}' for k, v in versions.items()))}</td></tr>"
+    suite = manifest.get("suite", {})
+    parts = [
+        f"<h1>cgar_interp report — {_e(suite.get('name', run_dir.name))}</h1>",
+        f'<table class="prov">{prov_rows}</table>',
+        f'<p class="muted">tasks: {_e(", ".join(suite.get("tasks", [])))}; shots per class: '
+        f"{_e(suite.get('shots'))}; fit/eval queries: {_e(suite.get('n_fit'))}/{_e(suite.get('n_eval'))}; "
+        f"intervals: bootstrap 95% over queries ({_e(suite.get('n_boot'))} resamples).</p>",
+    ]
+    for title, frame in key_numbers(tables).items():
+        parts.append(
+            f"<h2>{_e(title)}</h2>" + _table_html(frame, left=("task", "mode", "vector", "metric"))
+        )
+    sections: dict[str, list[str]] = {}
+    for name in sorted(figures, key=lambda n: (n.split("-")[0] != "context_gate", n)):
+        sections.setdefault(name.split("-")[0], []).append(name)
+    for probe, names in sections.items():
+        parts.append(f"<h2>{_e(probe.replace('_', ' '))}</h2>")
+        for name in names:
+            parts.append(
+                figures[name].to_html(
+                    full_html=False, include_plotlyjs=False, div_id=f"fig-{_e(name)}"
+                )
+            )
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>cgar_interp — {_e(suite.get('name', run_dir.name))}</title>"
+        f"<style>{STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head>"
+        f"<body>{''.join(parts)}</body></html>"
+    )
+    return atomic_write_text(run_dir / "report.html", page)

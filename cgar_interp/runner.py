@@ -1,0 +1,160 @@
+"""Run a suite into a run directory: tasks x probes as resumable units, then tables and report.
+
+``run_suite(suite, out)`` is what ``cgar run SUITE.toml --out runs/NAME`` calls; it returns a
+:class:`RunResults` with ``.tables`` (pandas) and ``.figure(name)`` for notebooks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .models import ModelHandle, load_model
+from .probes import ProbeContext, get_probe
+from .results import now_utc
+from .rundir import RunDir
+from .suite import SuiteConfig
+from .tasks_bridge import prepare_task
+
+
+@dataclass
+class RunResults:
+    """A finished run: its directory, manifest and tables."""
+
+    path: Path
+    manifest: dict
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def figure(self, name: str):
+        """A plotly figure by name (``context_gate-sst2-mini``, ...); see :attr:`figure_names`."""
+        from .figures import figures_for
+
+        figures = figures_for(self.tables)
+        if name not in figures:
+            raise KeyError(f"no figure {name!r}; available: {', '.join(sorted(figures))}")
+        return figures[name]
+
+    @property
+    def figure_names(self) -> list[str]:
+        from .figures import figures_for
+
+        return sorted(figures_for(self.tables))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunResults:
+        import json
+
+        path = Path(path)
+        manifest = json.loads((path / "manifest.json").read_text())
+        tables = {p.stem: pd.read_parquet(p) for p in sorted((path / "tables").glob("*.parquet"))}
+        return cls(path, manifest, tables)
+
+
+def run_suite(
+    suite: SuiteConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    handle: ModelHandle | None = None,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    log: Callable[[str], None] | None = None,
+    report: bool = True,
+) -> RunResults:
+    """Run every (task, probe) unit of ``suite`` into ``out`` and write tables and the report.
+
+    Args:
+        suite: the parsed suite.
+        out: run directory.
+        resume: continue an interrupted run with the same identity (finished units are kept).
+        force: delete a run already in ``out`` and start over.
+        handle: an already loaded model (must match ``suite.model``/backend); loaded otherwise.
+        progress: ``progress(description, total) -> advance(n)`` for progress bars.
+        log: a function that prints one line.
+        report: also write figures and ``report.html``.
+    """
+    say = log or (lambda _msg: None)
+    started = time.perf_counter()
+    if handle is None:
+        handle = load_model(
+            suite.model,
+            backend=suite.backend,
+            device=suite.device,
+            dtype=suite.dtype,
+            prepend_bos=suite.prepend_bos,
+        )
+    identity = {
+        "config_hash": suite.config_hash(),
+        "model_hash": handle.model_hash,
+        "backend": handle.backend_name,
+        "dtype": str(handle.dtype).removeprefix("torch."),
+    }
+    layers = suite.needed_layers(handle.n_layers)
+    with RunDir.open(out, identity, resume=resume, force=force) as run:
+        previous = run.read_manifest() or {}
+        manifest = {
+            **handle.provenance(),
+            "identity": identity,
+            "config_hash": identity["config_hash"],
+            "seed": suite.seed,
+            "suite": suite.to_dict(),
+            "started": previous.get("started", now_utc()),
+            "status": "running",
+            "resumed": bool(previous),
+        }
+        run.write_manifest(manifest)
+        handle.stats.reset()
+        prompt_frames, task_info = [], {}
+        for task_name in suite.tasks:
+            prepared = prepare_task(handle, suite, task_name)
+            prompt_frames.append(prepared.prompts)
+            task_info[task_name] = prepared.info
+            ctx = ProbeContext(
+                handle,
+                prepared.inputs,
+                layers,
+                seed=suite.seed,
+                n_boot=suite.n_boot,
+                batch_size=suite.batch_size,
+                progress=progress,
+            )
+            for index, entry in enumerate(suite.probes):
+                if run.unit_done(task_name, index, entry.kind):
+                    say(f"{task_name} / {entry.kind}: done earlier, kept")
+                    continue
+                t0 = time.perf_counter()
+                tables = get_probe(entry.kind).run(entry.config, ctx)
+                run.write_unit(
+                    task_name,
+                    index,
+                    entry.kind,
+                    tables,
+                    {"seconds": round(time.perf_counter() - t0, 3)},
+                )
+                say(f"{task_name} / {entry.kind}: {time.perf_counter() - t0:.1f}s")
+        run.write_parquet("prompts.parquet", pd.concat(prompt_frames, ignore_index=True))
+        tables: dict[str, list[pd.DataFrame]] = {}
+        for task_name in suite.tasks:
+            for index, entry in enumerate(suite.probes):
+                for name, frame in run.read_unit(task_name, index, entry.kind).items():
+                    tables.setdefault(name, []).append(frame)
+        merged = {name: pd.concat(frames, ignore_index=True) for name, frames in tables.items()}
+        for name, frame in merged.items():
+            run.write_table(name, frame)
+        manifest.update(
+            status="finished",
+            finished=now_utc(),
+            seconds_this_session=round(time.perf_counter() - started, 2),
+            tasks=task_info,
+            forward_stats=vars(handle.stats).copy(),
+        )
+        run.write_manifest(manifest)
+        if report:
+            from .report import build_report
+
+            build_report(run.path)
+    return RunResults(Path(out), manifest, merged)

@@ -1,0 +1,134 @@
+"""Probe suites: TOML files a user runs (``cgar run probes/paper.toml``), parsed strictly.
+
+A suite names the model, backend, tasks, shots, seed and sizes, and lists probes::
+
+    name = "paper"
+    model = "embedded"
+    tasks = ["sst2-mini", "trec-mini", "agnews-mini"]
+    shots = 1
+
+    [[probe]]
+    kind = "context_gate"
+    context_layers = "paper"
+    lambdas = [0, 0.01, 0.1, 1, 10]
+
+Unknown keys, wrong types and bad values are rejected with the offending key named; each
+``[[probe]]`` table is built into its probe's registered config dataclass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, build, to_dict
+from .probes import get_probe
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "probes"
+
+
+@dataclass(frozen=True)
+class ProbeEntry:
+    """One ``[[probe]]`` table: its kind and its built config."""
+
+    kind: str
+    config: Any
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """A whole suite. Field names are the TOML keys."""
+
+    name: str = "suite"
+    model: str = "embedded"
+    backend: str = "transformer_lens"
+    device: str = "cpu"
+    dtype: str | None = None
+    prepend_bos: bool = True
+    seed: int = 0
+    tasks: tuple[str, ...] = ("sst2-mini",)
+    shots: int = 1
+    n_fit: int = 16
+    n_eval: int = 48
+    batch_size: int = 16
+    n_boot: int = 1000
+    probes: tuple[ProbeEntry, ...] = field(default=())
+
+    def __post_init__(self):
+        for key in ("shots", "n_fit", "n_eval", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"key {key!r} must be >= 1; got {getattr(self, key)}")
+        if self.n_boot < 0:
+            raise ConfigError(f"key 'n_boot' must be >= 0; got {self.n_boot}")
+        if not self.tasks:
+            raise ConfigError("key 'tasks' is empty; name at least one task, e.g. 'sst2-mini'")
+
+    def to_dict(self) -> dict:
+        out = to_dict(replace(self, probes=()))
+        out["probes"] = [{"kind": p.kind, **to_dict(p.config)} for p in self.probes]
+        return out
+
+    def config_hash(self) -> str:
+        """Hash of everything that determines the numbers (not the output location)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def needed_layers(self, n_layers: int) -> tuple[int, ...]:
+        layers: set[int] = set()
+        for probe in self.probes:
+            layers.update(probe.config.needed_layers(n_layers))
+        return tuple(sorted(layers))
+
+
+def parse_suite(data: dict, where: str = "suite") -> SuiteConfig:
+    """Build a :class:`SuiteConfig` from a parsed TOML mapping (strict)."""
+    data = dict(data)
+    raw_probes = data.pop("probe", [])
+    if "probes" in data:
+        raise ConfigError(f"unknown key 'probes' in {where}; probes are [[probe]] tables")
+    if not isinstance(raw_probes, list):
+        raise ConfigError(f"'probe' in {where} must be an array of tables ([[probe]])")
+    probes = []
+    for i, table in enumerate(raw_probes, start=1):
+        if not isinstance(table, dict) or "kind" not in table:
+            raise ConfigError(f"[[probe]] {i} in {where} needs a 'kind' key")
+        table = dict(table)
+        kind = table.pop("kind")
+        try:
+            spec = get_probe(kind)
+        except ValueError as err:
+            raise ConfigError(f"[[probe]] {i} in {where}: {err}") from None
+        probes.append(ProbeEntry(kind, build(spec.config_cls, table, f"[[probe]] {i} ({kind})")))
+    suite = build(SuiteConfig, data, where)
+    if not probes:
+        raise ConfigError(f"{where} has no [[probe]] tables; add at least one")
+    return replace(suite, probes=tuple(probes))
+
+
+def load_suite(path: str | Path, **overrides) -> SuiteConfig:
+    """Read and validate a suite file; ``overrides`` (model, backend, seed, ...) replace keys.
+
+    A bare name (``"paper"``) finds a shipped suite in ``probes/``.
+    """
+    path = Path(path)
+    if not path.exists() and not path.suffix and (SUITES_DIR / f"{path}.toml").is_file():
+        path = SUITES_DIR / f"{path}.toml"
+    if not path.is_file():
+        shipped = ", ".join(p.stem for p in shipped_suites())
+        raise ConfigError(f"suite file {str(path)!r} does not exist; shipped suites: {shipped}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"suite file {str(path)!r} is not valid TOML: {err}") from None
+    for key, value in overrides.items():
+        if value is not None:
+            data[key] = value
+    return parse_suite(data, where=f"suite {path.name}")
+
+
+def shipped_suites() -> list[Path]:
+    return sorted(SUITES_DIR.glob("*.toml")) if SUITES_DIR.is_dir() else []
