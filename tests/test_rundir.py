@@ -11,9 +11,11 @@ ID = {"config_hash": "abc", "model_hash": "m1"}
 
 
 def test_second_opener_is_refused_while_the_first_holds_the_lock(tmp_path):
-    with RunDir.open(tmp_path / "r", ID):
-        with pytest.raises(RunDirError, match=r"is in use by another process"):
-            RunDir.open(tmp_path / "r", ID, resume=True)
+    with (
+        RunDir.open(tmp_path / "r", ID),
+        pytest.raises(RunDirError, match=r"is in use by another process"),
+    ):
+        RunDir.open(tmp_path / "r", ID, resume=True)
     RunDir.open(tmp_path / "r", ID, resume=True).close()  # released on close
 
 
