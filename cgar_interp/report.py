@@ -57,44 +57,52 @@ def _table_html(frame: pd.DataFrame, left: tuple[str, ...] = ()) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+def _cell(row) -> str:
+    return f"{row.value:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
+
+
 def key_numbers(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Compact tables of the numbers a reader looks for first."""
+    """Compact tables of the numbers a reader looks for first (value [95% CI])."""
     out = {}
     gate = tables.get("context_gate")
     if gate is not None and not gate.empty:
-        last_q = gate.q_layer.max()
-        sel = gate[
-            (gate.metric.isin(["vocab_correct", "label_mass"]))
-            & (
-                (gate["mode"] == "baseline")
-                | (
-                    (gate.vector == "context")
-                    & (gate.q_layer == last_q)
-                    & (gate.c_layer == gate.c_layer.max())
-                )
-            )
-        ]
-        cols = [
-            "task",
-            "mode",
-            "vector",
-            "c_layer",
-            "lam",
-            "metric",
-            "value",
-            "ci_low",
-            "ci_high",
-            "n",
-        ]
-        out["Context gate at c = last layer (and baselines)"] = sel[cols].reset_index(drop=True)
+        last_q, last_c = gate.q_layer.max(), gate.c_layer.max()
+        for metric, title in (
+            ("label_mass", "label-token mass"),
+            ("vocab_correct", "full-vocab accuracy"),
+        ):
+            rows = []
+            for task in gate.task.unique():
+                sel = gate[(gate.task == task) & (gate.metric == metric)]
+                base = {r.vector: _cell(r) for r in sel[sel["mode"] == "baseline"].itertuples()}
+                for mode in ("decode", "patch"):
+                    cur = sel[
+                        (sel["mode"] == mode)
+                        & (sel.vector == "context")
+                        & (sel.c_layer == last_c)
+                        & ((sel.q_layer == last_q) | (sel["mode"] == "patch"))
+                    ].sort_values("lam")
+                    if cur.empty:
+                        continue
+                    row = {
+                        "task": task,
+                        "mode": mode,
+                        "zero-shot": base.get("zero_shot", ""),
+                        "full ICL": base.get("icl", ""),
+                    }
+                    row.update({f"lambda={r.lam:g}": _cell(r) for r in cur.itertuples()})
+                    row["n"] = int(cur.n.iloc[0])
+                    rows.append(row)
+            out[f"Context gate, {title}, q = c = {last_c} (value [95% CI])"] = pd.DataFrame(rows)
     tv = tables.get("task_vectors")
     if tv is not None and not tv.empty:
         acc = tv[tv.metric == "vocab_correct"]
         best = acc.loc[acc.groupby("task").value.idxmax()]
-        out["Task vectors: best layer per task"] = (
-            best[["task", "layer", "value", "ci_low", "ci_high", "n"]]
-            .rename(columns={"value": "vocab_correct"})
-            .reset_index(drop=True)
+        out["Task vectors: best layer per task (full-vocab accuracy)"] = pd.DataFrame(
+            [
+                {"task": r.task, "layer": int(r.layer), "accuracy": _cell(r), "n": int(r.n)}
+                for r in best.itertuples()
+            ]
         )
     return out
 
@@ -124,13 +132,10 @@ def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None
         f"{_e(suite.get('shots'))}; fit/eval queries: {_e(suite.get('n_fit'))}/{_e(suite.get('n_eval'))}; "
         f"intervals: bootstrap 95% over queries ({_e(suite.get('n_boot'))} resamples).</p>",
     ]
-    for title, frame in key_numbers(tables).items():
-        parts.append(
-            f"<h2>{_e(title)}</h2>" + _table_html(frame, left=("task", "mode", "vector", "metric"))
-        )
     sections: dict[str, list[str]] = {}
     for name in sorted(figures, key=lambda n: (n.split("-")[0] != "context_gate", n)):
         sections.setdefault(name.split("-")[0], []).append(name)
+    numbers = key_numbers(tables)
     for probe, names in sections.items():
         parts.append(f"<h2>{_e(probe.replace('_', ' '))}</h2>")
         for name in names:
@@ -139,6 +144,11 @@ def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None
                     full_html=False, include_plotlyjs=False, div_id=f"fig-{_e(name)}"
                 )
             )
+        for title, frame in numbers.items():
+            if title.lower().startswith(probe.replace("_", " ")):
+                parts.append(
+                    f"<h3>{_e(title)}</h3>" + _table_html(frame, left=tuple(frame.columns))
+                )
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>cgar_interp — {_e(suite.get('name', run_dir.name))}</title>"
