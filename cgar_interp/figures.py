@@ -155,6 +155,7 @@ def task_vector_figure(table: pd.DataFrame, task: str) -> go.Figure:
                 x=list(sel.layer) + list(sel.layer)[::-1],
                 y=list(sel.ci_high) + list(sel.ci_low)[::-1],
                 fill="toself",
+                mode="lines",
                 fillcolor="rgba(31,119,180,0.15)",
                 line={"width": 0},
                 hoverinfo="skip",

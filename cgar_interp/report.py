@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +40,12 @@ PROVENANCE_KEYS = (
     "status",
     "config_hash",
 )
+
+
+def safe_filename(name: str) -> str:
+    """A file name from data-derived text: no path separators, nothing a shell would trip on."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "figure"
+    return slug[:120]
 
 
 def _e(value) -> str:
@@ -118,7 +125,9 @@ def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None
     fig_dir.mkdir(exist_ok=True)
     for name, fig in figures.items():
         # "directory": one plotly.min.js beside the figures, referenced relatively (offline)
-        fig.write_html(fig_dir / f"{name}.html", include_plotlyjs="directory", full_html=True)
+        fig.write_html(
+            fig_dir / f"{safe_filename(name)}.html", include_plotlyjs="directory", full_html=True
+        )
 
     prov = {k: manifest.get(k) for k in PROVENANCE_KEYS if k in manifest}
     versions = manifest.get("versions", {})
@@ -141,7 +150,7 @@ def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None
         for name in names:
             parts.append(
                 figures[name].to_html(
-                    full_html=False, include_plotlyjs=False, div_id=f"fig-{_e(name)}"
+                    full_html=False, include_plotlyjs=False, div_id=f"fig-{safe_filename(name)}"
                 )
             )
         for title, frame in numbers.items():
