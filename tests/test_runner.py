@@ -185,3 +185,30 @@ def test_results_object_for_notebooks(reference_run):
     assert len(fig.data) > 4
     with pytest.raises(KeyError, match="available"):
         loaded.figure("nope")
+
+
+def test_lambda_zero_is_zero_shot_in_both_modes_on_the_embedded_model(reference_run):
+    table = reference_run.tables["context_gate"]
+    zero = (
+        table[(table["mode"] == "baseline") & (table.vector == "zero_shot")]
+        .set_index("metric")
+        .value
+    )
+    for mode in ("decode", "patch"):
+        for c in (28, 30):
+            sel = (
+                table[
+                    (table["mode"] == mode)
+                    & (table.vector == "context")
+                    & (table.c_layer == c)
+                    & (table.lam == 0.0)
+                ]
+                .set_index("metric")
+                .value
+            )
+            for metric in ("vocab_correct", "label_correct", "label_mass", "entropy"):
+                assert sel[metric] == pytest.approx(zero[metric], rel=1e-5, abs=1e-6), (
+                    mode,
+                    c,
+                    metric,
+                )
