@@ -48,8 +48,15 @@ def capture_many(
     batch_size: int = 16,
     with_logits: bool = True,
     progress: Callable[[int], None] | None = None,
+    shared_prefix: bool | None = None,
+    min_prefix: int = 16,
 ) -> RunResult:
     """Capture ``sites`` at ``positions`` (and last-position logits) for every row of ``batch``.
+
+    When every row starts with the same tokens (ICL prompts whose demonstrations are shared by
+    all queries), that common prefix runs once and its KV cache is reused for every row; only
+    the rest of each prompt runs through the hooked model. Positions must then be negative
+    (counted from each row's end), which is what probes use.
 
     Args:
         handle: the model.
@@ -59,6 +66,8 @@ def capture_many(
         batch_size: rows per forward pass.
         with_logits: also keep logits at the last position, ``[n, vocab]``.
         progress: called with the number of rows finished after each batch.
+        shared_prefix: reuse a common prefix's KV cache (``None``: when it has at least
+            ``min_prefix`` tokens and every position is negative; ``False``: never).
 
     Returns:
         a :class:`RunResult` whose tensors are ``[n, ...]`` in the order of ``batch``'s rows,
@@ -66,13 +75,30 @@ def capture_many(
     """
     if isinstance(positions, Tensor) or positions is None:
         raise ValueError("capture_many takes relative positions (ints); pass e.g. -1 or [-2, -1]")
+    from .prefix import common_prefix_length, repeat_cache, shared_prefix_cache
+
     sites = list(sites)
     parts: dict[str, list[Tensor]] = {str(handle.site(s)): [] for s in sites}
     logits: list[Tensor] = []
     order: list[Tensor] = []
-    for sub in iter_batches(batch, batch_size):
+    relative = all(p < 0 for p in ([positions] if isinstance(positions, int) else positions))
+    prefix_len = common_prefix_length(batch.ids, batch.lengths) if relative else 0
+    use_prefix = (
+        prefix_len >= min_prefix
+        if shared_prefix is None
+        else bool(shared_prefix) and prefix_len > 0
+    )
+    if use_prefix:
+        cache = shared_prefix_cache(handle, batch.ids[0, :prefix_len])
+        rest = TokenBatch(batch.ids[:, prefix_len:], batch.lengths - prefix_len)
+    for sub in iter_batches(rest if use_prefix else batch, batch_size):
         run = handle.capture(
-            sub.batch, sites, positions, with_logits=with_logits, logits_positions=-1
+            sub.batch,
+            sites,
+            positions,
+            with_logits=with_logits,
+            logits_positions=-1,
+            past_key_values=repeat_cache(cache, len(sub.indices)) if use_prefix else None,
         )
         for name, value in run.captures.items():
             if name.startswith("attn_pattern."):  # key axis: pad to the full batch width

@@ -351,6 +351,7 @@ class ModelHandle:
         patches: Sequence[Patch] = (),
         logits_positions: Positions = None,
         want_logits: bool = True,
+        past_key_values=None,
     ) -> RunResult:
         """The one path every public method goes through: validate, run, select, derive."""
         batch = self._batch(ids)
@@ -375,7 +376,7 @@ class ModelHandle:
         logits_idx = None
         if want_logits and logits_positions is not None:
             logits_idx = resolve_positions(logits_positions, batch.lengths)
-        logits, raw = self.backend.forward(batch.ids, reads, writes)
+        logits, raw = self.backend.forward(batch.ids, reads, writes, past_key_values)
         self.stats.forward_calls += 1
         self.stats.forward_rows += batch.batch_size
         captures = {str(s): self._derive(s, raw[s.base()]) for s in wanted}
@@ -436,6 +437,7 @@ class ModelHandle:
         *,
         logits_positions: Positions = None,
         with_logits: bool = False,
+        past_key_values=None,
     ) -> RunResult | dict[str, Tensor]:
         """Only the requested sites, only at the requested positions.
 
@@ -444,13 +446,21 @@ class ModelHandle:
             sites: site names (``"resid.12"``) or :class:`Site` objects.
             positions: positions to keep (default ``-1``: each row's last real token).
             with_logits: also return logits (at ``logits_positions``) in a :class:`RunResult`.
+            past_key_values: KV cache of a prefix every row continues (see
+                :func:`cgar_interp.prefix.shared_prefix_cache`); positions are then relative
+                to ``ids``, and ``ids`` must not repeat the prefix.
 
         Returns:
             ``{site name: tensor [batch, n_pos, ...]}`` (``[batch, ...]`` for an int position),
             or a :class:`RunResult` when ``with_logits``.
         """
         result = self._run(
-            ids, sites, positions, logits_positions=logits_positions, want_logits=with_logits
+            ids,
+            sites,
+            positions,
+            logits_positions=logits_positions,
+            want_logits=with_logits,
+            past_key_values=past_key_values,
         )
         return result if with_logits else result.captures
 

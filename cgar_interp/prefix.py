@@ -38,7 +38,9 @@ class LastTokenState:
     length: int
 
 
-def _blocks(handle: ModelHandle, h: Tensor, start: int, cache, position: int, record=None) -> Tensor:
+def _blocks(
+    handle: ModelHandle, h: Tensor, start: int, cache, position: int, record=None
+) -> Tensor:
     """Run ``h [rows, 1, d]`` (token at ``position``) through blocks ``start .. L-1``."""
     from transformers.masking_utils import create_causal_mask
 
@@ -89,7 +91,9 @@ def last_token_state(handle: ModelHandle, ids: Tensor) -> LastTokenState:
     return LastTokenState(prefix, resid, n)
 
 
-def resume_last_token(handle: ModelHandle, state: LastTokenState, layer: int, h_last: Tensor) -> Tensor:
+def resume_last_token(
+    handle: ModelHandle, state: LastTokenState, layer: int, h_last: Tensor
+) -> Tensor:
     """Logits of replacement residuals at the last position, from layer ``layer`` on.
 
     Args:
@@ -105,7 +109,11 @@ def resume_last_token(handle: ModelHandle, state: LastTokenState, layer: int, h_
     if n_var > 1:
         cache.batch_repeat_interleave(n_var)
     # batch_repeat_interleave puts the variants of prompt i next to each other: row i*n_var + v
-    rows = h_last.transpose(0, 1).reshape(b * n_var, 1, d).to(device=handle.input_device, dtype=handle.dtype)
+    rows = (
+        h_last.transpose(0, 1)
+        .reshape(b * n_var, 1, d)
+        .to(device=handle.input_device, dtype=handle.dtype)
+    )
     with torch.no_grad():
         out = _blocks(handle, rows, layer, cache, state.length - 1)
         logits = handle.decode_residual(out[:, 0])
@@ -113,3 +121,39 @@ def resume_last_token(handle: ModelHandle, state: LastTokenState, layer: int, h_
     handle.stats.resume_rows += b * n_var
     handle.stats.resume_block_rows += b * n_var * (handle.arch.n_layers - layer)
     return logits.reshape(b, n_var, -1).transpose(0, 1)
+
+
+def common_prefix_length(ids: Tensor, lengths: Tensor) -> int:
+    """Tokens every row starts with, leaving at least one token per row after them."""
+    ids, lengths = ids.cpu(), lengths.cpu()
+    limit = int(lengths.min()) - 1
+    if limit <= 0 or ids.shape[0] == 0:
+        return 0
+    same = (ids[:, :limit] == ids[:1, :limit]).all(dim=0)
+    differing = (~same).nonzero()
+    return int(differing[0]) if len(differing) else limit
+
+
+def shared_prefix_cache(handle: ModelHandle, prefix_ids: Tensor):
+    """KV cache of one prefix ``[p]`` (batch 1), run once on the plain HF module tree."""
+    from transformers import DynamicCache
+
+    hf = handle.backend.hf_model
+    cache = DynamicCache(config=hf.config)
+    with torch.no_grad():
+        hf.model(
+            input_ids=prefix_ids[None].to(handle.input_device),
+            past_key_values=cache,
+            use_cache=True,
+        )
+    handle.stats.forward_calls += 1
+    handle.stats.forward_rows += 1
+    return cache
+
+
+def repeat_cache(cache, rows: int):
+    """A copy of a batch-1 cache repeated over ``rows`` (the original stays reusable)."""
+    out = copy.deepcopy(cache)
+    if rows > 1:
+        out.batch_repeat_interleave(rows)
+    return out

@@ -54,7 +54,11 @@ class Backend(ABC):
 
     @abstractmethod
     def forward(
-        self, ids: Tensor, reads: Mapping[Site, Reader], writes: Mapping[Site, Writer]
+        self,
+        ids: Tensor,
+        reads: Mapping[Site, Reader],
+        writes: Mapping[Site, Writer],
+        past_key_values=None,
     ) -> tuple[Tensor, dict[Site, Tensor]]:
         """Run one forward pass.
 
@@ -62,6 +66,8 @@ class Backend(ABC):
             ids: token ids ``[batch, pos]``.
             reads: site -> function of the canonical tensor whose result is returned.
             writes: site -> function returning the canonical tensor's replacement.
+            past_key_values: an HF KV cache of a prefix shared by every row (batch-repeated);
+                ``ids`` then continue it, and positions are relative to ``ids``.
 
         Returns:
             ``(logits [batch, pos, vocab], {site: reader result})``.

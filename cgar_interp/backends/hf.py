@@ -31,7 +31,11 @@ class HFBackend(Backend):
         self.dims = dims
 
     def forward(
-        self, ids: Tensor, reads: Mapping[Site, Reader], writes: Mapping[Site, Writer]
+        self,
+        ids: Tensor,
+        reads: Mapping[Site, Reader],
+        writes: Mapping[Site, Writer],
+        past_key_values=None,
     ) -> tuple[Tensor, dict[Site, Tensor]]:
         results: dict[Site, Tensor] = {}
         rotary: list[tuple[Tensor, Tensor]] = []
@@ -87,7 +91,11 @@ class HFBackend(Backend):
                 else:
                     handles.append(module.register_forward_hook(hook))
             with torch.no_grad():
-                logits = self.hf_model(input_ids=ids, use_cache=False).logits
+                logits = self.hf_model(
+                    input_ids=ids,
+                    past_key_values=past_key_values,
+                    use_cache=past_key_values is not None,
+                ).logits
         finally:
             for handle in handles:
                 handle.remove()

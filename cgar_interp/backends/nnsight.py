@@ -36,7 +36,11 @@ class NNsightBackend(Backend):
         self.dims = dims
 
     def forward(
-        self, ids: Tensor, reads: Mapping[Site, Reader], writes: Mapping[Site, Writer]
+        self,
+        ids: Tensor,
+        reads: Mapping[Site, Reader],
+        writes: Mapping[Site, Writer],
+        past_key_values=None,
     ) -> tuple[Tensor, dict[Site, Tensor]]:
         import nnsight
 
@@ -47,7 +51,12 @@ class NNsightBackend(Backend):
         if needs_rotary(sites):
             steps.append((ROTARY_ORDER, None))
         steps.sort(key=lambda step: step[0])
-        with torch.no_grad(), lm.trace(ids):
+        extra = (
+            {}
+            if past_key_values is None
+            else {"past_key_values": past_key_values, "use_cache": True}
+        )
+        with torch.no_grad(), lm.trace(ids, **extra):
             rotary = None
             for _, site in steps:
                 if site is None:

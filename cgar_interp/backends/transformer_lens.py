@@ -64,7 +64,11 @@ class TransformerLensBackend(Backend):
         self.n_layers = n_layers
 
     def forward(
-        self, ids: Tensor, reads: Mapping[Site, Reader], writes: Mapping[Site, Writer]
+        self,
+        ids: Tensor,
+        reads: Mapping[Site, Reader],
+        writes: Mapping[Site, Writer],
+        past_key_values=None,
     ) -> tuple[Tensor, dict[Site, Tensor]]:
         results: dict[Site, Tensor] = {}
         hooks = []
@@ -81,7 +85,8 @@ class TransformerLensBackend(Backend):
 
             hooks.append((site.tl_hook_name(self.n_layers), hook))
         with torch.no_grad():
-            logits = self.engine.run_with_hooks(ids, fwd_hooks=hooks)
+            extra = {} if past_key_values is None else {"past_key_values": past_key_values}
+            logits = self.engine.run_with_hooks(ids, fwd_hooks=hooks, **extra)
         return logits, results
 
 

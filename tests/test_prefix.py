@@ -1,0 +1,84 @@
+"""KV-cache prefix reuse: shared demonstration prefixes and last-token suffix passes."""
+
+import pytest
+import torch
+
+from cgar_interp.capture import capture_many, resume_variants
+from cgar_interp.prefix import common_prefix_length, last_token_state, resume_last_token
+from cgar_interp.tokens import TokenBatch
+
+BACKENDS = ("hf", "transformer_lens", "nnsight")
+SITES = ["resid.0", "resid.1", "resid.2", "attn_pattern.1", "q.1", "k_rep.0", "z.1", "head_out.0"]
+
+
+@pytest.fixture(scope="module")
+def shared_batch():
+    gen = torch.Generator().manual_seed(0)
+    prefix = torch.randint(3, 128, (20,), generator=gen).tolist()
+    rows = [prefix + torch.randint(3, 128, (3 + i % 4,), generator=gen).tolist() for i in range(7)]
+    return TokenBatch.from_sequences(rows)
+
+
+def test_common_prefix_length():
+    batch = TokenBatch.from_sequences([[1, 2, 3, 4], [1, 2, 3, 9, 9], [1, 2, 7]])
+    assert common_prefix_length(batch.ids, batch.lengths) == 2
+    same = TokenBatch.from_sequences([[1, 2, 3], [1, 2, 3]])
+    assert common_prefix_length(same.ids, same.lengths) == 2  # one token left per row
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shared_prefix_capture_equals_full_prompts(tiny_handles, shared_batch, backend):
+    handle = tiny_handles[backend]
+    handle.stats.reset()
+    full = capture_many(handle, shared_batch, SITES, -1, batch_size=3, shared_prefix=False)
+    full_rows = handle.stats.forward_rows
+    handle.stats.reset()
+    reused = capture_many(handle, shared_batch, SITES, -1, batch_size=3, shared_prefix=True)
+    assert handle.stats.forward_rows == full_rows + 1  # the prefix once, then the rest per row
+    assert (full.logits - reused.logits).abs().max() < 1e-5
+    for site in SITES:
+        assert (full[site] - reused[site]).abs().max() < 1e-5, site
+
+
+def test_shared_prefix_is_off_for_absolute_positions(tiny_handles, shared_batch):
+    handle = tiny_handles["hf"]
+    out = capture_many(handle, shared_batch, ["resid.1"], [0], batch_size=4)
+    direct = handle.capture(shared_batch, ["resid.1"], positions=[0])["resid.1"]
+    assert torch.equal(out["resid.1"], direct)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_last_token_suffix_equals_full_resume(tiny_handles, backend):
+    handle = tiny_handles[backend]
+    ids = torch.randint(3, 128, (3, 9), generator=torch.Generator().manual_seed(1))
+    state = last_token_state(handle, ids)
+    direct = handle.capture(ids, [f"resid.{layer}" for layer in range(3)], positions=-1)
+    for layer in range(3):
+        assert (state.resid[layer] - direct[f"resid.{layer}"]).abs().max() < 1e-5
+        shifts = torch.randn(4, 3, 64, generator=torch.Generator().manual_seed(layer))
+        got = resume_last_token(handle, state, layer, state.resid[layer][None] + shifts)
+        every = handle.capture(ids, [f"resid.{layer}"], positions=None)[f"resid.{layer}"]
+        for k in range(4):
+            patched = every.clone()
+            patched[:, -1] += shifts[k]
+            assert (got[k] - handle.resume(patched, layer, positions=-1)).abs().max() < 1e-5
+
+
+def test_resume_variants_keeps_the_callers_row_order(tiny_handles):
+    handle = tiny_handles["hf"]
+    rows = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14], [15, 16, 17]]
+    batch = TokenBatch.from_sequences(rows)
+    out = resume_variants(
+        handle,
+        batch,
+        [1],
+        lambda layer, h, idx: h[None],
+        lambda logits, idx: {
+            "top": logits.argmax(-1).double(),
+            "row": idx.double().expand(logits.shape[0], -1),
+        },
+        batch_size=2,
+    )
+    assert out[1]["row"][0].tolist() == [0.0, 1.0, 2.0, 3.0]
+    expected = handle.logits(batch, positions=-1).argmax(-1)
+    assert out[1]["top"][0].tolist() == expected.double().tolist()
