@@ -52,6 +52,7 @@ class SuiteConfig:
     seed: int = 0
     tasks: tuple[str, ...] = ("sst2-mini",)
     shots: int = 1
+    pinned_demos: bool = False
     n_fit: int = 16
     n_eval: int = 48
     batch_size: int = 16

@@ -31,6 +31,7 @@ def prompt_config(suite, needs_shuffled: bool) -> PromptConfig:
         n_eval=suite.n_eval,
         seed=suite.seed,
         shuffled_labels=needs_shuffled,
+        pinned=suite.pinned_demos,
     )
 
 
