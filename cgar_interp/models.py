@@ -85,8 +85,9 @@ class Architecture:
 class ForwardStats:
     """Counts of the work a handle did: full forward passes and suffix (resume) passes.
 
-    ``forward_rows`` counts prompts sent through a full forward pass; ``resume_block_rows``
-    counts (row x block) applications in suffix passes. Probes report these, so "two forward
+    ``forward_rows`` counts prompts sent through a forward pass (a shared demonstration
+    prefix is counted once, in ``prefix_calls``); ``resume_block_rows`` counts (row x block)
+    applications in suffix passes. Probes report these, so "two forward
     passes per query" is a counted fact, not a claim.
     """
 
@@ -95,6 +96,7 @@ class ForwardStats:
     resume_calls: int = 0
     resume_rows: int = 0
     resume_block_rows: int = 0
+    prefix_calls: int = 0
 
     def reset(self) -> None:
         self.__init__()
@@ -185,7 +187,26 @@ def weights_hash(directory: Path) -> str:
     return combined.hexdigest()
 
 
-def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str, str]:
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def check_weights_format(directory: Path, allow_pickle: bool) -> None:
+    """Refuse pickle-based checkpoints (they can run code when loaded) unless opted in."""
+    safetensors = list(directory.glob("*.safetensors"))
+    pickles = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if not safetensors and pickles and not allow_pickle:
+        raise ValueError(
+            f"checkpoint {str(directory)!r} holds pickle-based weights ({', '.join(sorted(pickles))}); "
+            "loading pickle can execute code. Convert it to safetensors, or pass "
+            "allow_pickle=True (--allow-pickle) only for a checkpoint you trust"
+        )
+    if not safetensors and not pickles:
+        raise ValueError(f"checkpoint {str(directory)!r} has no weight files (*.safetensors)")
+
+
+def _resolve_source(
+    name_or_path: str | os.PathLike, allow_pickle: bool = False
+) -> tuple[str, str, str]:
     """``(name, path or hub id, hash)`` for ``"embedded"``, a local directory, or a hub id."""
     text = str(name_or_path)
     if text == EMBEDDED_NAME:
@@ -198,6 +219,7 @@ def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str, str]:
                 f"model directory {str(path)!r} has no config.json; pass a Hugging Face "
                 "checkpoint directory, a hub id, or 'embedded'"
             )
+        check_weights_format(path, allow_pickle)
         return path.name, str(path.resolve()), weights_hash(path)
     looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
     if not looks_like_hub_id:
@@ -218,6 +240,7 @@ def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str, str]:
             "Download it where a hub is reachable and pass the local directory instead, "
             f"or use {EMBEDDED_NAME!r}."
         ) from err
+    check_weights_format(Path(local), allow_pickle)
     return text, local, weights_hash(Path(local))
 
 
@@ -577,6 +600,7 @@ def load_model(
     device: str = "cpu",
     dtype: str | torch.dtype | None = None,
     prepend_bos: bool = True,
+    allow_pickle: bool = False,
 ) -> ModelHandle:
     """Load a Llama-family checkpoint behind one backend.
 
@@ -589,6 +613,8 @@ def load_model(
         dtype: ``None`` (float32 on CPU, bfloat16 on GPU), ``"float32"``, ``"bfloat16"``,
             ``"float16"`` or a torch dtype.
         prepend_bos: the BOS choice :meth:`ModelHandle.tokenize` applies (recorded).
+        allow_pickle: accept a pickle-based checkpoint (``*.bin``); off by default, since
+            unpickling can run code. ``trust_remote_code`` is never enabled.
 
     Raises:
         ValueError: unknown backend, model, dtype or unsupported architecture, naming it.
@@ -602,7 +628,7 @@ def load_model(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available here")
     torch_dtype = resolve_dtype(dtype, device)
-    name, path, model_hash = _resolve_source(name_or_path)
+    name, path, model_hash = _resolve_source(name_or_path, allow_pickle)
 
     from transformers import AutoConfig, AutoTokenizer
 
@@ -617,9 +643,21 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise ValueError(f"model {name!r} at {path} has no usable tokenizer: {err}") from err
-    engine = load_backend(
-        backend, path, device=device, dtype=torch_dtype, tokenizer=tokenizer, dims=arch.dims
-    )
+    try:
+        engine = load_backend(
+            backend, path, device=device, dtype=torch_dtype, tokenizer=tokenizer, dims=arch.dims
+        )
+    except Exception as err:  # safetensors raises its own SafetensorError type
+        if (
+            "safetensor" in str(err).lower()
+            or "header" in str(err).lower()
+            or "incomplete" in str(err).lower()
+        ):
+            raise ValueError(
+                f"the weights of model {name!r} in {path} could not be read ({type(err).__name__}: "
+                f"{err}); the file may be truncated or corrupt: re-download or re-convert it"
+            ) from err
+        raise
     return ModelHandle(
         name=name,
         path=path,

@@ -146,8 +146,7 @@ def shared_prefix_cache(handle: ModelHandle, prefix_ids: Tensor):
             past_key_values=cache,
             use_cache=True,
         )
-    handle.stats.forward_calls += 1
-    handle.stats.forward_rows += 1
+    handle.stats.prefix_calls += 1
     return cache
 
 

@@ -13,12 +13,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+PART_SUFFIX = ".part"
+
+
+def remove_stale_parts(root: str | os.PathLike) -> list[Path]:
+    """Delete temporary files a killed writer left under ``root`` (call only under its lock)."""
+    removed = []
+    for path in Path(root).rglob(f".*{PART_SUFFIX}"):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same directory + ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .results import atomic_write_bytes, atomic_write_json
+from .results import atomic_write_bytes, atomic_write_json, remove_stale_parts
 
 MANIFEST = "manifest.json"
 
@@ -79,6 +79,7 @@ class RunDir:
             ) from None
         run = cls(path, lock_fh)
         try:
+            remove_stale_parts(path)  # a killed writer's temp files; we hold the lock
             run._check_identity(identity, resume=resume, force=force)
             if not os.access(path, os.W_OK):
                 raise RunDirError(f"run directory {str(path)!r} is not writable")

@@ -34,7 +34,8 @@ def test_shared_prefix_capture_equals_full_prompts(tiny_handles, shared_batch, b
     full_rows = handle.stats.forward_rows
     handle.stats.reset()
     reused = capture_many(handle, shared_batch, SITES, -1, batch_size=3, shared_prefix=True)
-    assert handle.stats.forward_rows == full_rows + 1  # the prefix once, then the rest per row
+    assert handle.stats.forward_rows == full_rows  # every row once (its suffix) ...
+    assert handle.stats.prefix_calls == 1  # ... and the shared prefix once
     assert (full.logits - reused.logits).abs().max() < 1e-5
     for site in SITES:
         assert (full[site] - reused[site]).abs().max() < 1e-5, site

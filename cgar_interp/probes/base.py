@@ -22,6 +22,25 @@ from ..models import ModelHandle
 from ..tokens import TokenBatch
 
 
+class NonFiniteActivation(FloatingPointError):
+    """NaN or inf in captured activations (e.g. fp16 overflow): never averaged into a metric."""
+
+
+def check_finite(run, task: str, kind: str, rows: Tensor) -> None:
+    """Raise naming the site (layer) and the prompt (query row) of the first non-finite value."""
+    tensors = dict(run.captures)
+    if run.logits is not None:
+        tensors["logits"] = run.logits
+    for name, value in tensors.items():
+        bad = ~torch.isfinite(value)
+        if bad.any():
+            row = int(bad.reshape(bad.shape[0], -1).any(-1).nonzero()[0])
+            raise NonFiniteActivation(
+                f"non-finite values at {name} for task {task!r}, {kind} prompt of query row "
+                f"{int(rows[row])}: the model overflowed or was fed bad input; try dtype float32"
+            )
+
+
 @dataclass(frozen=True)
 class ProbeSpec:
     kind: str
@@ -115,6 +134,7 @@ class ProbeContext:
                 run = capture_many(
                     self.handle, subset, sites, -1, batch_size=self.batch_size, progress=tick
                 )
+                check_finite(run, self.inputs.task, kind, rows)
                 resid[kind], logits[kind] = {}, None
                 for layer in self.layers:
                     # rows not captured stay NaN, so a misuse cannot pass silently
