@@ -25,11 +25,19 @@ def remove_stale_parts(root: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory + ``os.replace``)."""
+def atomic_write_bytes(
+    path: str | os.PathLike, data: bytes, tmp_dir: str | os.PathLike | None = None
+) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file + ``os.replace``).
+
+    ``tmp_dir`` (same filesystem) holds the temp file; default: ``path``'s own directory. A run
+    directory passes a sibling, so that no partial file is ever visible inside the run.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent)
+    where = Path(tmp_dir) if tmp_dir is not None else path.parent
+    where.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=where)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -42,12 +50,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, tmp_dir=None) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), tmp_dir)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj: Any, tmp_dir=None) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    return atomic_write_text(path, text, tmp_dir)
 
 
 def now_utc() -> str:

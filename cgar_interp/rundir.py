@@ -46,6 +46,8 @@ class RunDir:
     def __init__(self, path: Path, lock_fh):
         self.path = path
         self._lock_fh = lock_fh
+        # temp files live beside the run, not in it: nothing partial is ever visible inside
+        self.tmp = path.parent / f".{path.name}.tmp"
 
     @classmethod
     def open(
@@ -80,6 +82,8 @@ class RunDir:
         run = cls(path, lock_fh)
         try:
             remove_stale_parts(path)  # a killed writer's temp files; we hold the lock
+            if run.tmp.exists():
+                remove_stale_parts(run.tmp)
             run._check_identity(identity, resume=resume, force=force)
             if not os.access(path, os.W_OK):
                 raise RunDirError(f"run directory {str(path)!r} is not writable")
@@ -148,7 +152,7 @@ class RunDir:
             raise RunDirError(f"{self.path / MANIFEST} is not valid JSON: {err}") from err
 
     def write_manifest(self, manifest: dict) -> None:
-        atomic_write_json(self.path / MANIFEST, manifest)
+        atomic_write_json(self.path / MANIFEST, manifest, self.tmp)
 
     # ------------------------------------------------------------------ units
     def unit_dir(self, task: str, index: int, kind: str) -> Path:
@@ -162,8 +166,8 @@ class RunDir:
     ) -> None:
         directory = self.unit_dir(task, index, kind)
         for name, frame in tables.items():
-            atomic_write_bytes(directory / f"{name}.parquet", parquet_bytes(frame))
-        atomic_write_json(directory / "done.json", {"tables": sorted(tables), **info})
+            atomic_write_bytes(directory / f"{name}.parquet", parquet_bytes(frame), self.tmp)
+        atomic_write_json(directory / "done.json", {"tables": sorted(tables), **info}, self.tmp)
 
     def read_unit(self, task: str, index: int, kind: str) -> dict[str, pd.DataFrame]:
         directory = self.unit_dir(task, index, kind)
@@ -171,7 +175,9 @@ class RunDir:
         return {name: pd.read_parquet(directory / f"{name}.parquet") for name in done["tables"]}
 
     def write_table(self, name: str, frame: pd.DataFrame) -> Path:
-        return atomic_write_bytes(self.path / "tables" / f"{name}.parquet", parquet_bytes(frame))
+        return atomic_write_bytes(
+            self.path / "tables" / f"{name}.parquet", parquet_bytes(frame), self.tmp
+        )
 
     def write_parquet(self, relative: str, frame: pd.DataFrame) -> Path:
-        return atomic_write_bytes(self.path / relative, parquet_bytes(frame))
+        return atomic_write_bytes(self.path / relative, parquet_bytes(frame), self.tmp)
