@@ -296,6 +296,149 @@ def suites() -> None:
     Console().print(table)
 
 
+theory_app = typer.Typer(
+    help="The context-gated Hopfield model: simulations, and theory vs measurement.",
+    no_args_is_help=True,
+)
+app.add_typer(theory_app, name="theory")
+
+PlotlyJsOpt = Annotated[
+    str,
+    typer.Option(
+        "--plotlyjs",
+        help="'directory' (one plotly.min.js beside the figures) or 'inline' (self-contained).",
+    ),
+]
+
+
+def _print_frame(frame, title: str, floats: str = "{:.3g}") -> None:
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column), overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(floats.format(v) if isinstance(v, float) else str(v) for v in row))
+    Console().print(table)
+
+
+@theory_app.command("simulate")
+def theory_simulate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the tables and figures.")],
+    seed: Annotated[int, typer.Option("--seed", help="Master seed of the simulations.")] = 0,
+    plotlyjs: PlotlyJsOpt = "directory",
+    as_json: JsonOpt = False,
+) -> None:
+    """Simulate the gated memory (the paper's N=50, d=10, beta=3.5): tables, figures, regime."""
+    from dataclasses import asdict
+
+    from plotly.offline import get_plotlyjs
+
+    from .compare import simulation_summary
+    from .results import atomic_write_bytes, atomic_write_json, atomic_write_text
+    from .rundir import parquet_bytes
+    from .theory import SimulationConfig, run_simulations, simulation_figures
+
+    if plotlyjs not in ("directory", "inline"):
+        _fail(ValueError(f"--plotlyjs {plotlyjs!r} is not valid: 'directory' or 'inline'"))
+    try:
+        config = SimulationConfig(seed=seed)
+    except ValueError as err:
+        _fail(err)
+    tables = run_simulations(config)
+    summary = simulation_summary(tables)
+    for name, frame in {**tables, "summary": summary}.items():
+        atomic_write_bytes(out / f"{name}.parquet", parquet_bytes(frame))
+    atomic_write_json(out / "config.json", asdict(config))
+    if plotlyjs == "directory":
+        atomic_write_text(out / "plotly.min.js", get_plotlyjs())
+    include = "directory" if plotlyjs == "directory" else True
+    for name, fig in simulation_figures(tables).items():
+        atomic_write_text(out / f"{name}.html", fig.to_html(include_plotlyjs=include))
+    lam_unique = (2.0 * float(tables["retrieval_vs_lambda"].eta_min.mean()) / config.beta) ** 0.5
+    if as_json:
+        record = {
+            "out": str(out),
+            "config": asdict(config),
+            "lam_unique_max": lam_unique,
+            "summary": summary.to_dict(orient="records"),
+        }
+        print(json.dumps(record, indent=2, default=str))
+        return
+    short = {
+        "lam": "lambda",
+        "contraction_bound": "beta lam^2/2eta",
+        "frac_uniqueness": "unique cond.",
+        "error_first_order": "err 1st order",
+        "error_fixed_point": "err fixed pt",
+        "bound_mean": "Thm 3.1 bound",
+        "bound_holds_fixed_point": "bound holds",
+        "fixed_points_max": "fixed pts (max)",
+        "stable_max": "stable (max)",
+    }
+    _print_frame(
+        summary[[c for c in short if c in summary]].rename(columns=short),
+        f"gated memory, N={config.n_memories}, d={config.dim}, beta={config.beta:g}: means "
+        "over trials per lambda",
+    )
+    console.print(
+        f"uniqueness condition beta lam^2/(2 eta_min) < 1 holds for lambda < {lam_unique:.3g} "
+        f"(mean eta_min, alpha={config.alpha:g}); written to [green]{out}[/]"
+    )
+
+
+@theory_app.command("compare")
+def theory_compare(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with a context_gate probe.")],
+    report: Annotated[
+        bool, typer.Option("--report", help="Also rebuild figures and report.html.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit the section-2 model to a context-gate run and report its agreement (R^2, residuals)."""
+    from .compare import compare_run
+
+    try:
+        tables = compare_run(run_dir)
+    except ValueError as err:
+        _fail(err)
+    summary = tables["theory_summary"]
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "run_dir": str(run_dir),
+                    "fit": tables["theory_fit"].to_dict(orient="records"),
+                    "summary": summary.to_dict(orient="records"),
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    else:
+        _print_frame(tables["theory_fit"], "effective beta per task and query layer")
+        if not summary.empty:
+            last_q = summary.q_layer.max()
+            shown = summary[
+                (summary["mode"] == "decode")
+                & (summary.q_layer == last_q)
+                & summary.metric.isin(("label_correct", "label_mass", "label_entropy"))
+                & (summary.pooled | (summary.c_layer == summary.c_layer.max()))
+            ][["task", "c_layer", "model", "metric", "r2", "rmse", "worst_lam"]]
+            _print_frame(
+                shown.replace({"c_layer": {-1: "all"}}),
+                f"theory vs decode (q={last_q}; c = last, and pooled over c: 'all')",
+            )
+        console.print(
+            f"[green]written[/]: {run_dir / 'tables'}/theory_*.parquet (diagnoses per curve in "
+            "theory_summary; R^2 is nan where the measured curve is flat)"
+        )
+    if report:
+        from .report import build_report
+
+        if not (run_dir / "manifest.json").is_file():
+            _fail(ValueError(f"{str(run_dir)!r} is not a run directory (no manifest.json)"))
+        console.print(f"[green]written[/]: {build_report(run_dir)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``cgar``)."""
     app(args=argv if argv is not None else sys.argv[1:], prog_name="cgar")

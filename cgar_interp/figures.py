@@ -187,9 +187,20 @@ def task_vector_figure(table: pd.DataFrame, task: str) -> go.Figure:
     return fig
 
 
+def theory_compare_figure(table: pd.DataFrame, task: str) -> go.Figure:
+    """Theory vs measurement: measured decode points (95% CI) and the section-2 predictions.
+
+    Built by :func:`cgar_interp.compare.theory_compare_figure` from ``theory_compare``.
+    """
+    from .compare import theory_compare_figure as build
+
+    return build(table, task)
+
+
 FIGURES = {
     "context_gate": context_gate_figure,
     "task_vectors": task_vector_figure,
+    "theory_compare": theory_compare_figure,
 }
 
 

@@ -145,6 +145,10 @@ def run_suite(
         merged = {name: pd.concat(frames, ignore_index=True) for name, frames in tables.items()}
         for name, frame in merged.items():
             run.write_table(name, frame)
+        if any(entry.kind == "context_gate" for entry in suite.probes):
+            from .compare import compare_run  # theory vs measurement: tables/theory_*.parquet
+
+            merged.update(compare_run(run.path))
         manifest.update(
             status="finished",
             finished=now_utc(),

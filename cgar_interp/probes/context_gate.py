@@ -192,22 +192,71 @@ def gate_terms(ctx: ProbeContext, q_layers, c_layers, vectors) -> pd.DataFrame:
     """Per eval query, label-restricted raw scores ``b = W_U h_zero^(q)`` and ``g = W_U cbar^(c)``.
 
     Raw (no final norm): the section-2 first-order form ``z = b + lambda g``. Also the label
-    logits of the normed decode at lambda = 0, and ``|cbar|``. One row per (query, q, c, class).
+    logits of the normed decode at lambda = 0, ``|cbar|``, and what the theory comparison
+    (:mod:`cgar_interp.compare`) needs to model the final RMSNorm exactly. With ``gamma`` the
+    norm's weight and ``eps`` its epsilon, the decode-mode label logit at any lambda is::
+
+        (b_gamma + lambda g_gamma) / sqrt(h_ms + 2 lambda hc_ms + lambda^2 c_ms + norm_eps)
+
+    One row per (query, q, c, class). Columns:
+
+    - ``b``, ``g``: raw label scores; ``normed_logit``: decode label logit at lambda = 0;
+      ``cbar_norm``: ``|cbar^(c)|``;
+    - ``b_gamma``, ``g_gamma``: ``(W_U (gamma * h))_k`` and ``(W_U (gamma * cbar))_k``;
+    - ``h_ms``, ``hc_ms``, ``c_ms``: means over ``d_model`` of ``h^2``, ``h * cbar``,
+      ``cbar^2``; ``norm_eps``: the norm's epsilon;
+    - ``lse_rest``: log-sum-exp of the lambda = 0 decode logits over the non-label vocabulary
+      (with the label logits it gives the label mass at lambda = 0);
+    - ``b_gamma_rest_pmean``, ``g_gamma_rest_pmean``: means of ``W_U (gamma * h)`` and
+      ``W_U (gamma * cbar)`` over the non-label vocabulary, weighted by the lambda = 0 decode
+      softmax (the exact lambda-derivative of the label log-odds at 0 uses them);
+    - ``g_rest_mean``, ``g_gamma_rest_mean``: plain means of ``W_U cbar`` and
+      ``W_U (gamma * cbar)`` over the non-label vocabulary (the paper's read-out slope);
+    - ``lse_rest_inf``, ``b_gamma_rest_pmean_inf``, ``g_gamma_rest_pmean_inf``: the same
+      log-sum-exp and weighted means for the decode of ``cbar`` alone (the lambda -> infinity
+      end of the sweep), a second anchor for the non-label log-partition.
     """
     handle, inputs = ctx.handle, ctx.inputs
     cap = ctx.captures()
-    w_u = (
-        handle.backend.hf_model.lm_head.weight.detach().float().cpu()[inputs.label_ids.cpu()]
-    )  # [K, d]
+    hf = handle.backend.hf_model
+    w_full = hf.lm_head.weight.detach().float().cpu()  # [V, d]
+    label_ids = inputs.label_ids.cpu()
+    w_u = w_full[label_ids]  # [K, d]
+    gamma = hf.model.norm.weight.detach().float().cpu()  # [d]
+    eps = float(getattr(hf.model.norm, "variance_epsilon", getattr(hf.model.norm, "eps", 0.0)))
+    rest = torch.ones(w_full.shape[0], dtype=torch.bool)
+    rest[label_ids] = False
+    w_rest_mean = (w_full.sum(0) - w_full[label_ids].sum(0)) / int(rest.sum())  # [d]
+
+    def over_rest(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-sum-exp over the non-label vocabulary, and the softmax-weighted mean W_U row."""
+        masked = logits.masked_fill(~rest, float("-inf"))
+        return torch.logsumexp(masked, dim=-1), torch.softmax(masked, dim=-1) @ w_full
+
     ev = inputs.eval
     rows = []
     for q in q_layers:
         h = cap.resid["zero"][q][ev]
         b = h @ w_u.T  # [n_eval, K]
-        normed = handle.decode_residual(h).float().cpu()[:, inputs.label_ids.cpu()]
+        b_gamma = (h * gamma) @ w_u.T  # [n_eval, K]
+        full = handle.decode_residual(h).float().cpu()  # [n_eval, V]
+        normed = full[:, label_ids]
+        lse_rest, w_rest_p = over_rest(full)  # [n_eval], [n_eval, d]
+        b_gamma_rest = (w_rest_p * (h * gamma)).sum(-1)  # [n_eval]
+        h_ms = h.pow(2).mean(-1)  # [n_eval]
         for c in c_layers:
-            vec = vectors[("context", c)]
+            vec = vectors[("context", c)].float().cpu()
             g = w_u @ vec  # [K]
+            g_gamma = w_u @ (gamma * vec)  # [K]
+            g_gamma_rest = w_rest_p @ (gamma * vec)  # [n_eval]
+            hc_ms = (h * vec).mean(-1)  # [n_eval]
+            c_ms = float(vec.pow(2).mean())
+            g_rest_mean = float(w_rest_mean @ vec)
+            g_gamma_rest_mean = float(w_rest_mean @ (gamma * vec))
+            lse_inf, w_rest_inf = over_rest(handle.decode_residual(vec).float().cpu())
+            lse_rest_inf = float(lse_inf)  # the decode of cbar alone: lambda -> infinity
+            b_gamma_rest_inf = (h * gamma) @ w_rest_inf  # [n_eval]
+            g_gamma_rest_inf = float(w_rest_inf @ (gamma * vec))
             for i, query in enumerate(ev.tolist()):
                 for k, cls in enumerate(inputs.classes):
                     rows.append(
@@ -223,6 +272,20 @@ def gate_terms(ctx: ProbeContext, q_layers, c_layers, vectors) -> pd.DataFrame:
                             "g": float(g[k]),
                             "normed_logit": float(normed[i, k]),
                             "cbar_norm": float(vec.norm()),
+                            "b_gamma": float(b_gamma[i, k]),
+                            "g_gamma": float(g_gamma[k]),
+                            "h_ms": float(h_ms[i]),
+                            "hc_ms": float(hc_ms[i]),
+                            "c_ms": c_ms,
+                            "norm_eps": eps,
+                            "lse_rest": float(lse_rest[i]),
+                            "b_gamma_rest_pmean": float(b_gamma_rest[i]),
+                            "g_gamma_rest_pmean": float(g_gamma_rest[i]),
+                            "g_rest_mean": g_rest_mean,
+                            "g_gamma_rest_mean": g_gamma_rest_mean,
+                            "lse_rest_inf": lse_rest_inf,
+                            "b_gamma_rest_pmean_inf": float(b_gamma_rest_inf[i]),
+                            "g_gamma_rest_pmean_inf": g_gamma_rest_inf,
                         }
                     )
     return pd.DataFrame(rows)
