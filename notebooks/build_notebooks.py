@@ -62,6 +62,45 @@ NOTEBOOKS = {
             "assert best > zero"
         ),
     ],
+    "03_theory_vs_measurement": [
+        new_markdown_cell(
+            "# Theory vs measurement\n\n"
+            "The context-gated Hopfield model (SCIENCE.md section 2) in code: its regimes and fixed "
+            "points, the paper's simulation setting, and its predictions set beside a measured run."
+        ),
+        new_code_cell(SETUP),
+        new_code_cell(
+            "import numpy as np\n"
+            "from cgar_interp.theory import GatedMemory\n"
+            "rng = np.random.default_rng(0)\n"
+            "N = 2\n"
+            "for lam in (1.0, 2.0):  # beta lam^2 / 2 crosses 1 between these\n"
+            "    mem = GatedMemory(b=np.zeros(N), u=np.zeros(N), G=np.eye(N), alpha=0.0, lam=lam, beta=1.0)\n"
+            "    points = mem.fixed_points()\n"
+            "    print(lam, mem.regime(), [(np.round(fp.p, 3).tolist(), fp.stable) for fp in points])"
+        ),
+        new_code_cell(
+            "from cgar_interp.theory.simulate import SimulationConfig, run_simulations, simulation_figures\n"
+            "tables = run_simulations(SimulationConfig(seed=0))\n"
+            "figs = simulation_figures(tables)\n"
+            "list(figs)"
+        ),
+        new_code_cell("figs[list(figs)[0]]"),
+        new_markdown_cell("A small measured run on the embedded model, then the comparison:"),
+        new_code_cell(
+            "from cgar_interp import run_suite\n"
+            "from cgar_interp.compare import compare_run\n"
+            "from cgar_interp.suite import parse_suite\n"
+            "suite = parse_suite({\n"
+            '    "name": "theory", "tasks": ["sst2-mini"], "n_fit": 8, "n_eval": 16, "n_boot": 100,\n'
+            '    "probe": [{"kind": "context_gate", "context_layers": [26, 30], "lambdas": [0, 0.1, 1, 3, 10]}],\n'
+            "})\n"
+            'res = run_suite(suite, "runs/theory", force=True)\n'
+            "cmp = compare_run(res.path)\n"
+            'cmp["theory_summary"].head(12)'
+        ),
+        new_code_cell('res.figure("theory_compare-sst2-mini")'),
+    ],
     "04_llama3_gpu": [
         new_markdown_cell(
             "# The same on Llama-3-8B (GPU)\n\n"
