@@ -29,7 +29,8 @@ test: install
 	  if [ $$s -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$s
 
 test-slow: install
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow; s=$$?; \
+	  if [ $$s -eq 5 ]; then echo "pytest collected no slow tests" >&2; exit 1; fi; exit $$s
 
 bench: install
 	$(BIN)/python benchmarks/parity.py
