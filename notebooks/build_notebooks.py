@@ -62,6 +62,31 @@ NOTEBOOKS = {
             "assert best > zero"
         ),
     ],
+    "02_hopfield_heads": [
+        new_markdown_cell(
+            "# Attention heads as Hopfield memories\n\n"
+            "Per layer and head at the query's last position, zero-shot vs ICL: does a head "
+            "retrieve one pattern, a metastable subset, or a global average (Ramsauer et al.)?"
+        ),
+        new_code_cell(SETUP),
+        new_code_cell(
+            "from cgar_interp import run_suite\n"
+            "from cgar_interp.suite import parse_suite\n"
+            "suite = parse_suite({\n"
+            '    "name": "heads", "tasks": ["sst2-mini"], "n_fit": 4, "n_eval": 8, "n_boot": 100,\n'
+            '    "probe": [{"kind": "hopfield_heads", "layers": [10, 20, 29]}],\n'
+            "})\n"
+            'res = run_suite(suite, "runs/heads", force=True)\n'
+            "sorted(res.tables)"
+        ),
+        new_code_cell(
+            'heads = res.tables["hopfield_heads"]\n'
+            'heads[heads.metric == "n_eff"].groupby(["layer", "prompt_kind"]).value.mean().unstack()'
+            " if \"prompt_kind\" in heads else heads.head()"
+        ),
+        new_code_cell("res.figure_names"),
+        new_code_cell("res.figure(res.figure_names[0])"),
+    ],
     "03_theory_vs_measurement": [
         new_markdown_cell(
             "# Theory vs measurement\n\n"
