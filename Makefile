@@ -34,6 +34,7 @@ test-slow: install
 
 bench: install
 	$(BIN)/python benchmarks/parity.py
+	$(BIN)/python benchmarks/sweep.py
 
 lint: install
 	$(BIN)/ruff check cgar_interp tests
