@@ -221,8 +221,10 @@ def test_label_masses_match_eager_attention(hop_tables, tiny_handles):
 def test_hopfield_reads_only_the_requested_blocks(tiny_handles):
     inputs = cue_inputs(n=4)
     ctx = ProbeContext(tiny_handles["hf"], inputs, (), n_boot=10)
-    tables = get_probe("hopfield_heads").run(HopfieldHeadsConfig(layers=(-1,)), ctx)
+    config = HopfieldHeadsConfig(layers=(-1,), max_queries=3)
+    tables = get_probe("hopfield_heads").run(config, ctx)
     assert set(tables["hopfield_heads"].layer) == {1}
+    assert set(tables["hopfield_heads"].n) == {3} and set(tables["hopfield_regimes"].n) == {3}
     with pytest.raises(ValueError, match=r"layers entry 2 is out of range .* 0\.\.1"):
         get_probe("hopfield_heads").run(HopfieldHeadsConfig(layers=(2,)), ctx)
 
@@ -238,6 +240,7 @@ def test_hopfield_reads_only_the_requested_blocks(tiny_handles):
         ({"queries": "test"}, r"queries='test' is not valid: use one of eval, all"),
         ({"layers": "paper"}, r"layers 'paper' is not valid: use all or upper_half"),
         ({"layers": ()}, r"layers is empty"),
+        ({"max_queries": 0}, r"max_queries=0 is not valid: it must be an int >= 1 or None"),
     ],
 )
 def test_hopfield_config_errors_name_the_value(kwargs, message):

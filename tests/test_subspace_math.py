@@ -111,6 +111,10 @@ def test_class_alignment_signs():
     features = 5.0 + 2.0 * centred[labels]  # class means along the centred directions
     np.testing.assert_allclose(sm.class_alignment(features, labels, w), 1.0, atol=1e-12)
     np.testing.assert_allclose(sm.class_alignment(-features, labels, w), -1.0, atol=1e-12)
+    same = np.tile(rng.standard_normal(8), (12, 1))  # one feature vector for every row
+    assert np.isnan(sm.class_alignment(same, labels, w)).all()
+    idx = np.arange(12)[None]
+    assert np.isnan(sm.resample_class_alignment(same, idx, labels, w)).all()
     with pytest.raises(ValueError, match=r"classes \[2\] have no rows"):
         sm.class_alignment(features[:8], labels[:8], w)
 

@@ -82,7 +82,9 @@ PROMPT_KINDS = {"zero": "zero_shot", "icl": "icl"}
 PAIRED = ("entropy", "n_eff", "k90_frac", "beta_eff", "delta_scaled", "top_mass", "sink_mass")
 
 
-def resolve_blocks(spec: str | int | tuple | list, n_layers: int, what: str = "layers"):
+def resolve_blocks(
+    spec: str | int | tuple | list, n_layers: int, what: str = "layers"
+) -> tuple[int, ...]:
     """Block indices ``0 .. n_layers-1`` from ``"all"``, ``"upper_half"`` or integers.
 
     Negative integers count from the end (``-1`` is the last block).
@@ -133,6 +135,9 @@ class HopfieldHeadsConfig:
             counts every occurrence of a label token).
         queries: ``"eval"`` (the held-out queries, as the context-gate probe scores) or
             ``"all"``.
+        max_queries: read only the first ``max_queries`` of that set (>= 1; ``None``: all).
+            Queries are ordered class by class in rounds, so a prefix stays balanced; the
+            cost is two forward passes per query and prompt kind.
     """
 
     layers: str | tuple[int, ...] = "all"
@@ -141,6 +146,7 @@ class HopfieldHeadsConfig:
     global_min_fraction: float = 0.5
     label_cue_tokens: int = 2
     queries: str = "eval"
+    max_queries: int | None = None
 
     def __post_init__(self):
         if isinstance(self.layers, str):
@@ -175,6 +181,14 @@ class HopfieldHeadsConfig:
         if self.queries not in QUERY_SETS:
             raise ValueError(
                 f"queries={self.queries!r} is not valid: use one of {', '.join(QUERY_SETS)}"
+            )
+        if self.max_queries is not None and (
+            not isinstance(self.max_queries, int)
+            or isinstance(self.max_queries, bool)
+            or self.max_queries < 1
+        ):
+            raise ValueError(
+                f"max_queries={self.max_queries!r} is not valid: it must be an int >= 1 or None"
             )
 
     def needed_layers(self, n_layers: int) -> tuple[int, ...]:
@@ -411,6 +425,7 @@ def run_hopfield_heads(config: HopfieldHeadsConfig, ctx: ProbeContext) -> dict[s
     handle, inputs = ctx.handle, ctx.inputs
     blocks = config.blocks(handle.n_layers)
     rows_idx = inputs.eval if config.queries == "eval" else torch.arange(inputs.gold.shape[0])
+    rows_idx = rows_idx[: config.max_queries]
     gold = inputs.gold[rows_idx]
     group = handle.arch.n_heads // handle.arch.n_kv_heads
     per_kind: dict[str, dict[int, dict[str, np.ndarray]]] = {}

@@ -33,9 +33,12 @@ depend only on ``d_model``, ``top_k`` and ``K``, so one set of draws serves ever
 (:func:`cgar_interp.subspace_math.jackknife_interval`), clipped to each measure's range: a
 with-replacement bootstrap duplicates queries, which biases the effective rank and the
 participation ratio so far downward that its percentile interval misses the estimate.
-Per-query measures use the shared bootstrap of :meth:`ProbeContext.rows`. At layer 0 both
-prompts end with the same token embedding, so the
-shift is exactly zero and only the ``h_zero``/``h_icl`` rows are written.
+Per-query measures use the shared bootstrap of :meth:`ProbeContext.rows`. The spectrum measures
+depend on the number of queries ``n`` (with ``n < d_model`` the effective rank is at most ``n``):
+compare them across layers and tasks at the same ``n``. At layer 0 both prompts end with the
+same token embedding, so the shift is exactly zero and no ``shift`` row is written; where every
+query has the same feature vector (``h_zero`` and ``h_icl`` at layer 0, whose last token is the
+same for all queries) ``class_align`` is undefined and not written.
 """
 
 from __future__ import annotations
