@@ -96,7 +96,7 @@ def capture_many(
             sub.batch,
             sites,
             positions,
-            with_logits=with_logits,
+            with_logits=True,  # a RunResult either way; the forward computes logits regardless
             logits_positions=-1,
             past_key_values=repeat_cache(cache, len(sub.indices)) if use_prefix else None,
         )

@@ -83,3 +83,8 @@ def test_resume_variants_keeps_the_callers_row_order(tiny_handles):
     assert out[1]["row"][0].tolist() == [0.0, 1.0, 2.0, 3.0]
     expected = handle.logits(batch, positions=-1).argmax(-1)
     assert out[1]["top"][0].tolist() == expected.double().tolist()
+
+
+def test_capture_many_without_logits(tiny_handles, shared_batch):
+    out = capture_many(tiny_handles["hf"], shared_batch, ["resid.1"], -1, with_logits=False)
+    assert out.logits is None and tuple(out["resid.1"].shape) == (7, 64)
