@@ -50,6 +50,7 @@ def capture_many(
     progress: Callable[[int], None] | None = None,
     shared_prefix: bool | None = None,
     min_prefix: int = 16,
+    keep_states: bool = False,
 ) -> RunResult:
     """Capture ``sites`` at ``positions`` (and last-position logits) for every row of ``batch``.
 
@@ -68,6 +69,11 @@ def capture_many(
         progress: called with the number of rows finished after each batch.
         shared_prefix: reuse a common prefix's KV cache (``None``: when it has at least
             ``min_prefix`` tokens and every position is negative; ``False``: never).
+        keep_states: also keep each sub-batch's KV cache and last-position residuals as a
+            :class:`~cgar_interp.prefix.LastTokenState` (in ``RunResult.states``), so later
+            interventions at the last position run as one-token suffix passes
+            (:func:`resume_variants`) without a second forward pass. Needs ``positions=-1``
+            and ``resid.{l}`` sites for the layers to resume from.
 
     Returns:
         a :class:`RunResult` whose tensors are ``[n, ...]`` in the order of ``batch``'s rows,
@@ -75,9 +81,12 @@ def capture_many(
     """
     if isinstance(positions, Tensor) or positions is None:
         raise ValueError("capture_many takes relative positions (ints); pass e.g. -1 or [-2, -1]")
-    from .prefix import common_prefix_length, repeat_cache, shared_prefix_cache
+    from .prefix import LastTokenState, common_prefix_length, repeat_cache, shared_prefix_cache
 
+    if keep_states and positions != -1:
+        raise ValueError(f"keep_states needs positions=-1 (each row's last token); got {positions}")
     sites = list(sites)
+    states: list[tuple[Tensor, LastTokenState]] = []
     parts: dict[str, list[Tensor]] = {str(handle.site(s)): [] for s in sites}
     logits: list[Tensor] = []
     order: list[Tensor] = []
@@ -92,14 +101,29 @@ def capture_many(
         cache = shared_prefix_cache(handle, batch.ids[0, :prefix_len])
         rest = TokenBatch(batch.ids[:, prefix_len:], batch.lengths - prefix_len)
     for sub in iter_batches(rest if use_prefix else batch, batch_size):
+        past = repeat_cache(cache, len(sub.indices)) if use_prefix else None
+        if keep_states and past is None:
+            from transformers import DynamicCache
+
+            past = DynamicCache(config=handle.backend.hf_model.config)
         run = handle.capture(
             sub.batch,
             sites,
             positions,
-            with_logits=True,  # a RunResult either way; the forward computes logits regardless
+            with_logits=with_logits,  # without, the unembedding is skipped altogether
             logits_positions=-1,
-            past_key_values=repeat_cache(cache, len(sub.indices)) if use_prefix else None,
+            past_key_values=past,
         )
+        if not with_logits:
+            run = RunResult(None, run)
+        if keep_states:  # the cache now holds every slot of the batch; suffixes mask the rest
+            resid = {
+                site.layer: run.captures[str(site)]
+                for site in map(handle.site, sites)
+                if site.kind == "resid"
+            }
+            lengths = sub.batch.lengths + (prefix_len if use_prefix else 0)
+            states.append((sub.indices, LastTokenState(past, resid, lengths)))
         for name, value in run.captures.items():
             if name.startswith("attn_pattern."):  # key axis: pad to the full batch width
                 value = torch.nn.functional.pad(value, (0, batch.ids.shape[1] - value.shape[-1]))
@@ -111,7 +135,11 @@ def capture_many(
             progress(len(sub.indices))
     inverse = torch.argsort(torch.cat(order))
     captures = {name: torch.cat(values)[inverse] for name, values in parts.items()}
-    return RunResult(logits=torch.cat(logits)[inverse] if with_logits else None, captures=captures)
+    return RunResult(
+        logits=torch.cat(logits)[inverse] if with_logits else None,
+        captures=captures,
+        states=states if keep_states else None,
+    )
 
 
 def iter_equal_length(batch: TokenBatch, batch_size: int) -> Iterator[SubBatch]:
@@ -133,10 +161,13 @@ def resume_variants(
     *,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
+    states: Sequence[tuple[Tensor, object]] | None = None,
 ) -> dict[int, dict[str, Tensor]]:
     """Interventions at the last position, run at the cost of one token per variant.
 
-    Prompts are grouped by length; each group runs once and keeps its KV cache
+    With ``states`` (``(row indices into batch, LastTokenState)`` pairs covering every row,
+    kept by the capture pass, see :func:`capture_many`), no forward pass runs here at all.
+    Without, prompts are grouped by length; each group runs once and keeps its KV cache
     (:func:`cgar_interp.prefix.last_token_state`). Per layer, ``variants(l, h_last, indices)``
     returns ``[n_var, b, d_model]`` replacement residuals for the last position (``h_last`` is
     ``[b, d_model]``, the unpatched residual after ``l`` blocks), and all of them run through
@@ -152,16 +183,31 @@ def resume_variants(
 
     parts: dict[int, dict[str, list[Tensor]]] = {layer: {} for layer in layers}
     order: list[Tensor] = []
-    for sub in iter_equal_length(batch, batch_size):
-        state = last_token_state(handle, sub.batch.ids)
+    if states is None:
+        groups = (
+            (sub.indices, last_token_state(handle, sub.batch.ids))
+            for sub in iter_equal_length(batch, batch_size)
+        )
+    else:
+        covered = torch.cat([idx for idx, _ in states]) if states else torch.zeros(0)
+        if sorted(covered.tolist()) != list(range(batch.batch_size)):
+            raise ValueError(
+                f"states cover rows {sorted(covered.tolist())[:8]}...; they must cover each of "
+                f"the batch's {batch.batch_size} rows exactly once"
+            )
+        groups = iter(states)
+    for indices, state in groups:
+        missing = [layer for layer in layers if layer not in state.resid]
+        if missing:
+            raise ValueError(f"the kept states hold no residual at layers {missing}")
         for layer in layers:
-            replaced = variants(layer, state.resid[layer].float(), sub.indices)  # [n_var, b, d]
+            replaced = variants(layer, state.resid[layer].float(), indices)  # [n_var, b, d]
             logits = resume_last_token(handle, state, layer, replaced)
-            for name, value in score(logits, sub.indices).items():
+            for name, value in score(logits, indices).items():
                 parts[layer].setdefault(name, []).append(value.cpu())
-        order.append(sub.indices)
+        order.append(indices)
         if progress:
-            progress(len(sub.indices))
+            progress(len(indices))
     inverse = torch.argsort(torch.cat(order))
     return {
         layer: {name: torch.cat(values, dim=1)[:, inverse] for name, values in named.items()}

@@ -125,6 +125,8 @@ class RunResult:
 
     logits: Tensor
     captures: dict[str, Tensor] = field(default_factory=dict)
+    # (row indices, LastTokenState) per sub-batch, kept by capture_many(keep_states=True)
+    states: list | None = None
 
     def __getitem__(self, name: str) -> Tensor:
         return self.captures[name]
@@ -396,16 +398,21 @@ class ModelHandle:
             if site in writes:
                 raise ValueError(f"two patches on site {site}; combine them into one function")
             writes[site] = self._writer(patch, batch)
-        logits_idx = None
-        if want_logits and logits_positions is not None:
-            logits_idx = resolve_positions(logits_positions, batch.lengths)
-        logits, raw = self.backend.forward(batch.ids, reads, writes, past_key_values)
+        # the unembedding runs only where logits are wanted (nowhere when none are)
+        logits_index, squeeze_logits = None, False
+        if not want_logits:
+            logits_index = torch.zeros(batch.batch_size, 0, dtype=torch.long)
+        elif logits_positions is not None:
+            logits_index, squeeze_logits = resolve_positions(logits_positions, batch.lengths)
+        logits, raw = self.backend.forward(
+            batch.ids, reads, writes, past_key_values, logits_index=logits_index
+        )
         self.stats.forward_calls += 1
         self.stats.forward_rows += batch.batch_size
         captures = {str(s): self._derive(s, raw[s.base()]) for s in wanted}
-        if logits_idx is not None:
-            logits = select_positions(logits, *logits_idx)
-        return RunResult(logits=logits if want_logits else None, captures=captures)
+        if not want_logits:
+            return RunResult(logits=None, captures=captures)
+        return RunResult(logits=logits[:, 0] if squeeze_logits else logits, captures=captures)
 
     def _writer(self, patch: Patch, batch: TokenBatch) -> Callable[[Tensor], Tensor]:
         pos_idx, _ = resolve_positions(patch.positions, batch.lengths)

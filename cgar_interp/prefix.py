@@ -24,33 +24,44 @@ from .models import ModelHandle
 
 @dataclass
 class LastTokenState:
-    """Cached prefix of a group of equal-length prompts and the last token's residuals.
+    """Cached keys/values of a group of prompts and each last token's residuals.
 
     Attributes:
-        cache: KV cache of positions ``0 .. n-2`` (every layer).
-        resid: ``{l: [b, d_model]}`` residual after ``l`` blocks at the last position,
-            ``l = 0 .. n_layers``.
-        length: ``n``, the common length.
+        cache: KV cache of cache slots ``0 .. W-1`` at every layer. Row ``i``'s suffix pass
+            attends to slots ``0 .. lengths[i]-2`` only, so the cache may also hold the row's
+            last token and right padding (a padded batch's capture pass), which are masked.
+        resid: ``{l: [b, d_model]}`` residual after ``l`` blocks at each row's last position.
+        lengths: ``[b]`` real lengths; row ``i``'s last token sits at ``lengths[i] - 1``.
     """
 
     cache: object
     resid: dict[int, Tensor]
-    length: int
+    lengths: Tensor
 
 
 def _blocks(
-    handle: ModelHandle, h: Tensor, start: int, cache, position: int, record=None
+    handle: ModelHandle,
+    h: Tensor,
+    start: int,
+    cache,
+    positions: Tensor,
+    attention_mask: Tensor | None = None,
+    record=None,
 ) -> Tensor:
-    """Run ``h [rows, 1, d]`` (token at ``position``) through blocks ``start .. L-1``."""
+    """Run ``h [rows, 1, d]`` (row r's token at ``positions[r]``) through blocks ``start .. L-1``.
+
+    ``attention_mask [rows, W + 1]`` (1 = attend) covers the cache slots and the new token;
+    ``None`` attends to every cached slot.
+    """
     from transformers.masking_utils import create_causal_mask
 
     inner = handle.backend.hf_model.model
-    position_ids = torch.full((1, 1), position, dtype=torch.long, device=h.device)
+    position_ids = positions.reshape(-1, 1).to(device=h.device, dtype=torch.long)
     rotary = inner.rotary_emb(h, position_ids=position_ids)
     mask = create_causal_mask(
         config=handle.backend.hf_model.config,
         inputs_embeds=h,
-        attention_mask=None,
+        attention_mask=attention_mask,
         past_key_values=cache,
         position_ids=position_ids,
     )
@@ -78,17 +89,17 @@ def last_token_state(handle: ModelHandle, ids: Tensor) -> LastTokenState:
         raise ValueError(f"last_token_state needs [batch, n >= 2] ids; got {tuple(ids.shape)}")
     hf = handle.backend.hf_model
     ids = ids.to(handle.input_device)
-    n = ids.shape[1]
+    b, n = ids.shape
     cache = DynamicCache(config=hf.config)
     with torch.no_grad():
         hf.model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
         prefix = copy.deepcopy(cache)  # positions 0..n-2; the last token's pass appends to `cache`
         h = hf.model.embed_tokens(ids[:, -1:])
         resid = {0: h[:, 0]}
-        _blocks(handle, h, 0, cache, n - 1, record=resid)
+        _blocks(handle, h, 0, cache, torch.full((b,), n - 1), record=resid)
     handle.stats.forward_calls += 1
-    handle.stats.forward_rows += ids.shape[0]
-    return LastTokenState(prefix, resid, n)
+    handle.stats.forward_rows += b
+    return LastTokenState(prefix, resid, torch.full((b,), n, dtype=torch.long))
 
 
 def resume_last_token(
@@ -97,7 +108,8 @@ def resume_last_token(
     """Logits of replacement residuals at the last position, from layer ``layer`` on.
 
     Args:
-        state: from :func:`last_token_state` for ``b`` prompts.
+        state: from :func:`last_token_state`, or kept by a capture pass
+            (:func:`cgar_interp.capture.capture_many` with ``keep_states``), for ``b`` prompts.
         layer: ``0 .. n_layers``; ``h_last`` replaces the residual after ``layer`` blocks.
         h_last: ``[n_var, b, d_model]`` replacement residuals (variant-major).
 
@@ -114,8 +126,15 @@ def resume_last_token(
         .reshape(b * n_var, 1, d)
         .to(device=handle.input_device, dtype=handle.dtype)
     )
+    last = (state.lengths.cpu() - 1).repeat_interleave(n_var)  # [b * n_var]
+    width = cache.get_seq_length()
+    mask = None
+    if bool((last != width).any()):  # padding or the last token itself is cached: mask it out
+        visible = torch.arange(width)[None] < last[:, None]  # [rows, W]
+        mask = torch.cat([visible, torch.ones(len(last), 1, dtype=torch.bool)], dim=1)
+        mask = mask.long().to(handle.input_device)
     with torch.no_grad():
-        out = _blocks(handle, rows, layer, cache, state.length - 1)
+        out = _blocks(handle, rows, layer, cache, last, attention_mask=mask)
         logits = handle.decode_residual(out[:, 0])
     handle.stats.resume_calls += 1
     handle.stats.resume_rows += b * n_var

@@ -121,6 +121,7 @@ def run_suite(
                 n_boot=suite.n_boot,
                 batch_size=suite.batch_size,
                 progress=progress,
+                keep_states=suite.resumes_zero_shot,
             )
             for index, entry in enumerate(suite.probes):
                 if run.unit_done(task_name, index, entry.kind):

@@ -84,6 +84,11 @@ class SuiteConfig:
             layers.update(probe.config.needed_layers(n_layers))
         return tuple(sorted(layers))
 
+    @property
+    def resumes_zero_shot(self) -> bool:
+        """Some probe resumes the zero-shot eval prompts: keep their KV caches from the capture."""
+        return any(getattr(p.config, "resumes_zero_shot", False) for p in self.probes)
+
 
 def parse_suite(data: dict, where: str = "suite") -> SuiteConfig:
     """Build a :class:`SuiteConfig` from a parsed TOML mapping (strict)."""

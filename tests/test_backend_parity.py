@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cgar_interp import all_sites
+from tests.conftest import TINY_VOCAB
 
 TOL = 1e-4
 OTHERS = ("transformer_lens", "nnsight")
@@ -135,3 +136,27 @@ def test_capture_returns_only_what_was_asked(tiny_handles, ids):
     assert set(out) == {"resid.1", "k.0"}
     assert tuple(out["resid.1"].shape) == (3, 2, 64)
     assert tuple(out["k.0"].shape) == (3, 2, 1, 16)
+
+
+@pytest.mark.parametrize("backend", ("hf", *OTHERS))
+def test_unembedding_runs_only_at_the_requested_positions(tiny_handles, ids, backend):
+    """Logits at chosen positions equal the full logits there, and lm_head saw only those rows."""
+    handle = tiny_handles[backend]
+    full = tiny_handles["hf"].logits(ids)  # [b, p, vocab], every position
+    seen = []
+    hook = handle.backend.hf_model.lm_head
+    if backend == "transformer_lens":  # the bridge calls the HF module it wraps
+        from cgar_interp.backends.transformer_lens import _unwrap
+
+        hook = _unwrap(handle.backend.engine.original_model.lm_head)
+    remove = hook.register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape)))
+    try:
+        last = handle.logits(ids, positions=-1)
+        two = handle.capture(ids, ["resid.1"], -1, with_logits=True, logits_positions=[0, -1])
+        none = handle.capture(ids, ["resid.1"], -1)
+    finally:
+        remove.remove()
+    assert (last - full[:, -1]).abs().max() < TOL
+    assert (two.logits - full[:, [0, -1]]).abs().max() < TOL
+    assert isinstance(none, dict) and set(none) == {"resid.1"}
+    assert seen == [(3, 1, TINY_VOCAB), (3, 2, TINY_VOCAB), (3, 0, TINY_VOCAB)]

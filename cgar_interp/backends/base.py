@@ -14,7 +14,8 @@ shapes are defined in :mod:`cgar_interp.sites`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +60,7 @@ class Backend(ABC):
         reads: Mapping[Site, Reader],
         writes: Mapping[Site, Writer],
         past_key_values=None,
+        logits_index: Tensor | None = None,
     ) -> tuple[Tensor, dict[Site, Tensor]]:
         """Run one forward pass.
 
@@ -68,10 +70,40 @@ class Backend(ABC):
             writes: site -> function returning the canonical tensor's replacement.
             past_key_values: an HF KV cache of a prefix shared by every row (batch-repeated);
                 ``ids`` then continue it, and positions are relative to ``ids``.
+            logits_index: ``[batch, k]`` positions whose logits are wanted; the unembedding
+                then runs on those positions only (see :func:`unembed_only_at`). ``None``:
+                every position.
 
         Returns:
-            ``(logits [batch, pos, vocab], {site: reader result})``.
+            ``(logits [batch, pos | k, vocab], {site: reader result})``.
         """
+
+
+@contextmanager
+def unembed_only_at(lm_head: torch.nn.Module, index: Tensor | None) -> Iterator[None]:
+    """Make ``lm_head`` see the final hidden states at ``index [batch, k]`` only.
+
+    The unembedding is a ``d_model x vocab`` matmul per position (on SmolLM2-135M about a
+    fifth of a token's compute, on Llama-3-8B 0.5B of its 8B multiply-adds), and probes need
+    logits at one or two positions per row. A forward pre-hook on the HF ``lm_head`` module
+    gathers those positions, so every engine (plain hooks, nnsight, the TransformerLens
+    bridge, which all call this module) computes ``[batch, k, vocab]`` logits and nothing else.
+    Reads and writes at every other site are untouched.
+    """
+    if index is None:
+        yield
+        return
+
+    def gather(module, args):
+        hidden = args[0]  # [batch, pos, d_model]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+        return (hidden[rows, index.to(hidden.device)], *args[1:])
+
+    handle = lm_head.register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

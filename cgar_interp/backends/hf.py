@@ -17,6 +17,7 @@ from .base import (
     hf_from_canonical,
     hf_to_canonical,
     needs_rotary,
+    unembed_only_at,
 )
 
 
@@ -36,6 +37,7 @@ class HFBackend(Backend):
         reads: Mapping[Site, Reader],
         writes: Mapping[Site, Writer],
         past_key_values=None,
+        logits_index: Tensor | None = None,
     ) -> tuple[Tensor, dict[Site, Tensor]]:
         results: dict[Site, Tensor] = {}
         rotary: list[tuple[Tensor, Tensor]] = []
@@ -90,7 +92,7 @@ class HFBackend(Backend):
                     handles.append(module.register_forward_pre_hook(hook))
                 else:
                     handles.append(module.register_forward_hook(hook))
-            with torch.no_grad():
+            with torch.no_grad(), unembed_only_at(self.hf_model.lm_head, logits_index):
                 logits = self.hf_model(
                     input_ids=ids,
                     past_key_values=past_key_values,

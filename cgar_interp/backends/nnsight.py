@@ -22,6 +22,7 @@ from .base import (
     hf_from_canonical,
     hf_to_canonical,
     needs_rotary,
+    unembed_only_at,
 )
 
 
@@ -41,6 +42,7 @@ class NNsightBackend(Backend):
         reads: Mapping[Site, Reader],
         writes: Mapping[Site, Writer],
         past_key_values=None,
+        logits_index: Tensor | None = None,
     ) -> tuple[Tensor, dict[Site, Tensor]]:
         import nnsight
 
@@ -56,7 +58,11 @@ class NNsightBackend(Backend):
             if past_key_values is None
             else {"past_key_values": past_key_values, "use_cache": True}
         )
-        with torch.no_grad(), lm.trace(ids, **extra):
+        with (
+            torch.no_grad(),
+            unembed_only_at(self.hf_model.lm_head, logits_index),
+            lm.trace(ids, **extra),
+        ):
             rotary = None
             for _, site in steps:
                 if site is None:

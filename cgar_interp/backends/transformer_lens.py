@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..sites import Site
-from .base import Backend, Reader, Writer
+from .base import Backend, Reader, Writer, unembed_only_at
 
 
 def tl_to_canonical(site: Site, raw: Tensor) -> Tensor:
@@ -69,6 +69,7 @@ class TransformerLensBackend(Backend):
         reads: Mapping[Site, Reader],
         writes: Mapping[Site, Writer],
         past_key_values=None,
+        logits_index: Tensor | None = None,
     ) -> tuple[Tensor, dict[Site, Tensor]]:
         results: dict[Site, Tensor] = {}
         hooks = []
@@ -84,7 +85,9 @@ class TransformerLensBackend(Backend):
                 return tl_from_canonical(site, canon) if writer is not None else None
 
             hooks.append((site.tl_hook_name(self.n_layers), hook))
-        with torch.no_grad():
+        # the bridge wraps HF modules in place; the hook goes on the HF lm_head it calls
+        lm_head = _unwrap(self.engine.original_model.lm_head)
+        with torch.no_grad(), unembed_only_at(lm_head, logits_index):
             extra = {} if past_key_values is None else {"past_key_values": past_key_values}
             logits = self.engine.run_with_hooks(ids, fwd_hooks=hooks, **extra)
         return logits, results

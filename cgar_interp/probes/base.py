@@ -112,10 +112,17 @@ class ProbeContext:
     n_boot: int = 1000
     batch_size: int = 16
     progress: Callable[[str, int], Callable[[int], None]] | None = None
+    keep_states: bool = False
     _captures: TaskCaptures | None = field(default=None, repr=False)
+    _zero_states: list | None = field(default=None, repr=False)
 
     def captures(self) -> TaskCaptures:
-        """Capture (once) ``resid.{l}`` at the last position for the declared layers + logits."""
+        """Capture (once) ``resid.{l}`` at the last position for the declared layers + logits.
+
+        With ``keep_states``, the zero-shot pass over the *eval* queries also keeps its KV
+        caches (:meth:`zero_states`), so probes that intervene at the last position of those
+        prompts run one-token suffix passes instead of a second forward pass.
+        """
         if self._captures is None:
             sites = [f"resid.{layer}" for layer in self.layers]
             resid, logits = {}, {}
@@ -125,26 +132,54 @@ class ProbeContext:
             if self.inputs.icl_shuffled is not None:  # only ever averaged over fit queries
                 kinds["icl_shuffled"] = (self.inputs.icl_shuffled, self.inputs.fit)
             for kind, (batch, rows) in kinds.items():
-                subset = batch if len(rows) == n else batch.select(rows)
+                parts = [(rows, False)]
+                if kind == "zero" and self.keep_states:
+                    rest = every[~torch.isin(every, self.inputs.eval)]
+                    parts = [(self.inputs.eval, True)] + ([(rest, False)] if len(rest) else [])
                 tick = (
                     self.progress(f"{self.inputs.task}: capture {kind}", len(rows))
                     if self.progress
                     else None
                 )
-                run = capture_many(
-                    self.handle, subset, sites, -1, batch_size=self.batch_size, progress=tick
-                )
-                check_finite(run, self.inputs.task, kind, rows)
-                resid[kind], logits[kind] = {}, None
-                for layer in self.layers:
-                    # rows not captured stay NaN, so a misuse cannot pass silently
-                    full = torch.full((n, self.handle.arch.d_model), float("nan"))
-                    full[rows] = run[f"resid.{layer}"].float()
-                    resid[kind][layer] = full
-                if len(rows) == n:
-                    logits[kind] = run.logits.float()
+                # rows not captured stay NaN, so a misuse cannot pass silently
+                resid[kind] = {
+                    layer: torch.full((n, self.handle.arch.d_model), float("nan"))
+                    for layer in self.layers
+                }
+                logits[kind] = None
+                for part, keep in parts:
+                    subset = batch if len(part) == n else batch.select(part)
+                    run = capture_many(
+                        self.handle,
+                        subset,
+                        sites,
+                        -1,
+                        batch_size=self.batch_size,
+                        progress=tick,
+                        keep_states=keep,
+                    )
+                    check_finite(run, self.inputs.task, kind, part)
+                    for layer in self.layers:
+                        resid[kind][layer][part] = run[f"resid.{layer}"].float()
+                    if len(rows) == n:
+                        if logits[kind] is None:
+                            logits[kind] = torch.full((n, run.logits.shape[-1]), float("nan"))
+                        logits[kind][part] = run.logits.float()
+                    if keep:
+                        self._zero_states = run.states
             self._captures = TaskCaptures(self.layers, resid, logits)
         return self._captures
+
+    def zero_states(self) -> list | None:
+        """``(index into eval, LastTokenState)`` per batch of the eval queries' zero-shot pass.
+
+        ``None`` unless the context was made with ``keep_states`` (then
+        :func:`~cgar_interp.capture.resume_variants` runs its own forward pass).
+        """
+        if not self.keep_states:
+            return None
+        self.captures()
+        return self._zero_states
 
     def score(self, logits: Tensor, indices: Tensor) -> dict[str, Tensor]:
         """Per-query metrics of ``logits [..., b, vocab]`` for the queries ``indices [b]``."""

@@ -2,7 +2,9 @@
 
 For every query layer q, context layer c and gate strength lambda:
 
-- ``decode`` mode (the paper's first-order form): ``r = W_U norm(h_zero^(q) + lambda cbar^(c))``;
+- ``decode`` mode (the paper's first-order form): ``r = W_U norm(h_zero^(q) + lambda cbar^(c))``,
+  computed for the whole grid from one unembedding per residual and per vector
+  (:class:`~cgar_interp.decoding.ShiftedDecoder`);
 - ``patch`` mode (the ablation of that approximation): add ``lambda cbar^(c)`` to the residual at
   layer c, last position, of the zero-shot forward pass and run blocks c..L-1 (prefix reuse; the
   query layer is then the model's own output, recorded as ``q_layer = n_layers``).
@@ -14,8 +16,8 @@ Baselines: zero-shot and full ICL logits of the same eval queries.
 
 Cost: the shared capture is two forward passes per query (zero-shot and ICL; plus one per *fit*
 query for the shuffled baseline); decode mode is matrix algebra on captured residuals, whatever
-the grid; patch mode is one extra forward per eval query plus suffix passes with every
-(vector, lambda) variant batched together.
+the grid; patch mode adds one-token suffix passes over the zero-shot pass's KV cache, every
+(vector, lambda) variant batched together, and no forward pass.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pandas as pd
 import torch
 
 from ..capture import resume_variants
+from ..decoding import ShiftedDecoder
 from ..layers import resolve_layers
 from .base import ProbeContext, register_probe
 
@@ -72,6 +75,11 @@ class ContextGateConfig:
         q = resolve_layers(self.query_layers, n_layers, "query_layers")
         c = resolve_layers(self.context_layers, n_layers, "context_layers")
         return tuple(sorted(set(q) | set(c)))
+
+    @property
+    def resumes_zero_shot(self) -> bool:
+        """Patch mode intervenes at the last position of the eval queries' zero-shot prompts."""
+        return "patch" in self.modes
 
     @property
     def needs_shuffled(self) -> bool:
@@ -126,13 +134,14 @@ def run_context_gate(config: ContextGateConfig, ctx: ProbeContext) -> dict[str, 
     if "decode" in config.modes:
         chunk = max(1, 4 * ctx.batch_size)
         for q in q_layers:
-            h = cap.resid["zero"][q][ev]  # [n_eval, d]
+            decoder = ShiftedDecoder(handle, cap.resid["zero"][q][ev])  # h: [n_eval, d]
             for (kind, c), vec in vectors.items():
+                direction = decoder.direction(vec)
                 parts: dict[str, list[torch.Tensor]] = {}
                 for start in range(0, len(ev), chunk):
                     idx = ev[start : start + chunk]
-                    shifted = h[start : start + chunk][None] + lambdas[:, None, None] * vec
-                    scored = ctx.score(handle.decode_residual(shifted).float(), idx)
+                    logits = decoder(direction, lambdas, slice(start, start + chunk))
+                    scored = ctx.score(logits, idx)
                     for name, value in scored.items():
                         parts.setdefault(name, []).append(value)
                 merged = {name: torch.cat(v, dim=-1) for name, v in parts.items()}
@@ -167,6 +176,7 @@ def run_context_gate(config: ContextGateConfig, ctx: ProbeContext) -> dict[str, 
             lambda logits, idx: ctx.score(logits.float(), ev[idx]),
             batch_size=ctx.batch_size,
             progress=tick,
+            states=ctx.zero_states(),
         )
         n_lam = len(config.lambdas)
         for c in c_layers:

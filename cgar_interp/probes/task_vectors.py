@@ -29,6 +29,11 @@ class TaskVectorConfig:
         """Residual layers read at the last position (the probe contract)."""
         return resolve_layers(self.layers, n_layers, "layers")
 
+    @property
+    def resumes_zero_shot(self) -> bool:
+        """Patches the last position of the eval queries' zero-shot prompts."""
+        return True
+
 
 def run_task_vectors(config: TaskVectorConfig, ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """Patch the mean ICL residual into zero-shot forwards, per layer; tidy rows."""
@@ -50,6 +55,7 @@ def run_task_vectors(config: TaskVectorConfig, ctx: ProbeContext) -> dict[str, p
         lambda logits, idx: ctx.score(logits.float(), ev[idx]),
         batch_size=ctx.batch_size,
         progress=tick,
+        states=ctx.zero_states(),
     )
     rows = []
     base = {"task": inputs.task, "probe": "task_vectors"}

@@ -1,0 +1,27 @@
+"""ShiftedDecoder: the decode-mode grid from one unembedding per residual and per direction."""
+
+import pytest
+import torch
+
+from cgar_interp.decoding import ShiftedDecoder
+
+
+@pytest.mark.parametrize("backend", ["hf", "transformer_lens", "nnsight"])
+def test_shifted_decoder_equals_norm_then_unembed(tiny_handles, backend):
+    handle = tiny_handles[backend]
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(5, 64, generator=gen) * 2
+    v = torch.randn(64, generator=gen) * 4
+    lambdas = torch.tensor([0.0, 0.01, 0.5, 3.0, 100.0])
+    decoder = ShiftedDecoder(handle, h)
+    want = torch.stack([handle.decode_residual(h + lam * v) for lam in lambdas]).float()
+    got = decoder(v, lambdas)
+    assert got.shape == (5, 5, 128)
+    assert (got - want).abs().max() < 1e-4 * want.abs().max()
+    rows = torch.tensor([4, 1])
+    assert torch.equal(decoder(decoder.direction(v), lambdas, rows), got[:, rows])
+
+
+def test_shifted_decoder_rejects_bad_shapes(tiny_handles):
+    with pytest.raises(ValueError, match=r"needs residuals \[n, 64\]; got \(5, 63\)"):
+        ShiftedDecoder(tiny_handles["hf"], torch.zeros(5, 63))
