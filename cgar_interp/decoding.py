@@ -47,8 +47,17 @@ class ShiftedDecoder:
 
     def direction(self, v: Tensor) -> tuple[Tensor, Tensor]:
         """``(v, W_U (gamma * v))`` in float32: prepare a direction once, use it for every chunk."""
-        v = v.detach().float().to(self.device)
-        return v, self._unembed(self.gamma * v)
+        return self.directions(v[None])[0]
+
+    def directions(self, vs: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """:meth:`direction` for ``vs [m, d_model]`` in one matmul (they do not depend on ``h``).
+
+        One ``[m, d] x [d, V]`` product instead of ``m`` matrix-vector products, each of which
+        reads all of ``W_U`` from memory.
+        """
+        vs = vs.detach().float().to(self.device)
+        gs = self._unembed(self.gamma * vs)  # [m, V]
+        return list(zip(vs, gs, strict=True))
 
     def __call__(
         self,

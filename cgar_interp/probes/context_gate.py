@@ -133,10 +133,12 @@ def run_context_gate(config: ContextGateConfig, ctx: ProbeContext) -> dict[str, 
 
     if "decode" in config.modes:
         chunk = max(1, 4 * ctx.batch_size)
+        directions = None
         for q in q_layers:
             decoder = ShiftedDecoder(handle, cap.resid["zero"][q][ev])  # h: [n_eval, d]
-            for (kind, c), vec in vectors.items():
-                direction = decoder.direction(vec)
+            if directions is None:  # W_U (gamma * v) for every vector at once; the same for all q
+                directions = decoder.directions(torch.stack(list(vectors.values())))
+            for (kind, c), direction in zip(vectors, directions, strict=True):
                 parts: dict[str, list[torch.Tensor]] = {}
                 for start in range(0, len(ev), chunk):
                     idx = ev[start : start + chunk]
@@ -244,6 +246,9 @@ def gate_terms(ctx: ProbeContext, q_layers, c_layers, vectors) -> pd.DataFrame:
         return torch.logsumexp(masked, dim=-1), torch.softmax(masked, dim=-1) @ w_full
 
     ev = inputs.eval
+    contexts = torch.stack([vectors[("context", c)].float().cpu() for c in c_layers])  # [n_c, d]
+    # the decode of each cbar alone (the lambda -> infinity end), all c in one unembedding
+    lse_inf_all, w_rest_inf_all = over_rest(handle.decode_residual(contexts).float().cpu())
     rows = []
     for q in q_layers:
         h = cap.resid["zero"][q][ev]
@@ -254,8 +259,8 @@ def gate_terms(ctx: ProbeContext, q_layers, c_layers, vectors) -> pd.DataFrame:
         lse_rest, w_rest_p = over_rest(full)  # [n_eval], [n_eval, d]
         b_gamma_rest = (w_rest_p * (h * gamma)).sum(-1)  # [n_eval]
         h_ms = h.pow(2).mean(-1)  # [n_eval]
-        for c in c_layers:
-            vec = vectors[("context", c)].float().cpu()
+        for c_i, c in enumerate(c_layers):
+            vec = contexts[c_i]
             g = w_u @ vec  # [K]
             g_gamma = w_u @ (gamma * vec)  # [K]
             g_gamma_rest = w_rest_p @ (gamma * vec)  # [n_eval]
@@ -263,8 +268,8 @@ def gate_terms(ctx: ProbeContext, q_layers, c_layers, vectors) -> pd.DataFrame:
             c_ms = float(vec.pow(2).mean())
             g_rest_mean = float(w_rest_mean @ vec)
             g_gamma_rest_mean = float(w_rest_mean @ (gamma * vec))
-            lse_inf, w_rest_inf = over_rest(handle.decode_residual(vec).float().cpu())
-            lse_rest_inf = float(lse_inf)  # the decode of cbar alone: lambda -> infinity
+            lse_rest_inf = float(lse_inf_all[c_i])  # the decode of cbar alone
+            w_rest_inf = w_rest_inf_all[c_i]  # [d]
             b_gamma_rest_inf = (h * gamma) @ w_rest_inf  # [n_eval]
             g_gamma_rest_inf = float(w_rest_inf @ (gamma * vec))
             for i, query in enumerate(ev.tolist()):
