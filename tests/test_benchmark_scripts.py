@@ -1,0 +1,71 @@
+"""The benchmark scripts stay runnable, and the naive baseline computes the probe's numbers."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cgar_interp.probes import ProbeContext, get_probe
+from cgar_interp.probes.context_gate import ContextGateConfig
+
+from .probe_helpers import synthetic_inputs
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def sweep_module():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import sweep
+
+        yield sweep
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_naive_nnsight_loop_computes_the_decode_sweep(tiny_handles, sweep_module):
+    """The baseline the speed-up is measured against gives the same label masses as the probe."""
+    inputs = synthetic_inputs(n=12, shuffled=False)
+    handle = tiny_handles["nnsight"]
+    config = ContextGateConfig(
+        context_layers=(0, 1, 2),
+        lambdas=sweep_module.LAMBDAS,
+        modes=("decode",),
+        vectors=("context",),
+    )
+    ctx = ProbeContext(handle, inputs, config.needed_layers(2), n_boot=0, batch_size=4)
+    table = get_probe("context_gate").run(config, ctx)["context_gate"]
+    ours = sweep_module.ours_table_masses(table, inputs)
+    naive = sweep_module.naive_nnsight_sweep(handle.backend.engine, inputs, (0, 1, 2), 4, 2)
+    assert set(naive) == set(ours) and len(naive) == 3 * len(sweep_module.LAMBDAS) + 1
+    for key, masses in naive.items():
+        assert masses.shape == (len(inputs.eval),)
+        assert float(masses.mean()) == pytest.approx(ours[key], abs=1e-6), key
+    assert not torch.allclose(naive[(2, 0.0)], naive[(2, 10.0)])  # the gate does something
+
+
+def test_gpu_shape_script_runs_on_cpu_at_tiny_shape():
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "gpu_shape.py"),
+            "--shape=tiny",
+            "--device=cpu",
+            "--dtype=float32",
+            "--queries=12",
+            "--fit=4",
+            "--prefix=20",
+            "--query-len=6",
+            "--repeat=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert any("queries/s" in line for line in lines)
+    assert any("vs bare forward" in line for line in lines)
