@@ -90,8 +90,46 @@ class SuiteConfig:
         return any(getattr(p.config, "resumes_zero_shot", False) for p in self.probes)
 
 
-def parse_suite(data: dict, where: str = "suite") -> SuiteConfig:
-    """Build a :class:`SuiteConfig` from a parsed TOML mapping (strict)."""
+def confine_task_path(task: str, base: Path, where: str) -> str:
+    """A task entry, with a task *file* resolved against ``base`` and kept inside it.
+
+    Task names (shipped sets, ``synthetic``, hub datasets) pass through. A relative file path
+    (``.jsonl`` / ``.csv`` / ``.parquet``) resolves against the suite file's directory, after
+    symlinks, and must stay inside it: a suite cannot reach ``../../elsewhere.csv``. An
+    absolute path is the user's explicit choice and is kept.
+
+    Raises:
+        ConfigError: a relative path that escapes ``base``, naming both.
+    """
+    from .data.loaders import FILE_SUFFIXES
+
+    path = Path(task)
+    if path.suffix.lower() not in FILE_SUFFIXES:
+        return task
+    if path.is_absolute():
+        return str(path)
+    root = base.resolve()
+    target = (root / path).resolve()
+    if not target.is_relative_to(root):
+        raise ConfigError(
+            f"task file {task!r} in {where} resolves to {target}, outside the suite's directory "
+            f"{root}; a relative task path must stay inside it (give an absolute path to read "
+            "a file elsewhere)"
+        )
+    return str(target)
+
+
+def parse_suite(
+    data: dict, where: str = "suite", base_dir: str | Path | None = None
+) -> SuiteConfig:
+    """Build a :class:`SuiteConfig` from a parsed TOML mapping (strict).
+
+    Args:
+        data: the mapping.
+        where: how errors name its origin.
+        base_dir: the directory relative task file paths resolve in (and must stay inside);
+            the suite file's own directory for :func:`load_suite`, else the working directory.
+    """
     data = dict(data)
     raw_probes = data.pop("probe", [])
     if "probes" in data:
@@ -110,6 +148,10 @@ def parse_suite(data: dict, where: str = "suite") -> SuiteConfig:
             raise ConfigError(f"[[probe]] {i} in {where}: {err}") from None
         probes.append(ProbeEntry(kind, build(spec.config_cls, table, f"[[probe]] {i} ({kind})")))
     suite = build(SuiteConfig, data, where)
+    base = Path.cwd() if base_dir is None else Path(base_dir)
+    tasks = tuple(confine_task_path(task, base, where) for task in suite.tasks)
+    if tasks != suite.tasks:
+        suite = replace(suite, tasks=tasks)
     if not probes:
         raise ConfigError(f"{where} has no [[probe]] tables; add at least one")
     return replace(suite, probes=tuple(probes))
@@ -133,7 +175,7 @@ def load_suite(path: str | Path, **overrides) -> SuiteConfig:
     for key, value in overrides.items():
         if value is not None:
             data[key] = value
-    return parse_suite(data, where=f"suite {path.name}")
+    return parse_suite(data, where=f"suite {path.name}", base_dir=path.parent)
 
 
 def shipped_suites() -> list[Path]:
