@@ -51,11 +51,14 @@ def query_metrics(logits: Tensor, label_ids: Tensor, gold: Tensor) -> dict[str, 
             )
     label_ids = label_ids.to(x.device)
     gold = gold.to(x.device)
-    lse = torch.logsumexp(x, dim=-1, keepdim=True)  # [..., n, 1]
-    logp = x - lse  # float32 (the float64 copy of a [grid, n, vocab] tensor cost a quarter
-    entropy = -(logp.exp() * logp).sum(-1, dtype=torch.float64)  # of the decode sweep)
-    label_logp = (x[..., label_ids] - lse).double()  # [..., n, K]
-    label_p = label_logp.exp()
+    # float32 passes over the vocabulary, float64 sums: no float64 copy of [grid, n, vocab]
+    shifted = x - x.amax(-1, keepdim=True)  # <= 0, the max is exactly 0
+    weights = shifted.exp()  # unnormalised probabilities, the max is exactly 1
+    total = weights.sum(-1, keepdim=True, dtype=torch.float64)  # >= 1
+    # entropy = log Z - E_p[shifted] >= 0, both terms in float64
+    entropy = total[..., 0].log() - (weights * shifted).sum(-1, dtype=torch.float64) / total[..., 0]
+    label_p = weights[..., label_ids].double() / total  # [..., n, K], sums to <= 1
+    label_logp = shifted[..., label_ids].double() - total.log()  # finite where label_p underflows
     mass = label_p.sum(-1)
     norm_label = label_logp - torch.logsumexp(label_logp, dim=-1, keepdim=True)
     label_entropy = -(norm_label.exp() * norm_label).sum(-1)
