@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from .embedded import EmbeddedModelMissing, ensure_embedded
 from .models import Architecture, ModelHandle, Patch, RunResult, load_model
+from .remote import RemoteUnsupportedError
 from .sites import Site, all_sites, parse_site, site_kinds
 from .tokens import TokenBatch
 
@@ -41,6 +42,7 @@ __all__ = [
     "EmbeddedModelMissing",
     "ModelHandle",
     "Patch",
+    "RemoteUnsupportedError",
     "RunResult",
     "Site",
     "TokenBatch",

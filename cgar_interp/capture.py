@@ -68,7 +68,8 @@ def capture_many(
         with_logits: also keep logits at the last position, ``[n, vocab]``.
         progress: called with the number of rows finished after each batch.
         shared_prefix: reuse a common prefix's KV cache (``None``: when it has at least
-            ``min_prefix`` tokens and every position is negative; ``False``: never).
+            ``min_prefix`` tokens and every position is negative, and the model is not
+            remote; ``False``: never).
         keep_states: also keep each sub-batch's KV cache and last-position residuals as a
             :class:`~cgar_interp.prefix.LastTokenState` (in ``RunResult.states``), so later
             interventions at the last position run as one-token suffix passes
@@ -85,6 +86,10 @@ def capture_many(
 
     if keep_states and positions != -1:
         raise ValueError(f"keep_states needs positions=-1 (each row's last token); got {positions}")
+    if keep_states:
+        handle.require_local("capture_many(keep_states=True) (a KV cache kept here)")
+    if shared_prefix:
+        handle.require_local("capture_many(shared_prefix=True) (a KV cache run here)")
     sites = list(sites)
     states: list[tuple[Tensor, LastTokenState]] = []
     parts: dict[str, list[Tensor]] = {str(handle.site(s)): [] for s in sites}
@@ -93,7 +98,7 @@ def capture_many(
     relative = all(p < 0 for p in ([positions] if isinstance(positions, int) else positions))
     prefix_len = common_prefix_length(batch.ids, batch.lengths) if relative else 0
     use_prefix = (
-        prefix_len >= min_prefix
+        prefix_len >= min_prefix and not handle.remote
         if shared_prefix is None
         else bool(shared_prefix) and prefix_len > 0
     )

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .devices import resident_weight
+
 
 class ShiftedDecoder:
     """``decode_residual(h + lambda v)`` for fixed residuals ``h [n, d_model]`` and many ``v``.
@@ -26,16 +28,19 @@ class ShiftedDecoder:
     """
 
     def __init__(self, handle, h: Tensor):
+        handle.require_local("ShiftedDecoder (unembeds with the model's weights)")
         hf = handle.backend.hf_model
         norm, head = hf.model.norm, hf.lm_head
         if h.dim() != 2 or h.shape[-1] != handle.arch.d_model:
             raise ValueError(
                 f"ShiftedDecoder needs residuals [n, {handle.arch.d_model}]; got {tuple(h.shape)}"
             )
-        self.device = head.weight.device
-        self.w = head.weight.detach()  # [V, d]
+        w = resident_weight(head, "weight", "ShiftedDecoder")  # an offloaded copy under offload
+        self.device = w.device
+        self.w = w.detach()  # [V, d]
         self.bias = None if head.bias is None else head.bias.detach().float()
-        self.gamma = norm.weight.detach().float().to(self.device)  # [d]
+        gamma = resident_weight(norm, "weight", "ShiftedDecoder")
+        self.gamma = gamma.detach().float().to(self.device)  # [d]
         self.eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
         self.h = h.detach().float().to(self.device)  # [n, d]
         self.a = self._unembed(self.h * self.gamma)  # [n, V]

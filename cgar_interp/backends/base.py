@@ -113,8 +113,9 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """
     from transformers.models.llama.modeling_llama import rotate_half
 
-    cos = cos.unsqueeze(2).to(x.dtype)
-    sin = sin.unsqueeze(2).to(x.dtype)
+    # under a device map the rotary embedding runs on the first device, block l's q/k elsewhere
+    cos = cos.unsqueeze(2).to(device=x.device, dtype=x.dtype)
+    sin = sin.unsqueeze(2).to(device=x.device, dtype=x.dtype)
     return x * cos + rotate_half(x) * sin
 
 

@@ -2,6 +2,13 @@
 
 nnsight is imported lazily (inside :func:`load`), so its global patches never touch runs that
 use another backend.
+
+With ``remote=True`` the same trace runs on NDIF: nnsight serializes the traced block (its
+source and the variables it reads) instead of running it, and the server runs it against its
+copy of the model (see :mod:`cgar_interp.remote`). The block is identical either way, so
+everything it does happens inside it: the unembedding's input is cut to the wanted positions
+in the trace (what :func:`unembed_only_at`'s hook does for the other backends, which a
+server would not get), so a remote run sends back ``[batch, k, vocab]`` logits, not all.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from ..remote import remote_unsupported
 from ..sites import Site
 from .base import (
     ROTARY_ORDER,
@@ -22,7 +30,6 @@ from .base import (
     hf_from_canonical,
     hf_to_canonical,
     needs_rotary,
-    unembed_only_at,
 )
 
 
@@ -31,10 +38,17 @@ class NNsightBackend(Backend):
 
     name = "nnsight"
 
-    def __init__(self, lm, dims: Dims):
+    def __init__(self, lm, dims: Dims, remote: bool = False):
         self.engine = lm
-        self.hf_model = lm._module
         self.dims = dims
+        self.remote = remote
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        """The HF module tree; a remote model's is on the meta device, so it is refused."""
+        if self.remote:
+            raise remote_unsupported("code using backend.hf_model", str(self.engine.repo_id))
+        return self.engine._module
 
     def forward(
         self,
@@ -47,8 +61,12 @@ class NNsightBackend(Backend):
         import nnsight
 
         lm = self.engine
+        if self.remote and past_key_values is not None:
+            raise remote_unsupported("a forward pass over a KV cache", str(lm.repo_id))
+        dims = self.dims  # the block reads dims, not self: a remote run ships what it reads
         sites = sorted(set(reads) | set(writes), key=lambda s: s.order)
-        results: dict[Site, Tensor] = {}
+        # keyed by name: what a server sends back must unpickle without cgar_interp installed
+        results: dict[str, Tensor] = {}
         steps: list[tuple[tuple[int, int], Site | None]] = [(s.order, s) for s in sites]
         if needs_rotary(sites):
             steps.append((ROTARY_ORDER, None))
@@ -58,11 +76,7 @@ class NNsightBackend(Backend):
             if past_key_values is None
             else {"past_key_values": past_key_values, "use_cache": True}
         )
-        with (
-            torch.no_grad(),
-            unembed_only_at(self.hf_model.lm_head, logits_index),
-            lm.trace(ids, **extra),
-        ):
+        with torch.no_grad(), lm.trace(ids, remote=self.remote, **extra):
             rotary = None
             for _, site in steps:
                 if site is None:
@@ -75,7 +89,7 @@ class NNsightBackend(Backend):
                 else:
                     full = envoy.output
                     raw = full if part == "output" else full[0 if part == "output0" else 1]
-                canon = hf_to_canonical(site, raw, self.dims, rotary)
+                canon = hf_to_canonical(site, raw, dims, rotary)
                 writer, reader = writes.get(site), reads.get(site)
                 if writer is not None:
                     canon = writer(canon)
@@ -89,15 +103,24 @@ class NNsightBackend(Backend):
                         out[0 if part == "output0" else 1] = new
                         envoy.output = tuple(out)
                 if reader is not None:
-                    results[site] = nnsight.save(reader(canon))
+                    results[str(site)] = reader(canon)
+            if logits_index is not None:  # the unembedding sees only the wanted positions
+                hidden = lm.lm_head.input  # [batch, pos, d_model]
+                rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+                lm.lm_head.input = hidden[rows, logits_index.to(hidden.device)]
+            captured = nnsight.save(results)  # a remote run sends back saved names only
             logits = nnsight.save(lm.lm_head.output)
-        return logits, dict(results)
+        return logits, {site: captured[str(site)] for site in reads}
 
 
-def load(path: str, *, device: str, dtype: torch.dtype, tokenizer, dims: Dims) -> NNsightBackend:
+def load(
+    path: str, *, device: str, dtype: torch.dtype, tokenizer, dims: Dims, remote: bool = False
+) -> NNsightBackend:
     from nnsight.modeling.transformers import TransformersModel
 
     kwargs = {"dtype": dtype, "attn_implementation": "eager"}
+    if remote:
+        return load_remote(path, tokenizer=tokenizer, dims=dims, **kwargs)
     if device != "cpu":
         kwargs["device_map"] = device
     lm = TransformersModel(
@@ -105,3 +128,22 @@ def load(path: str, *, device: str, dtype: torch.dtype, tokenizer, dims: Dims) -
     )
     lm._module.eval()
     return NNsightBackend(lm, dims)
+
+
+def load_remote(model_id: str, *, tokenizer, dims: Dims, **kwargs) -> NNsightBackend:
+    """A meta-device model (built from the config, no weights) whose traces run on NDIF.
+
+    ``model_id`` names the model in every request (NDIF knows models by hub id). The API key
+    is checked now rather than at the first forward pass. ``attn_implementation="eager"``
+    travels with each request (nnsight sends it), so attention-pattern sites work remotely.
+    """
+    from nnsight.modeling.transformers import TransformersModel
+
+    from ..remote import ndif_api_key, ship_by_value
+
+    ndif_api_key()
+    ship_by_value()
+    lm = TransformersModel(
+        model_id, task="text-generation", tokenizer=tokenizer, dispatch=False, **kwargs
+    )
+    return NNsightBackend(lm, dims, remote=True)

@@ -30,6 +30,7 @@ import torch
 
 from ..capture import resume_variants
 from ..decoding import ShiftedDecoder
+from ..devices import resident_weight
 from ..layers import resolve_layers
 from .base import ProbeContext, register_probe
 
@@ -230,11 +231,12 @@ def gate_terms(ctx: ProbeContext, q_layers, c_layers, vectors) -> pd.DataFrame:
     """
     handle, inputs = ctx.handle, ctx.inputs
     cap = ctx.captures()
+    handle.require_local("the context_gate probe (reads the unembedding weights)")
     hf = handle.backend.hf_model
-    w_full = hf.lm_head.weight.detach().float().cpu()  # [V, d]
+    w_full = resident_weight(hf.lm_head, "weight", "context_gate").detach().float().cpu()  # [V, d]
     label_ids = inputs.label_ids.cpu()
     w_u = w_full[label_ids]  # [K, d]
-    gamma = hf.model.norm.weight.detach().float().cpu()  # [d]
+    gamma = resident_weight(hf.model.norm, "weight", "context_gate").detach().float().cpu()
     eps = float(getattr(hf.model.norm, "variance_epsilon", getattr(hf.model.norm, "eps", 0.0)))
     rest = torch.ones(w_full.shape[0], dtype=torch.bool)
     rest[label_ids] = False

@@ -51,6 +51,7 @@ import pandas as pd
 import torch
 
 from .. import subspace_math as sm
+from ..devices import resident_weight
 from ..layers import NAMED, resolve_layers
 from .base import ProbeContext, register_probe
 
@@ -128,11 +129,13 @@ class SubspaceConfig:
 
 def label_directions(ctx: ProbeContext, readout: str) -> np.ndarray:
     """``[K, d_model]`` label readout directions: ``W_U[label_ids]`` (times gamma if normed)."""
+    ctx.handle.require_local("label_directions (reads the unembedding weights)")
     hf = ctx.handle.backend.hf_model
-    w = hf.lm_head.weight.detach()[ctx.inputs.label_ids.to(hf.lm_head.weight.device)]
+    w_u = resident_weight(hf.lm_head, "weight", "label_directions")  # offloaded: a CPU copy
+    w = w_u.detach()[ctx.inputs.label_ids.to(w_u.device)]
     w = w.float().cpu()
     if readout == "unembed_norm":
-        w = w * hf.model.norm.weight.detach().float().cpu()
+        w = w * resident_weight(hf.model.norm, "weight", "label_directions").detach().float().cpu()
     return w.double().numpy()
 
 
