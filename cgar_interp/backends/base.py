@@ -86,9 +86,10 @@ def unembed_only_at(lm_head: torch.nn.Module, index: Tensor | None) -> Iterator[
     The unembedding is a ``d_model x vocab`` matmul per position (on SmolLM2-135M about a
     fifth of a token's compute, on Llama-3-8B 0.5B of its 8B multiply-adds), and probes need
     logits at one or two positions per row. A forward pre-hook on the HF ``lm_head`` module
-    gathers those positions, so every engine (plain hooks, nnsight, the TransformerLens
-    bridge, which all call this module) computes ``[batch, k, vocab]`` logits and nothing else.
-    Reads and writes at every other site are untouched.
+    gathers those positions, so the plain-hooks and TransformerLens backends (the bridge calls
+    this module) compute ``[batch, k, vocab]`` logits and nothing else. The nnsight backend
+    does the same gather inside its trace instead (a remote server would not get a local
+    hook). Reads and writes at every other site are untouched.
     """
     if index is None:
         yield
