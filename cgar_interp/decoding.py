@@ -38,7 +38,8 @@ class ShiftedDecoder:
         w = resident_weight(head, "weight", "ShiftedDecoder")  # an offloaded copy under offload
         self.device = w.device
         self.w = w.detach()  # [V, d]
-        self.bias = None if head.bias is None else head.bias.detach().float()
+        bias = None if head.bias is None else resident_weight(head, "bias", "ShiftedDecoder")
+        self.bias = None if bias is None else bias.detach().float().to(self.device)
         gamma = resident_weight(norm, "weight", "ShiftedDecoder")
         self.gamma = gamma.detach().float().to(self.device)  # [d]
         self.eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))

@@ -141,3 +141,47 @@ def test_prefill_block_by_block_equals_the_model_forward(tiny_handles, backend):
     cache = shared_prefix_cache(handle, ids)
     for mine, theirs in zip(cache.layers, reference.layers, strict=True):
         assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values)
+
+
+@pytest.mark.parametrize("backend", ["hf", "transformer_lens", "nnsight"])
+def test_device_auto_reaches_every_backend_loader(tiny_llama_dir, tiny_handles, backend):
+    """``device="auto"`` goes through each loader's device-map argument (here: all on the CPU).
+
+    With no GPU accelerate maps every module to the CPU, so the numbers must be the one-device
+    ones bit for bit; ids go to the embedding's device.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = load_model(tiny_llama_dir, backend=backend, device="auto", dtype="float32")
+    plain = tiny_handles[backend]
+    assert auto.device == "auto" and auto.input_device == torch.device("cpu")
+    embed = auto.backend.hf_model.get_input_embeddings()
+    assert auto.input_device == module_device(embed)
+    batch = plain.tokenize(["w1 w2 w3 w4", "w5 w6"])
+    sites = ["resid.1", "q.1", "head_out.1"]
+    got = auto.capture(batch, sites, -1, with_logits=True, logits_positions=-1)
+    want = plain.capture(batch, sites, -1, with_logits=True, logits_positions=-1)
+    assert torch.equal(got.logits, want.logits)
+    for site in sites:
+        assert torch.equal(got[site], want[site]), site
+    resid = want["resid.1"]
+    assert torch.equal(auto.decode_residual(resid), plain.decode_residual(resid))
+
+
+def test_transformer_lens_refuses_an_offloading_map(tiny_llama_dir, tiny_handles, tmp_path):
+    """The bridge's hook-free view has no offload hooks: refused by name, not meta tensors."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from cgar_interp.backends.transformer_lens import TransformerLensBackend
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = TransformerBridge.boot_transformers(
+            str(tiny_llama_dir),
+            dtype=torch.float32,
+            tokenizer=tiny_handles["hf"].tokenizer,
+            device_map=DEVICE_MAP,
+            offload_folder=str(tmp_path),
+        )
+    with pytest.raises(ValueError, match="offloaded: lm_head, model.embed_tokens"):
+        TransformerLensBackend(bridge, 2)

@@ -50,6 +50,15 @@ def plain_view(wrapped: torch.nn.Module) -> torch.nn.Module:
     leftover = [n for n, b in view.named_buffers() if b.is_meta]
     if leftover:
         raise RuntimeError(f"plain view of the bridge left buffers on the meta device: {leftover}")
+    offloaded = sorted({n.rsplit(".", 1)[0] for n, p in view.named_parameters() if p.is_meta})
+    if offloaded:  # accelerate's offload hooks sit on the bridge's modules, not on the view
+        raise ValueError(
+            f"the transformer_lens backend cannot run a model whose modules are offloaded to "
+            f"CPU RAM or disk by its device map (offloaded: {', '.join(offloaded[:4])}"
+            f"{', ...' if len(offloaded) > 4 else ''}): its hook-free engine paths would see "
+            "meta tensors. Use backend='hf' or backend='nnsight' with device='auto', or give "
+            "the model enough GPU memory"
+        )
     return view.eval()
 
 
