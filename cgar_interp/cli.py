@@ -194,8 +194,21 @@ def run(
     jsonl: Annotated[
         bool, typer.Option("--jsonl", help="Progress and result as JSON lines on stdout.")
     ] = False,
+    allow_self_check_failure: Annotated[
+        bool,
+        typer.Option(
+            "--allow-self-check-failure",
+            help="Go on when a fast path disagrees with a plain forward (recorded in the "
+            "manifest; a red banner in the report).",
+        ),
+    ] = False,
 ) -> None:
-    """Run a probe suite into a run directory (tables, figures, report.html)."""
+    """Run a probe suite into a run directory (tables, figures, report.html).
+
+    Before the first probe, the run compares every shortcut it will use (KV-cache prefix
+    reuse, one-token suffix passes, decode algebra, attention patterns) with a plain forward
+    on a few of its own prompts, and stops if one differs beyond the dtype's tolerance.
+    """
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -209,6 +222,7 @@ def run(
     from .embedded import EmbeddedModelMissing
     from .rundir import RunDirError
     from .runner import run_suite
+    from .selfcheck import SelfCheckFailed
     from .suite import load_suite
 
     _quiet_transformers()
@@ -244,9 +258,15 @@ def run(
     try:
         with bar:
             results = run_suite(
-                suite, out, resume=resume, force=force, log=emit, progress=_progress_factory(bar)
+                suite,
+                out,
+                resume=resume,
+                force=force,
+                log=emit,
+                progress=_progress_factory(bar),
+                allow_self_check_failure=allow_self_check_failure,
             )
-    except (ConfigError, RunDirError, EmbeddedModelMissing, ValueError) as err:
+    except (ConfigError, RunDirError, EmbeddedModelMissing, ValueError, SelfCheckFailed) as err:
         _fail(err)
     except KeyboardInterrupt:
         console.print(

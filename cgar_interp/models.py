@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .backends import BACKENDS, Backend, Dims, load_backend
+from .compat import cache_keyword
 from .devices import PerDevice, module_device, resident_weight
 from .embedded import EMBEDDED_NAME, cache_dir, ensure_embedded, sha256_file
 from .remote import remote_unsupported
@@ -208,6 +209,33 @@ def check_weights_format(directory: Path, allow_pickle: bool) -> None:
         raise ValueError(f"checkpoint {str(directory)!r} has no weight files (*.safetensors)")
 
 
+def check_config_json(directory: Path) -> None:
+    """Refuse a checkpoint whose ``config.json`` is not a JSON object, in one line naming it.
+
+    (transformers would raise from deep inside ``AutoConfig`` with a full traceback.)
+    """
+    config_path = Path(directory) / "config.json"
+    if not config_path.is_file():
+        return  # a hub snapshot without one: AutoConfig says so
+    try:
+        config = json.loads(config_path.read_bytes())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{config_path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}; "
+            "repair or re-download the checkpoint's config.json"
+        ) from None
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{config_path} is not valid JSON: not UTF-8 text ({err.reason} at byte {err.start}); "
+            "repair or re-download the checkpoint's config.json"
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{config_path} is not a model config: a JSON {type(config).__name__} where an "
+            "object ({...}) belongs; repair or re-download the checkpoint's config.json"
+        )
+
+
 def _resolve_source(
     name_or_path: str | os.PathLike, allow_pickle: bool = False
 ) -> tuple[str, str, str]:
@@ -223,9 +251,11 @@ def _resolve_source(
                 f"model directory {str(path)!r} has no config.json; pass a Hugging Face "
                 "checkpoint directory, a hub id, or 'embedded'"
             )
+        check_config_json(path)
         check_weights_format(path, allow_pickle)
         return path.name, str(path.resolve()), weights_hash(path)
     local = _hub_snapshot(text, ["*.json", "*.safetensors", "*.model"])
+    check_config_json(Path(local))
     check_weights_format(Path(local), allow_pickle)
     return text, local, weights_hash(Path(local))
 
@@ -274,8 +304,11 @@ def _resolve_remote_source(name_or_path: str | os.PathLike) -> tuple[str, str, s
                 f"model directory {str(path)!r} has no config.json; remote=True needs the "
                 "model's config and tokenizer, or its hub id"
             )
+        check_config_json(path)
         return path.name, str(path.resolve()), str(path.resolve())
-    return text, _hub_snapshot(text, ["*.json", "*.model"]), text
+    local = _hub_snapshot(text, ["*.json", "*.model"])
+    check_config_json(Path(local))
+    return text, local, text
 
 
 class ModelHandle:
@@ -351,6 +384,8 @@ class ModelHandle:
 
     def provenance(self) -> dict[str, Any]:
         """Everything a manifest records about the model and how it is run."""
+        from .environment import lock_info  # here: `python -m cgar_interp.environment` runs clean
+
         return {
             "model": self.name,
             "model_path": self.path,
@@ -363,6 +398,8 @@ class ModelHandle:
             "bos_token_id": self.bos_token_id,
             "architecture": asdict(self.arch),
             "versions": _versions(),
+            # the lock's hash and whether the installed packages are the locked ones
+            "environment": lock_info(),
         }
 
     # ----------------------------------------------------------------- tokens
@@ -637,8 +674,8 @@ class ModelHandle:
                 config=hf.config,
                 inputs_embeds=h,
                 attention_mask=None,
-                past_key_values=None,
                 position_ids=position_ids,
+                **{cache_keyword(create_causal_mask): None},
             )
             self.stats.resume_calls += 1
             self.stats.resume_rows += h.shape[0]

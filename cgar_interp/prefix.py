@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .compat import cache_kwargs
 from .devices import PerDevice, module_device
 from .models import ModelHandle
 
@@ -67,14 +68,14 @@ def _blocks(
         config=handle.backend.hf_model.config,
         inputs_embeds=h,
         attention_mask=attention_mask,
-        past_key_values=cache,
         position_ids=position_ids,
+        **cache_kwargs(create_causal_mask, cache),
     )
     shared = PerDevice(attention_mask=mask, position_embeddings=rotary, position_ids=position_ids)
     for index in range(start, handle.arch.n_layers):
         block = inner.layers[index]
         device = module_device(block)  # blocks of a device map sit on several GPUs
-        h = block(h.to(device), **shared.on(device), past_key_values=cache, use_cache=True)
+        h = block(h.to(device), **shared.on(device), **cache_kwargs(block, cache), use_cache=True)
         if isinstance(h, tuple):
             h = h[0]
         if record is not None:

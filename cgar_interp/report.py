@@ -24,6 +24,8 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em a
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
 th{background:#f5f5f5}td.l,th.l{text-align:left}.prov td{text-align:left}.muted{color:#777;font-size:.85em}
+.banner{background:#b00020;color:#fff;padding:.8em 1em;border-radius:4px;font-weight:600}
+.fail{color:#b00020;font-weight:600}.pass{color:#1b7f3b}
 """
 
 PROVENANCE_KEYS = (
@@ -114,6 +116,54 @@ def key_numbers(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return out
 
 
+def self_check_html(manifest: dict) -> str:
+    """The self-check first: a red banner if a fast path failed and the run went on anyway,
+    then the largest difference of each path from the plain forward, against the tolerance."""
+    check = manifest.get("self_check")
+    if not check:
+        return (
+            '<div class="banner" id="self-check-banner">This run has no self-check record: '
+            "its fast paths were never compared with a plain forward (made before the "
+            "check existed). Treat its numbers with care.</div>"
+        )
+    parts = []
+    failed = [path for path, row in check.get("paths", {}).items() if not row["passed"]]
+    if failed or check.get("rows_per_task") == 0:
+        what = (
+            f"failed: {', '.join(failed)}" if failed else "was switched off (self_check_rows = 0)"
+        )
+        parts.append(
+            '<div class="banner" id="self-check-banner">Self-check '
+            f"{_e(what)}. The run went on because the user asked for it "
+            "(--allow-self-check-failure); numbers that use these paths may be wrong.</div>"
+        )
+    rows = [
+        {
+            "path": path,
+            "compares": row["compares"],
+            "max |delta p|": f"{row['max_abs_diff']:.2e}",
+            "max |delta logit|": ""
+            if row.get("max_logit_diff") is None
+            else f"{row['max_logit_diff']:.2e}",
+            "worst task": row["task"],
+            "result": "pass" if row["passed"] else "FAIL",
+        }
+        for path, row in check.get("paths", {}).items()
+    ]
+    table = _table_html(pd.DataFrame(rows), left=("path", "compares", "worst task", "result"))
+    table = table.replace('<td class="l">FAIL</td>', '<td class="l fail">FAIL</td>')
+    table = table.replace('<td class="l">pass</td>', '<td class="l pass">pass</td>')
+    parts.append(
+        '<h2 id="self-check">Self-check of the fast paths</h2>'
+        f'<p class="muted">Before the first probe, each shortcut this run uses was compared '
+        f"with a plain full forward of the same rows on the same backend "
+        f"({_e(check.get('rows_per_task'))} eval queries per task; {_e(check.get('metric'))}); "
+        f"tolerance {_e(check.get('tolerance'))} for {_e(check.get('dtype'))}; "
+        f"{_e(check.get('seconds'))} s.</p>" + table
+    )
+    return "".join(parts)
+
+
 def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None = None) -> Path:
     """Write ``report.html`` (and ``figures/*.html``) for a run directory; returns the report path."""
     run_dir = Path(run_dir)
@@ -136,6 +186,7 @@ def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None
     suite = manifest.get("suite", {})
     parts = [
         f"<h1>cgar_interp report — {_e(suite.get('name', run_dir.name))}</h1>",
+        self_check_html(manifest),
         f'<table class="prov">{prov_rows}</table>',
         f'<p class="muted">tasks: {_e(", ".join(suite.get("tasks", [])))}; shots per class: '
         f"{_e(suite.get('shots'))}; fit/eval queries: {_e(suite.get('n_fit'))}/{_e(suite.get('n_eval'))}; "

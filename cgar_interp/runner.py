@@ -17,6 +17,7 @@ from .models import ModelHandle, load_model
 from .probes import ProbeContext, get_probe
 from .results import now_utc
 from .rundir import RunDir
+from .selfcheck import SelfCheck, SelfCheckFailed, check_task, planned_paths
 from .suite import SuiteConfig
 from .tasks_bridge import prepare_task
 
@@ -64,6 +65,8 @@ def run_suite(
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     log: Callable[[str], None] | None = None,
     report: bool = True,
+    allow_self_check_failure: bool = False,
+    self_check_rows: int = 3,
 ) -> RunResults:
     """Run every (task, probe) unit of ``suite`` into ``out`` and write tables and the report.
 
@@ -76,6 +79,12 @@ def run_suite(
         progress: ``progress(description, total) -> advance(n)`` for progress bars.
         log: a function that prints one line.
         report: also write figures and ``report.html``.
+        allow_self_check_failure: go on when a fast path disagrees with the plain path
+            (:mod:`cgar_interp.selfcheck`); recorded in the manifest, a red banner in the
+            report. Off: such a run stops with :class:`~cgar_interp.selfcheck.SelfCheckFailed`
+            before its first probe.
+        self_check_rows: eval queries per task the self-check compares (``0``: no check;
+            recorded, and shown in the report like a failed check).
     """
     say = log or (lambda _msg: None)
     started = time.perf_counter()
@@ -107,12 +116,42 @@ def run_suite(
             "resumed": bool(previous),
         }
         run.write_manifest(manifest)
-        handle.stats.reset()
-        prompt_frames, task_info = [], {}
+        prompt_frames, task_info, prepared_tasks = [], {}, {}
         for task_name in suite.tasks:
             prepared = prepare_task(handle, suite, task_name)
+            prepared_tasks[task_name] = prepared
             prompt_frames.append(prepared.prompts)
             task_info[task_name] = prepared.info
+        check = SelfCheck(
+            handle.backend_name,
+            handle.dtype,
+            handle.provenance()["versions"],
+            allow_failure=allow_self_check_failure or self_check_rows == 0,
+        )
+
+        def record_check(status: str | None = None) -> None:
+            manifest["self_check"] = {**check.summary(), "rows_per_task": self_check_rows}
+            if status:
+                manifest["status"] = status
+            run.write_manifest(manifest)
+
+        try:
+            for prepared in prepared_tasks.values():
+                if self_check_rows > 0:
+                    plan = planned_paths(suite, prepared.inputs.icl)
+                    check_task(check, handle, prepared.inputs, plan, rows=self_check_rows)
+        except SelfCheckFailed:
+            record_check("self_check_failed")
+            raise
+        record_check()
+        worst = max((c.max_abs_diff for c in check.checks), default=float("nan"))
+        say(
+            f"self-check: {len(check.checks)} comparisons with a plain forward, largest "
+            f"|delta p| {worst:.2g} (tolerance {check.tolerance:g}), {check.seconds:.1f}s"
+            + ("" if check.passed else " -- FAILED, going on as asked")
+        )
+        handle.stats.reset()
+        for task_name, prepared in prepared_tasks.items():
             ctx = ProbeContext(
                 handle,
                 prepared.inputs,
@@ -122,13 +161,18 @@ def run_suite(
                 batch_size=suite.batch_size,
                 progress=progress,
                 keep_states=suite.resumes_zero_shot,
+                self_check=check,
             )
             for index, entry in enumerate(suite.probes):
                 if run.unit_done(task_name, index, entry.kind):
                     say(f"{task_name} / {entry.kind}: done earlier, kept")
                     continue
                 t0 = time.perf_counter()
-                tables = get_probe(entry.kind).run(entry.config, ctx)
+                try:
+                    tables = get_probe(entry.kind).run(entry.config, ctx)
+                except SelfCheckFailed:  # finished units stay; the manifest says why it stopped
+                    record_check("self_check_failed")
+                    raise
                 run.write_unit(
                     task_name,
                     index,
@@ -156,6 +200,7 @@ def run_suite(
             seconds_this_session=round(time.perf_counter() - started, 2),
             tasks=task_info,
             forward_stats=vars(handle.stats).copy(),
+            self_check={**check.summary(), "rows_per_task": self_check_rows},
         )
         run.write_manifest(manifest)
         if report:

@@ -85,3 +85,56 @@ def test_unsupported_architecture(tmp_path):
     )
     with pytest.raises(ValueError, match=r"architecture 'gpt2'; cgar_interp supports Llama-family"):
         load_model(tmp_path, backend="hf")
+
+
+# --- reliability items of issue 15: a broken config.json, and the mode of written files ----
+
+
+def _broken_config_copy(tiny_llama_dir, tmp_path, text):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_llama_dir, broken)
+    (broken / "config.json").write_text(text)
+    return broken
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_config_json_not_json_is_one_line_naming_the_file(tiny_llama_dir, tmp_path, remote):
+    good = (tiny_llama_dir / "config.json").read_text()
+    broken = _broken_config_copy(tiny_llama_dir, tmp_path, good.rstrip().rstrip("}") + ',\n  "x":')
+    backend = "nnsight" if remote else "hf"
+    with pytest.raises(
+        ValueError, match=r"broken/config\.json is not valid JSON: .* at line \d+, column \d+"
+    ) as err:
+        load_model(broken, backend=backend, remote=remote)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(broken / "config.json") in message
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained traceback
+
+
+def test_config_json_not_an_object(tiny_llama_dir, tmp_path):
+    broken = _broken_config_copy(tiny_llama_dir, tmp_path, "[1, 2]\n")
+    with pytest.raises(ValueError, match=r"config\.json is not a model config: a JSON list"):
+        load_model(broken, backend="hf")
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_get_the_mode_the_umask_allows(tmp_path, umask, mode):
+    import os
+    import stat
+
+    from cgar_interp.results import atomic_write_bytes, atomic_write_json, current_umask
+
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        written = [
+            atomic_write_json(tmp_path / "manifest.json", {"a": 1}),
+            atomic_write_bytes(tmp_path / "tables" / "t.parquet", b"x", tmp_dir=tmp_path / ".tmp"),
+        ]
+    finally:
+        os.umask(old)
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path

@@ -88,3 +88,45 @@ def test_resume_variants_keeps_the_callers_row_order(tiny_handles):
 def test_capture_many_without_logits(tiny_handles, shared_batch):
     out = capture_many(tiny_handles["hf"], shared_batch, ["resid.1"], -1, with_logits=False)
     assert out.logits is None and tuple(out["resid.1"].shape) == (7, 64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kept_cache_suffix_passes_equal_full_patched_prompts(tiny_handles, shared_batch, backend):
+    """The path of patch mode and task vectors, against the plain path on the same backend.
+
+    The capture pass runs the shared prefix once and fills a KV cache through the backend's
+    own engine (TransformerBridge, nnsight trace or HF hooks); one-token suffix passes then
+    resume from it. Each result must equal a full forward of the whole prompt through the
+    backend with the same patch. On transformers 5.24 the bridge never saw the cache
+    (``cache=`` replaced ``past_key_values``): logits were 0.4 off with no error.
+    """
+    handle = tiny_handles[backend]
+    layers = [0, 1, 2]
+    run = capture_many(
+        handle,
+        shared_batch,
+        [f"resid.{layer}" for layer in layers],
+        -1,
+        batch_size=3,
+        shared_prefix=True,
+        keep_states=True,
+    )
+    plain = handle.logits(shared_batch, positions=-1)  # full prompts, no cache
+    assert (run.logits - plain).abs().max() < 1e-5
+    shifts = torch.cat([torch.zeros(1, 64), torch.randn(2, 64, generator=torch.Generator())])
+    out = resume_variants(
+        handle,
+        shared_batch,
+        layers,
+        lambda layer, h, idx: h[None] + shifts[:, None],
+        lambda logits, idx: {f"v{j}": logits[..., j] for j in range(logits.shape[-1])},
+        states=run.states,
+    )
+    for layer in layers:
+        got = torch.stack([out[layer][f"v{j}"] for j in range(128)], dim=-1)  # [3, n, vocab]
+        assert (got[0] - plain).abs().max() < 1e-5, f"lambda = 0 at layer {layer} != zero-shot"
+        for k in range(1, len(shifts)):
+            full = handle.run_with_patch(
+                shared_batch, f"resid.{layer}", -1, shifts[k], logits_positions=-1
+            ).logits
+            assert (got[k] - full).abs().max() < 1e-5, (layer, k)

@@ -73,6 +73,13 @@ def test_run_directory_layout_and_provenance(reference_run):
     assert manifest["forward_stats"]["resume_rows"] > 0
     no_temp = [p for p in path.rglob("*") if p.name.startswith(".") and p.name != ".lock"]
     assert no_temp == []
+    # the self-check ran before the probes, on the paths this suite uses, and passed
+    checked = manifest["self_check"]
+    assert checked["passed"] and not checked["overridden"] and checked["rows_per_task"] == 3
+    assert {"kv_resume", "patch_lambda0", "task_vector_layer0", "decode_algebra"} <= set(
+        checked["paths"]
+    )
+    assert max(p["max_abs_diff"] for p in checked["paths"].values()) < 1e-5
 
 
 def test_prompts_table_has_everything_to_recompute(reference_run):

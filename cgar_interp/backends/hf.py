@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from ..compat import cache_kwargs
 from ..sites import Site
 from .base import (
     Backend,
@@ -95,8 +96,8 @@ class HFBackend(Backend):
             with torch.no_grad(), unembed_only_at(self.hf_model.lm_head, logits_index):
                 logits = self.hf_model(
                     input_ids=ids,
-                    past_key_values=past_key_values,
                     use_cache=past_key_values is not None,
+                    **cache_kwargs(self.hf_model.forward, past_key_values),
                 ).logits
         finally:
             for handle in handles:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from ..compat import cache_kwargs
 from ..remote import remote_unsupported
 from ..sites import Site
 from .base import (
@@ -71,11 +72,19 @@ class NNsightBackend(Backend):
         if needs_rotary(sites):
             steps.append((ROTARY_ORDER, None))
         steps.sort(key=lambda step: step[0])
-        extra = (
-            {}
-            if past_key_values is None
-            else {"past_key_values": past_key_values, "use_cache": True}
-        )
+        extra = {}
+        if past_key_values is not None:
+            # An explicit mask over the cached slots and the new tokens: nnsight 0.8.1 makes
+            # one of the new tokens' width itself unless it sees `past_key_values`, and the
+            # model then attends to none of the cache (see cgar_interp.compat).
+            width = past_key_values.get_seq_length() + ids.shape[1]
+            extra = {
+                **cache_kwargs(lm._module.forward, past_key_values),
+                "attention_mask": torch.ones(
+                    ids.shape[0], width, dtype=torch.long, device=ids.device
+                ),
+                "use_cache": True,
+            }
         with torch.no_grad(), lm.trace(ids, remote=self.remote, **extra):
             rotary = None
             for _, site in steps:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from ..compat import bridge_attention_sees_cache, cache_kwargs
 from ..sites import Site
 from .base import Backend, Reader, Writer, unembed_only_at
 
@@ -96,8 +97,14 @@ class TransformerLensBackend(Backend):
             hooks.append((site.tl_hook_name(self.n_layers), hook))
         # the bridge wraps HF modules in place; the hook goes on the HF lm_head it calls
         lm_head = _unwrap(self.engine.original_model.lm_head)
-        with torch.no_grad(), unembed_only_at(lm_head, logits_index):
-            extra = {} if past_key_values is None else {"past_key_values": past_key_values}
+        # the bridge forwards keywords to the HF model; its attention reads the cache under
+        # its own name (see cgar_interp.compat)
+        extra = cache_kwargs(self.engine.original_model.forward, past_key_values)
+        with (
+            torch.no_grad(),
+            unembed_only_at(lm_head, logits_index),
+            bridge_attention_sees_cache(self.engine),
+        ):
             logits = self.engine.run_with_hooks(ids, fwd_hooks=hooks, **extra)
         return logits, results
 

@@ -303,7 +303,7 @@ def _is_missing(value: Any) -> bool:
 
 def _is_index(label: Any) -> bool:
     """An integer label (or a string of digits, as CSV cells are read)."""
-    return not isinstance(label, str) or label.strip().lstrip("-").isdigit()
+    return not isinstance(label, str) or label.strip().lstrip("-").isdecimal()
 
 
 def parse_label(raw: Any, classes: Sequence[str], label_words: Sequence[str], where: str) -> int:
@@ -329,7 +329,7 @@ def parse_label(raw: Any, classes: Sequence[str], label_words: Sequence[str], wh
         folded = [c.lower() for c in classes] + [w.lower() for w in label_words]
         if value.lower() in folded:
             return folded.index(value.lower()) % k
-        if value.lstrip("-").isdigit():
+        if value.lstrip("-").isdecimal():  # "²".isdigit() is True, int() refuses it
             raw = int(value)
         else:
             raise TaskError(f"unknown label {raw!r} in {where}; {valid}")

@@ -113,6 +113,9 @@ class ProbeContext:
     batch_size: int = 16
     progress: Callable[[str, int], Callable[[int], None]] | None = None
     keep_states: bool = False
+    # the run's self-check (cgar_interp.selfcheck.SelfCheck): probes that verify a reading
+    # against a recomputation record it there, so no such difference is ever silent
+    self_check: object | None = None
     _captures: TaskCaptures | None = field(default=None, repr=False)
     _zero_states: list | None = field(default=None, repr=False)
 

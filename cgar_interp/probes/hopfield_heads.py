@@ -440,6 +440,19 @@ def run_hopfield_heads(config: HopfieldHeadsConfig, ctx: ProbeContext) -> dict[s
         per_kind[kind] = {
             b: head_metrics(reads[b], batch, inputs.label_ids, gold, config) for b in blocks
         }
+    if ctx.self_check is not None:  # every row read, not only the self-check's few
+        worst = max(
+            float(np.nanmax(per_kind[kind][b]["recompute_err"]))
+            for kind in per_kind
+            for b in blocks
+        )
+        ctx.self_check.record(
+            "recompute_err",
+            inputs.task,
+            worst,
+            rows=len(rows_idx),
+            detail=f"{len(blocks)} blocks x {len(PROMPT_KINDS)} prompt kinds",
+        )
     base = {"task": inputs.task, "probe": "hopfield_heads"}
     rows, regime_rows = [], []
     for b in blocks:

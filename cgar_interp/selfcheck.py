@@ -1,0 +1,332 @@
+"""Run-time self-check: every fast path a run will use, against a plain forward, first.
+
+The engine takes shortcuts that are exact in arithmetic but depend on the libraries under it
+keeping their interfaces: a shared demonstration prefix run once and reused through the KV
+cache, one-token suffix passes that resume from the capture pass's cache, the decode-mode
+algebra of the final norm, attention patterns read through hooks. transformers 5.24 broke the
+first two on the TransformerLens backend *without an error* (see :mod:`cgar_interp.compat`).
+So before the first probe a run checks each shortcut it will use against a plain full forward
+of the same rows on the same backend, on a few of its own prompts per task:
+
+========================  ===================================================================
+path                      compared with
+========================  ===================================================================
+``shared_prefix``         capture over a shared prefix's KV cache vs full prompts
+``kv_resume``             one-token suffix passes over the kept cache, with a patch, vs a
+                          full forward with the same patch (patch mode, task vectors)
+``patch_lambda0``         patch mode at lambda = 0 vs the zero-shot logits
+``task_vector_layer0``    a task vector at layer 0 (the same last token) vs zero-shot
+``decode_algebra``        :class:`~cgar_interp.decoding.ShiftedDecoder` vs the model's own
+                          final norm and unembedding of ``h + lambda v`` (and at lambda = 0
+                          vs the forward pass's logits)
+``head_patterns``         captured attention patterns vs ``softmax(beta q . k)`` recomputed
+                          from q and k of a plain pass (Hopfield heads)
+``recompute_err``         the same, over every row the Hopfield probe reads (during the run)
+========================  ===================================================================
+
+The difference is the largest absolute difference of probabilities: softmax over the full
+vocabulary for logits (what every metric is computed from), the attention distribution for
+patterns. The tolerance is set by the model's dtype (:data:`TOLERANCE`). Beyond it the run
+stops with :class:`SelfCheckFailed`, one line naming the path, the difference, the backend
+and the library versions, unless the user opted out (``allow_failure``); the result is
+recorded in the manifest either way, and the report shows it first (a red banner when a check
+failed and the run went on).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+
+# Largest allowed |delta p| by dtype. float32: the shortcuts reorder float32 sums; measured
+# differences on the embedded model are ~1e-7 to 1e-6 in probability (~3e-5 in logits of
+# size 40), so 1e-4 leaves two orders of magnitude. bfloat16 keeps 8 significant bits
+# (unit roundoff 2^-8 = 3.9e-3): a path that reorders the sums of 30 blocks moves logits by a
+# few tenths at worst, and a probability p by about p * |delta logit| <= 0.25 * 0.08 = 0.02.
+# float16 (11 bits, 4.9e-4) is 8x tighter. The bug this guards against moved probabilities by
+# 0.09 (label mass) and logits by 0.4.
+TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+PATHS = {
+    "shared_prefix": "capture over a shared prefix's KV cache vs full prompts",
+    "kv_resume": "one-token suffix passes over the kept KV cache vs a full patched forward",
+    "patch_lambda0": "patch mode at lambda = 0 vs zero-shot logits",
+    "task_vector_layer0": "task vector at layer 0 vs zero-shot logits (a no-op)",
+    "decode_algebra": "decode-mode algebra vs the model's own norm + unembedding",
+    "head_patterns": "captured attention patterns vs softmax(beta q.k) recomputed",
+    "recompute_err": "Hopfield probe: patterns vs softmax(beta q.k), every row it reads",
+}
+
+
+class SelfCheckFailed(RuntimeError):
+    """A fast path disagreed with the plain path beyond the tolerance of the model's dtype."""
+
+
+def tolerance_for(dtype: torch.dtype) -> float:
+    if dtype not in TOLERANCE:
+        raise ValueError(f"no self-check tolerance for dtype {dtype}; known: {list(TOLERANCE)}")
+    return TOLERANCE[dtype]
+
+
+def prob_diff(a: Tensor, b: Tensor) -> tuple[float, float]:
+    """``(max |softmax(a) - softmax(b)|, max |a - b|)`` over logits ``[..., vocab]``."""
+    a, b = a.float(), b.float()
+    dp = (torch.softmax(a, -1) - torch.softmax(b, -1)).abs().max()
+    return float(dp), float((a - b).abs().max())
+
+
+@dataclass(frozen=True)
+class PathCheck:
+    """One comparison of a fast path with the plain path."""
+
+    path: str
+    task: str
+    max_abs_diff: float
+    tolerance: float
+    rows: int
+    passed: bool
+    max_logit_diff: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class SelfCheck:
+    """The checks of one run, and what to do when one fails.
+
+    Attributes:
+        backend, dtype, versions: named in the error and the manifest.
+        allow_failure: record a failed check and go on (the user's explicit opt-out).
+        checks: every :class:`PathCheck` so far.
+    """
+
+    backend: str
+    dtype: torch.dtype
+    versions: dict = field(default_factory=dict)
+    allow_failure: bool = False
+    checks: list[PathCheck] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def tolerance(self) -> float:
+        return tolerance_for(self.dtype)
+
+    def record(
+        self,
+        path: str,
+        task: str,
+        diff: float,
+        *,
+        rows: int,
+        logit_diff: float | None = None,
+        detail: str = "",
+    ) -> PathCheck:
+        """Record one comparison; raise :class:`SelfCheckFailed` if it fails (unless allowed)."""
+        if path not in PATHS:
+            raise ValueError(f"unknown self-check path {path!r}; known: {', '.join(PATHS)}")
+        tol = self.tolerance
+        passed = math.isfinite(diff) and diff <= tol
+        check = PathCheck(path, task, float(diff), tol, rows, passed, logit_diff, detail)
+        self.checks.append(check)
+        if not passed and not self.allow_failure:
+            raise SelfCheckFailed(self.message(check))
+        return check
+
+    def message(self, check: PathCheck) -> str:
+        versions = ", ".join(
+            f"{k} {v}"
+            for k, v in self.versions.items()
+            if k in ("transformers", "transformer_lens", "nnsight", "torch")
+        )
+        dtype = str(self.dtype).removeprefix("torch.")
+        return (
+            f"self-check failed: {check.path} ({PATHS[check.path]}) differs by "
+            f"{check.max_abs_diff:.3g} in probability (tolerance {check.tolerance:g} for {dtype}) "
+            f"on task {check.task!r}, backend {self.backend} ({versions}); the run's numbers "
+            "would be wrong. Fix the environment (make install installs the lock), or pass "
+            "--allow-self-check-failure to go on anyway (recorded, and shown in red)"
+        )
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def summary(self) -> dict:
+        """What the manifest records: per path the largest difference, and every check."""
+        worst: dict[str, dict] = {}
+        for c in self.checks:
+            if c.path not in worst or c.max_abs_diff > worst[c.path]["max_abs_diff"]:
+                worst[c.path] = {
+                    "max_abs_diff": c.max_abs_diff,
+                    "max_logit_diff": c.max_logit_diff,
+                    "task": c.task,
+                    "passed": c.passed,
+                    "compares": PATHS[c.path],
+                }
+        return {
+            "passed": self.passed,
+            "allow_failure": self.allow_failure,
+            "overridden": self.allow_failure and not self.passed,
+            "tolerance": self.tolerance,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "metric": "max |delta p| (softmax over the vocabulary; attention for patterns)",
+            "seconds": round(self.seconds, 3),
+            "paths": worst,
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+
+@dataclass(frozen=True)
+class PlannedPaths:
+    """Which fast paths a suite uses (only those are checked)."""
+
+    shared_prefix: bool
+    resume: bool
+    task_vectors: bool
+    decode: bool
+    head_patterns: bool
+
+
+def planned_paths(suite, icl_batch) -> PlannedPaths:
+    """The shortcuts ``suite`` will take on prompts like ``icl_batch``."""
+    from .prefix import common_prefix_length
+
+    kinds = {p.kind: p.config for p in suite.probes}
+    gate = kinds.get("context_gate")
+    prefix = common_prefix_length(icl_batch.ids, icl_batch.lengths)
+    return PlannedPaths(
+        shared_prefix=prefix >= 16,  # capture_many's default min_prefix
+        resume=bool(suite.resumes_zero_shot),
+        task_vectors="task_vectors" in kinds,
+        decode=gate is not None and "decode" in gate.modes,
+        head_patterns="hopfield_heads" in kinds,
+    )
+
+
+def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: int = 3) -> None:
+    """Run every planned comparison on the first ``rows`` eval queries of one task.
+
+    Args:
+        check: where results go (raises on the first failure unless allowed).
+        handle: the run's model, on the run's backend.
+        inputs: the task's :class:`~cgar_interp.probes.base.TaskInputs`.
+        plan: what the suite uses (:func:`planned_paths`).
+        rows: how many queries (a handful; the check must stay cheap).
+    """
+    from .capture import capture_many, resume_variants
+
+    t0 = time.perf_counter()
+    task = inputs.task
+    idx = inputs.eval[:rows]
+    zero, icl = inputs.zero.select(idx), inputs.icl.select(idx)
+    n = len(idx)
+    n_layers = handle.n_layers
+    resume_layers = sorted({0, n_layers // 2})  # layer 0 runs every block over the cache
+    sites = [f"resid.{layer}" for layer in sorted({*resume_layers, n_layers})]
+    try:
+        # the plain path: whole prompts, no cache
+        zero_plain = capture_many(handle, zero, sites, -1, batch_size=n, shared_prefix=False)
+        # a patch of a residual's own size, in a seeded direction (what cbar or a task
+        # vector is to the engine: a [d_model] vector added at the last position)
+        gen = torch.Generator().manual_seed(12345)
+        shift = {}
+        for layer in resume_layers:
+            h = zero_plain[f"resid.{layer}"].float()
+            direction = torch.randn(h.shape[-1], generator=gen)
+            shift[layer] = direction * (h.norm(dim=-1).mean() / direction.norm())
+        if plan.shared_prefix:
+            icl_sites = [f"resid.{n_layers // 2}", f"resid.{n_layers}"]
+            plain = capture_many(handle, icl, icl_sites, -1, batch_size=n, shared_prefix=False)
+            fast = capture_many(handle, icl, icl_sites, -1, batch_size=n, shared_prefix=True)
+            dp, dl = prob_diff(fast.logits, plain.logits)
+            dr = max(
+                float((fast[s] - plain[s]).abs().max() / plain[s].abs().max().clamp_min(1.0))
+                for s in icl_sites
+            )
+            check.record(
+                "shared_prefix",
+                task,
+                max(dp, dr),
+                rows=n,
+                logit_diff=dl,
+                detail=f"largest relative residual difference {dr:.3g}",
+            )
+        if plan.resume:
+            kept = capture_many(handle, zero, sites, -1, batch_size=n, keep_states=True)
+            # a task vector at layer 0: the mean last-position residual of prompts that end
+            # in the same token is that token's embedding, so replacing it changes nothing
+            theta0 = zero_plain["resid.0"].float().mean(0)
+            last = zero.ids[torch.arange(n), zero.lengths - 1]
+            same_last = bool((last == last[0]).all())
+
+            def variants(layer, h, i):
+                out = [h, h + shift[layer]]
+                if layer == 0:
+                    out.append(theta0.expand_as(h))
+                return torch.stack(out)
+
+            got = resume_variants(
+                handle,
+                zero,
+                resume_layers,
+                variants,
+                lambda logits, i: {"logits": logits.float()},
+                batch_size=n,
+                states=kept.states,
+            )
+            worst_patch, worst_zero, dl_patch, dl_zero = 0.0, 0.0, 0.0, 0.0
+            for layer in resume_layers:
+                logits = got[layer]["logits"]  # [n_var, n, vocab]
+                dp, dl = prob_diff(logits[0], zero_plain.logits)
+                worst_zero, dl_zero = max(worst_zero, dp), max(dl_zero, dl)
+                full = handle.run_with_patch(
+                    zero, f"resid.{layer}", -1, shift[layer], logits_positions=-1
+                ).logits
+                dp, dl = prob_diff(logits[1], full)
+                worst_patch, dl_patch = max(worst_patch, dp), max(dl_patch, dl)
+            check.record(
+                "kv_resume",
+                task,
+                worst_patch,
+                rows=n,
+                logit_diff=dl_patch,
+                detail=f"patched at layers {resume_layers}",
+            )
+            check.record("patch_lambda0", task, worst_zero, rows=n, logit_diff=dl_zero)
+            if plan.task_vectors and same_last:
+                dp, dl = prob_diff(got[0]["logits"][2], zero_plain.logits)
+                check.record("task_vector_layer0", task, dp, rows=n, logit_diff=dl)
+        if plan.decode:
+            from .decoding import ShiftedDecoder
+
+            h = zero_plain[f"resid.{n_layers}"].float()
+            v = torch.randn(h.shape[-1], generator=gen)
+            v = v * (h.norm(dim=-1).mean() / v.norm())
+            lambdas = torch.tensor([0.0, 0.1, 1.0, 10.0])
+            algebra = ShiftedDecoder(handle, h)(v, lambdas)  # [k, n, vocab]
+            worst, worst_l = prob_diff(algebra[0], zero_plain.logits)
+            for k, lam in enumerate(lambdas.tolist()):
+                direct = handle.decode_residual(h + lam * v)
+                dp, dl = prob_diff(algebra[k], direct)
+                worst, worst_l = max(worst, dp), max(worst_l, dl)
+            check.record("decode_algebra", task, worst, rows=n, logit_diff=worst_l)
+        if plan.head_patterns:
+            from .probes.hopfield_heads import read_heads
+
+            blocks = tuple(sorted({0, n_layers // 2, n_layers - 1}))
+            reads = read_heads(handle, icl, blocks, batch_size=n)
+            worst = max(
+                float(
+                    (torch.softmax(r.scores.double(), -1) - r.pattern.double())
+                    .nan_to_num(0.0)
+                    .abs()
+                    .max()
+                )
+                for r in reads.values()
+            )
+            check.record("head_patterns", task, worst, rows=n, detail=f"blocks {list(blocks)}")
+    finally:
+        check.seconds += time.perf_counter() - t0
