@@ -217,6 +217,8 @@ def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: in
         rows: how many queries (a handful; the check must stay cheap).
     """
     from .capture import capture_many, resume_variants
+    from .models import Patch
+    from .tokens import TokenBatch
 
     t0 = time.perf_counter()
     task = inputs.task
@@ -277,15 +279,22 @@ def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: in
                 batch_size=n,
                 states=kept.states,
             )
+            # the plain path: one full forward of the rows repeated once per layer, each copy
+            # patched at its own layer (the same arithmetic as one forward per layer)
+            m = len(resume_layers)
+            copies = TokenBatch(zero.ids.repeat(m, 1), zero.lengths.repeat(m))
+            patches = []
+            for k, layer in enumerate(resume_layers):
+                value = torch.zeros(m * n, shift[layer].shape[0])
+                value[k * n : (k + 1) * n] = shift[layer]
+                patches.append(Patch(f"resid.{layer}", -1, value))
+            full = handle.run_with_patches(copies, patches, logits_positions=-1).logits
             worst_patch, worst_zero, dl_patch, dl_zero = 0.0, 0.0, 0.0, 0.0
-            for layer in resume_layers:
+            for k, layer in enumerate(resume_layers):
                 logits = got[layer]["logits"]  # [n_var, n, vocab]
                 dp, dl = prob_diff(logits[0], zero_plain.logits)
                 worst_zero, dl_zero = max(worst_zero, dp), max(dl_zero, dl)
-                full = handle.run_with_patch(
-                    zero, f"resid.{layer}", -1, shift[layer], logits_positions=-1
-                ).logits
-                dp, dl = prob_diff(logits[1], full)
+                dp, dl = prob_diff(logits[1], full[k * n : (k + 1) * n])
                 worst_patch, dl_patch = max(worst_patch, dp), max(dl_patch, dl)
             check.record(
                 "kv_resume",
@@ -316,8 +325,11 @@ def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: in
         if plan.head_patterns:
             from .probes.hopfield_heads import read_heads
 
+            # the ICL prompts are the long ones: two rows of them (the Hopfield probe checks
+            # every row it reads again, as recompute_err)
             blocks = tuple(sorted({0, n_layers // 2, n_layers - 1}))
-            reads = read_heads(handle, icl, blocks, batch_size=n)
+            few = icl.select(torch.arange(min(n, 2)))
+            reads = read_heads(handle, few, blocks, batch_size=n)
             worst = max(
                 float(
                     (torch.softmax(r.scores.double(), -1) - r.pattern.double())
@@ -327,6 +339,8 @@ def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: in
                 )
                 for r in reads.values()
             )
-            check.record("head_patterns", task, worst, rows=n, detail=f"blocks {list(blocks)}")
+            check.record(
+                "head_patterns", task, worst, rows=few.batch_size, detail=f"blocks {list(blocks)}"
+            )
     finally:
         check.seconds += time.perf_counter() - t0
