@@ -183,6 +183,19 @@ def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None
     versions = manifest.get("versions", {})
     prov_rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in prov.items())
     prov_rows += f"<tr><td>versions</td><td>{_e(', '.join(f'{k} {v}' for k, v in versions.items()))}</td></tr>"
+    env = manifest.get("environment")
+    if env:
+        if env.get("lock_sha256"):
+            matches = env.get("installed_matches_lock")
+            state = (
+                "installed packages match it"
+                if matches
+                else f"installed packages differ: {'; '.join(env.get('mismatches') or [])}"
+            )
+            text = f"{env.get('lock_file')} sha256 {env['lock_sha256'][:16]}…; {state}"
+        else:
+            text = "no lock file (installed into an environment of its own)"
+        prov_rows += f"<tr><td>environment</td><td>{_e(text)}</td></tr>"
     suite = manifest.get("suite", {})
     parts = [
         f"<h1>cgar_interp report — {_e(suite.get('name', run_dir.name))}</h1>",

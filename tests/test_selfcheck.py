@@ -274,3 +274,46 @@ def test_report_section_and_banner():
     assert "failed: decode_algebra" in bad and 'class="l fail">FAIL' in bad
     old = self_check_html({})  # a run made before the check existed says so
     assert 'id="self-check-banner"' in old and "never compared" in old
+
+
+def test_report_opens_with_the_check_and_names_the_environment(tmp_path):
+    from cgar_interp.report import build_report
+    from cgar_interp.rundir import RunDir
+
+    check = SelfCheck("hf", torch.float32, VERSIONS, allow_failure=True)
+    check.record("patch_lambda0", "t", 0.2, rows=3)
+    environment = {
+        "lock_file": "requirements.lock",
+        "lock_sha256": "ab" * 32,
+        "installed_matches_lock": False,
+        "mismatches": ["transformers: installed 5.25.0, lock 5.24.0"],
+    }
+    with RunDir.open(tmp_path / "run", {"config_hash": "x"}) as run:
+        run.write_manifest(
+            {
+                "identity": {"config_hash": "x"},
+                "suite": {"name": "s", "tasks": []},
+                "self_check": {**check.summary(), "rows_per_task": 3},
+                "environment": environment,
+            }
+        )
+    page = build_report(tmp_path / "run").read_text()
+    body = page[page.index("<body>") :]
+    assert body.index('id="self-check-banner"') < body.index('id="self-check"') < body.index("prov")
+    assert "failed: patch_lambda0" in body
+    assert "installed packages differ: transformers: installed 5.25.0, lock 5.24.0" in body
+
+
+def test_bfloat16_passes_within_its_tolerance_and_still_catches_the_bug(
+    tiny_llama_dir, monkeypatch
+):
+    import cgar_interp.backends.transformer_lens as tl
+    from cgar_interp import load_model
+
+    handle = load_model(str(tiny_llama_dir), backend="transformer_lens", dtype="bfloat16")
+    check = SelfCheck("transformer_lens", handle.dtype, VERSIONS)
+    check_task(check, handle, cue_inputs(), EVERY_PATH, rows=3)
+    assert check.passed and check.tolerance == 0.1
+    monkeypatch.setattr(tl, "bridge_attention_sees_cache", bridge_blind_to_cache)
+    with pytest.raises(SelfCheckFailed, match="tolerance 0.1 for bfloat16"):
+        check_task(SelfCheck("transformer_lens", handle.dtype), handle, cue_inputs(), EVERY_PATH)
