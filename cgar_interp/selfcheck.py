@@ -174,7 +174,7 @@ class SelfCheck:
             "overridden": self.allow_failure and not self.passed,
             "tolerance": self.tolerance,
             "dtype": str(self.dtype).removeprefix("torch."),
-            "metric": "max |delta p| (softmax over the vocabulary; attention for patterns)",
+            "metric": "max |delta p|, softmax over the vocabulary (attention for patterns)",
             "seconds": round(self.seconds, 3),
             "paths": worst,
             "checks": [asdict(c) for c in self.checks],
