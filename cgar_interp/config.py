@@ -33,6 +33,9 @@ def _coerce(value: Any, tp, where: str):
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if value is not None and len(options) == 1:  # `X | None` given a value: an X's error
+            return _coerce(value, options[0], where)
         errors = []
         for option in args:
             try:

@@ -561,13 +561,120 @@ FIGURES = {
 }
 
 
+def sweep_shots(tables: dict[str, pd.DataFrame]) -> list[int]:
+    """The k >= 1 of a k-shot sweep (empty unless the run has more than one)."""
+    gate = tables.get("context_gate")
+    if gate is None or "shots" not in gate.columns:
+        return []
+    ks = sorted(int(k) for k in gate["shots"].unique() if k >= 1)
+    return ks if len(ks) > 1 else []
+
+
+def _at_shots(table: pd.DataFrame, k: int) -> pd.DataFrame:
+    """One k of a sweep (and the zero-shot rows every k shares)."""
+    if "shots" not in table.columns:
+        return table
+    return table[table["shots"].isin([0, k])]
+
+
+def shots_figure(tables: dict[str, pd.DataFrame], task: str) -> go.Figure:
+    """A k-shot sweep of one task: accuracy and label mass, |cbar| and the theory's gate.
+
+    Left: full-vocab accuracy and label-token mass of the full ICL prompt against k (k = 0 is
+    zero-shot), mean over eval queries with bootstrap 95% intervals. Middle: |cbar^(c)| at
+    each context layer. Right: the gate's label margin ``delta_gate_gamma`` (how much
+    ``W_U gamma cbar`` favours the gold label over the rest, mean over queries) at the last
+    context layer, with the share of queries it favours: the theory's gate strength per k.
+    """
+    from plotly.subplots import make_subplots
+
+    gate = tables["context_gate"]
+    sel = gate[(gate.task == task) & (gate["mode"] == "baseline")]
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=(
+            "ICL against k (k = 0: zero-shot)",
+            "|cbar| per context layer",
+            "theory: the gate's label margin",
+        ),
+    )
+    for metric, color in (("vocab_correct", "#1f77b4"), ("label_mass", "#d62728")):
+        part = sel[(sel.metric == metric) & sel.vector.isin(["zero_shot", "icl"])]
+        part = part.sort_values("shots")
+        fig.add_trace(
+            go.Scatter(
+                x=part["shots"],
+                y=part["value"],
+                mode="lines+markers",
+                name=metric,
+                line={"color": color},
+                error_y={
+                    "type": "data",
+                    "array": part["ci_high"] - part["value"],
+                    "arrayminus": part["value"] - part["ci_low"],
+                },
+                hovertext=[
+                    _ci_text(r.value, r.ci_low, r.ci_high) + f", n = {int(r.n)}"
+                    for r in part.itertuples()
+                ],
+            ),
+            row=1,
+            col=1,
+        )
+    terms = tables.get("gate_terms")
+    if terms is not None and "shots" in terms.columns:
+        norms = terms[terms.task == task].groupby(["c_layer", "shots"]).cbar_norm.first()
+        for c, series in norms.groupby(level=0):
+            fig.add_trace(
+                go.Scatter(
+                    x=series.index.get_level_values(1),
+                    y=series.values,
+                    mode="lines+markers",
+                    name=f"|cbar| c = {c}",
+                ),
+                row=1,
+                col=2,
+            )
+    theory = tables.get("theory_terms")
+    if theory is not None and "shots" in theory.columns and not theory.empty:
+        part = theory[(theory.task == task) & (theory.c_layer == theory.c_layer.max())]
+        stats = part.groupby("shots").agg(
+            margin=("delta_gate_gamma", "mean"), favours=("gate_favours_gold", "mean")
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=stats.index,
+                y=stats["margin"],
+                mode="lines+markers",
+                name="gate margin (mean)",
+                hovertext=[f"favours gold for {f:.0%} of queries" for f in stats["favours"]],
+            ),
+            row=1,
+            col=3,
+        )
+    fig.update_xaxes(title_text="demonstrations per class (k)")
+    fig.update_layout(title=f"k-shot sweep — {task}", height=420)
+    return fig
+
+
 def figures_for(tables: dict[str, pd.DataFrame]) -> dict[str, go.Figure]:
-    """Every figure the tables support, named ``<probe>-<task>``."""
+    """Every figure the tables support, named ``<probe>-<task>``.
+
+    In a k-shot sweep the per-probe figures show the largest k, and ``shots-<task>`` shows
+    the curves against k.
+    """
     out = {}
+    ks = sweep_shots(tables)
     for probe, builder in FIGURES.items():
         table = tables.get(probe)
         if table is None or table.empty:
             continue
+        if ks:
+            table = _at_shots(table, ks[-1])
         for task in table.task.unique():
             out[f"{probe}-{task}"] = builder(table, task)
+    if ks:
+        for task in tables["context_gate"].task.unique():
+            out[f"shots-{task}"] = shots_figure(tables, task)
     return out

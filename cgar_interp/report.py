@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from .figures import figures_for
+from .figures import figures_for, sweep_shots
 from .results import atomic_write_text
 
 STYLE = """
@@ -171,6 +171,12 @@ def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None
     tables = {p.stem: pd.read_parquet(p) for p in sorted((run_dir / "tables").glob("*.parquet"))}
     figures = figures_for(tables)
     figures.update(extra_figures or {})
+    ks = sweep_shots(tables)
+    if ks:  # a k-shot sweep: the key numbers are those of the largest k (figures show all)
+        tables = {
+            name: frame[frame["shots"].isin([0, ks[-1]])] if "shots" in frame else frame
+            for name, frame in tables.items()
+        }
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
     for name, fig in figures.items():

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +16,12 @@ import pandas as pd
 
 from .models import ModelHandle, load_model
 from .probes import ProbeContext, get_probe
+from .probes.base import tag_shots
 from .results import now_utc
-from .rundir import RunDir
+from .rundir import RunDir, RunDirError
 from .selfcheck import SelfCheck, SelfCheckFailed, check_task, planned_paths
 from .suite import SuiteConfig
-from .tasks_bridge import prepare_task
+from .tasks_bridge import load_spec, prepare_task
 
 
 @dataclass
@@ -103,8 +105,19 @@ def run_suite(
         "dtype": str(handle.dtype).removeprefix("torch."),
     }
     layers = suite.needed_layers(handle.n_layers)
+    specs = suite.task_specs
+    data_sha256 = {spec.key(): spec.data_sha256() for spec in specs if spec.is_file}
     with RunDir.open(out, identity, resume=resume, force=force) as run:
         previous = run.read_manifest() or {}
+        for key, digest in data_sha256.items():  # a file task must be what the run began with
+            before = (previous.get("data_sha256") or {}).get(key)
+            if before is not None and before != digest:
+                spec = next(s for s in specs if s.key() == key)
+                raise RunDirError(
+                    f"task file {spec.path!r} changed since this run began (sha256 "
+                    f"{before[:12]}... then, {digest[:12]}... now); its finished units would "
+                    "mix two datasets. Restore the file, or pass --force to start over"
+                )
         manifest = {
             **handle.provenance(),
             "identity": identity,
@@ -114,14 +127,26 @@ def run_suite(
             "started": previous.get("started", now_utc()),
             "status": "running",
             "resumed": bool(previous),
+            "data_sha256": data_sha256,
         }
         run.write_manifest(manifest)
-        prompt_frames, task_info, prepared_tasks = [], {}, {}
-        for task_name in suite.tasks:
-            prepared = prepare_task(handle, suite, task_name)
-            prepared_tasks[task_name] = prepared
-            prompt_frames.append(prepared.prompts)
-            task_info[task_name] = prepared.info
+        # one unit group per (task, k): units/<task key>/[shots-<k>/]<i>-<probe>
+        prompt_frames, task_info, prepared_tasks, checked = [], {}, {}, []
+        stems = Counter(Path(spec.path).stem for spec in specs if spec.is_file)
+        for spec in specs:
+            task = load_spec(spec, stems)
+            for k in suite.shot_list:
+                key = f"{spec.key()}/shots-{k}" if suite.sweeps_shots else spec.key()
+                prepared = prepare_task(handle, suite, spec, k, task=task)
+                prepared_tasks[key] = (k, prepared)
+                prompt_frames.append(prepared.prompts.assign(shots=k))
+                task_info[key] = {
+                    **prepared.info,
+                    "shots": k,
+                    "task": spec.to_dict(),
+                    "data_sha256": data_sha256.get(spec.key()),
+                }
+            checked.append(prepared)  # the largest k: the longest prompts of this task
         check = SelfCheck(
             handle.backend_name,
             handle.dtype,
@@ -136,7 +161,7 @@ def run_suite(
             run.write_manifest(manifest)
 
         try:
-            for prepared in prepared_tasks.values():
+            for prepared in checked:
                 if self_check_rows > 0:
                     plan = planned_paths(suite, prepared.inputs.icl)
                     check_task(check, handle, prepared.inputs, plan, rows=self_check_rows)
@@ -151,7 +176,7 @@ def run_suite(
             + ("" if check.passed else " -- FAILED, going on as asked")
         )
         handle.stats.reset()
-        for task_name, prepared in prepared_tasks.items():
+        for task_name, (k, prepared) in prepared_tasks.items():
             ctx = ProbeContext(
                 handle,
                 prepared.inputs,
@@ -168,8 +193,9 @@ def run_suite(
                     say(f"{task_name} / {entry.kind}: done earlier, kept")
                     continue
                 t0 = time.perf_counter()
+                spec = get_probe(entry.kind)
                 try:
-                    tables = get_probe(entry.kind).run(entry.config, ctx)
+                    tables = tag_shots(spec, spec.run(entry.config, ctx), k)
                 except SelfCheckFailed:  # finished units stay; the manifest says why it stopped
                     record_check("self_check_failed")
                     raise
@@ -183,9 +209,12 @@ def run_suite(
                 say(f"{task_name} / {entry.kind}: {time.perf_counter() - t0:.1f}s")
         run.write_parquet("prompts.parquet", pd.concat(prompt_frames, ignore_index=True))
         tables: dict[str, list[pd.DataFrame]] = {}
-        for task_name in suite.tasks:
+        first_k = min(suite.shot_list)
+        for task_name, (k, _) in prepared_tasks.items():
             for index, entry in enumerate(suite.probes):
                 for name, frame in run.read_unit(task_name, index, entry.kind).items():
+                    if k != first_k and "shots" in frame:  # zero-shot rows once, not per k
+                        frame = frame[frame["shots"] != 0]
                     tables.setdefault(name, []).append(frame)
         merged = {name: pd.concat(frames, ignore_index=True) for name, frames in tables.items()}
         for name, frame in merged.items():

@@ -27,6 +27,7 @@ from typing import Any
 
 from .config import ConfigError, build, to_dict
 from .probes import get_probe
+from .task_spec import TaskSpec
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "probes"
 
@@ -51,7 +52,11 @@ class SuiteConfig:
     prepend_bos: bool = True
     seed: int = 0
     tasks: tuple[str, ...] = ("sst2-mini",)
-    shots: int = 1
+    # [[task]] tables (cgar_interp.task_spec.TaskSpec); run after the `tasks` strings
+    task: tuple[TaskSpec, ...] = ()
+    # demonstrations per class: one k, or a k-shot sweep such as [0, 1, 2, 4, 8] (0: the
+    # zero-shot rows, which every k shares; prompts are nested, see PromptConfig.k_max)
+    shots: int | tuple[int, ...] = 1
     pinned_demos: bool = False
     n_fit: int = 16
     n_eval: int = 48
@@ -60,16 +65,50 @@ class SuiteConfig:
     probes: tuple[ProbeEntry, ...] = field(default=())
 
     def __post_init__(self):
-        for key in ("shots", "n_fit", "n_eval", "batch_size"):
+        for key in ("n_fit", "n_eval", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"key {key!r} must be >= 1; got {getattr(self, key)}")
+        shots = (self.shots,) if isinstance(self.shots, int) else self.shots
+        if isinstance(self.shots, int) and self.shots < 1:
+            raise ConfigError(f"key 'shots' must be >= 1; got {self.shots}")
+        if any(k < 0 for k in shots) or not any(k >= 1 for k in shots):
+            raise ConfigError(
+                f"key 'shots' must list demonstrations per class >= 0 with at least one >= 1 "
+                f"(0 is the zero-shot row); got {list(shots)}"
+            )
+        if len(set(shots)) != len(shots):
+            raise ConfigError(f"key 'shots' repeats a value: {list(shots)}")
         if self.n_boot < 0:
             raise ConfigError(f"key 'n_boot' must be >= 0; got {self.n_boot}")
-        if not self.tasks:
-            raise ConfigError("key 'tasks' is empty; name at least one task, e.g. 'sst2-mini'")
+        if not self.tasks and not self.task:
+            raise ConfigError(
+                "no tasks: name at least one in 'tasks' (e.g. 'sst2-mini') or add a [[task]] table"
+            )
+        keys = [spec.key() for spec in self.task_specs]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise ConfigError(f"task {repeated[0]!r} is listed twice; list each task once")
+
+    @property
+    def task_specs(self) -> tuple[TaskSpec, ...]:
+        """Every task: the ``tasks`` strings, then the ``[[task]]`` tables."""
+        return tuple(TaskSpec.parse(t, "tasks") for t in self.tasks) + self.task
+
+    @property
+    def shot_list(self) -> tuple[int, ...]:
+        """The k >= 1 to build ICL prompts for, ascending (0 needs no prompts of its own)."""
+        shots = (self.shots,) if isinstance(self.shots, int) else self.shots
+        return tuple(sorted(k for k in shots if k >= 1))
+
+    @property
+    def sweeps_shots(self) -> bool:
+        """``shots`` is a list: units and prompts are per k, and prompts are nested."""
+        return not isinstance(self.shots, int)
 
     def to_dict(self) -> dict:
         out = to_dict(replace(self, probes=()))
+        if not self.task:  # keeps the hash of suites written before [[task]] tables existed
+            out.pop("task")
         out["probes"] = [{"kind": p.kind, **to_dict(p.config)} for p in self.probes]
         return out
 
@@ -119,6 +158,37 @@ def confine_task_path(task: str, base: Path, where: str) -> str:
     return str(target)
 
 
+def confine_path(path_text: str, base: Path, where: str) -> str:
+    """A ``[[task]]`` table's ``path``, resolved against ``base`` and kept inside it."""
+    path = Path(path_text)
+    if path.is_absolute():
+        return str(path)
+    root = base.resolve()
+    target = (root / path).resolve()
+    if not target.is_relative_to(root):
+        raise ConfigError(
+            f"path {path_text!r} in {where} resolves to {target}, outside the suite's directory "
+            f"{root}; a relative task path must stay inside it (give an absolute path to read "
+            "data elsewhere)"
+        )
+    return str(target)
+
+
+def parse_task_tables(raw: Any, where: str, base: Path) -> tuple[TaskSpec, ...]:
+    """``[[task]]`` tables, strictly; errors name the table's number and its task."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"'task' in {where} must be an array of tables ([[task]])")
+    specs = []
+    for i, table in enumerate(raw, start=1):
+        label = table.get("name") or table.get("path") if isinstance(table, dict) else None
+        here = f"[[task]] {i}" + (f" ({label})" if label else "") + f" in {where}"
+        spec = TaskSpec.parse(table if isinstance(table, dict) else {"?": table}, here)
+        if spec.path is not None:
+            spec = replace(spec, path=confine_path(spec.path, base, here))
+        specs.append(spec)
+    return tuple(specs)
+
+
 def parse_suite(
     data: dict, where: str = "suite", base_dir: str | Path | None = None
 ) -> SuiteConfig:
@@ -132,6 +202,12 @@ def parse_suite(
     """
     data = dict(data)
     raw_probes = data.pop("probe", [])
+    raw_tasks = data.pop("task", [])
+    base = Path.cwd() if base_dir is None else Path(base_dir)
+    task_tables = parse_task_tables(raw_tasks, where, base)
+    if task_tables:  # validated above (errors name the table); confined paths replace these
+        data["task"] = raw_tasks
+        data.setdefault("tasks", [])
     if "probes" in data:
         raise ConfigError(f"unknown key 'probes' in {where}; probes are [[probe]] tables")
     if not isinstance(raw_probes, list):
@@ -148,10 +224,12 @@ def parse_suite(
             raise ConfigError(f"[[probe]] {i} in {where}: {err}") from None
         probes.append(ProbeEntry(kind, build(spec.config_cls, table, f"[[probe]] {i} ({kind})")))
     suite = build(SuiteConfig, data, where)
-    base = Path.cwd() if base_dir is None else Path(base_dir)
     tasks = tuple(confine_task_path(task, base, where) for task in suite.tasks)
-    if tasks != suite.tasks:
-        suite = replace(suite, tasks=tasks)
+    if tasks != suite.tasks or task_tables:
+        try:
+            suite = replace(suite, tasks=tasks, task=task_tables)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
     if not probes:
         raise ConfigError(f"{where} has no [[probe]] tables; add at least one")
     return replace(suite, probes=tuple(probes))

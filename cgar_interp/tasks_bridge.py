@@ -8,6 +8,7 @@ tidy prompt table with token ids so any number can be recomputed outside the too
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -15,6 +16,7 @@ import torch
 from .data import PromptConfig, build_prompts, label_tokens, load_task
 from .models import ModelHandle
 from .probes import TaskInputs
+from .task_spec import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -24,24 +26,64 @@ class PreparedTask:
     info: dict
 
 
-def prompt_config(suite, needs_shuffled: bool) -> PromptConfig:
+DEFAULT_DEMO_POOL = 8
+
+
+def prompt_config(
+    suite, needs_shuffled: bool, spec: TaskSpec | None = None, shots: int | None = None
+) -> PromptConfig:
+    """How a task's prompts are built: the suite's settings, the ``[[task]]`` table's
+    overrides, and ``shots`` (one k of a sweep, whose prompts are nested in the largest k's)."""
+    spec = spec or TaskSpec(name="?")
+    k = shots if shots is not None else suite.shot_list[0]
+    k_max = max(suite.shot_list) if suite.sweeps_shots else None
+    pool = spec.demo_pool_per_class or max(DEFAULT_DEMO_POOL, k_max or k)
     return PromptConfig(
-        k=suite.shots,
-        n_fit=suite.n_fit,
-        n_eval=suite.n_eval,
+        k=k,
+        n_fit=suite.n_fit if spec.n_fit is None else spec.n_fit,
+        n_eval=suite.n_eval if spec.n_eval is None else spec.n_eval,
         seed=suite.seed,
+        demo_pool_per_class=pool,
         shuffled_labels=needs_shuffled,
         pinned=suite.pinned_demos,
+        k_max=k_max,
     )
 
 
-def prepare_task(handle: ModelHandle, suite, task_name: str) -> PreparedTask:
-    """Prompts, label tokens and token batches of one task for one model."""
-    task = load_task(task_name)
+def load_spec(spec: TaskSpec, names: dict[str, int] | None = None):
+    """The :class:`~cgar_interp.data.Task` a ``[[task]]`` table (or ``tasks`` string) names."""
+    from .config import ConfigError
+    from .data import TaskError
+
+    options = spec.loader_options()
+    if spec.is_file and names is not None and names.get(Path(spec.path).stem, 0) > 1:
+        options.setdefault("name", spec.key())  # two data.jsonl: tell them apart in tables
+    try:
+        return load_task(spec.source, **options)
+    except TypeError as err:  # an option the loader of this kind of task does not take
+        raise ConfigError(f"task {spec.source!r}: {err}") from None
+    except TaskError:
+        raise
+
+
+def prepare_task(
+    handle: ModelHandle,
+    suite,
+    task_name: str | TaskSpec,
+    shots: int | None = None,
+    *,
+    task=None,
+) -> PreparedTask:
+    """Prompts, label tokens and token batches of one task (at one k) for one model.
+
+    ``task`` is the loaded task when the caller has it already (a sweep loads it once).
+    """
+    spec = task_name if isinstance(task_name, TaskSpec) else TaskSpec.parse(task_name, "tasks")
+    task = task if task is not None else load_spec(spec)
     needs_shuffled = any("shuffled" in getattr(p.config, "vectors", ()) for p in suite.probes)
     prompts = build_prompts(
         task,
-        prompt_config(suite, needs_shuffled),
+        prompt_config(suite, needs_shuffled, spec, shots),
         tokenizer=handle.tokenizer,
         n_ctx=handle.arch.n_ctx,
         add_bos=handle.prepend_bos,

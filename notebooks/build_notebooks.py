@@ -1,6 +1,7 @@
 """Write the walkthrough notebooks (source of truth for their cells; outputs are not kept).
 
-Run ``.venv/bin/python notebooks/build_notebooks.py`` after editing a cell here.
+Run ``.venv/bin/python notebooks/build_notebooks.py [NAME ...]`` after editing a cell here
+(names such as ``05_own_data`` rewrite only those notebooks; cell ids are random).
 """
 
 from pathlib import Path
@@ -153,11 +154,141 @@ NOTEBOOKS = {
             "see the README section on remote execution."
         ),
     ],
+    "05_own_data": [
+        new_markdown_cell(
+            "# Your own data through a suite\n\n"
+            "From a CSV on disk to the suite's tables and figures: integer labels, class names, "
+            "a custom prompt template and a k-shot sweep, on the embedded model (about a minute "
+            "on a laptop CPU)."
+        ),
+        new_code_cell(SETUP),
+        new_markdown_cell(
+            "**The data.** A `.csv` (or `.jsonl` / `.parquet`) needs a text column and a label "
+            "column (`text` and `label` unless `text_column` / `label_column` say otherwise). "
+            "Labels may be strings, or integers that index `classes` (0 = `classes[0]`). "
+            "Here: ten hand-written movie reviews per class."
+        ),
+        new_code_cell(
+            "import pandas as pd\n"
+            "positive = [\n"
+            '    "A warm, funny and beautifully acted film; I loved every minute.",\n'
+            '    "The best movie I have seen this year, a true delight.",\n'
+            '    "Gripping from start to finish, with a wonderful score.",\n'
+            '    "Charming characters and a clever, heartfelt story.",\n'
+            '    "A stunning, joyful film that left the whole theatre smiling.",\n'
+            '    "Brilliant direction and superb performances throughout.",\n'
+            '    "An uplifting masterpiece; I would happily watch it again.",\n'
+            '    "Sharp, moving and gorgeous to look at. Highly recommended.",\n'
+            '    "A fresh, exciting adventure that never loses its spark.",\n'
+            '    "Tender and hilarious, this is a film to treasure.",\n'
+            "]\n"
+            "negative = [\n"
+            '    "A dull, lifeless film; I was bored within ten minutes.",\n'
+            '    "The worst movie I have seen this year, a total mess.",\n'
+            '    "Clumsy writing, wooden acting and a plot that makes no sense.",\n'
+            '    "Painfully slow and utterly forgettable.",\n'
+            '    "A tedious, ugly film that I could not wait to leave.",\n'
+            '    "Terrible dialogue and a lazy, predictable ending.",\n'
+            '    "An awful waste of a talented cast.",\n'
+            '    "Loud, confusing and completely joyless. Avoid it.",\n'
+            '    "A stale, boring sequel with nothing new to say.",\n'
+            '    "Flat jokes and dreary characters; a real disappointment.",\n'
+            "]\n"
+            'rows = [(t, 1) for t in positive] + [(t, 0) for t in negative]  # 1 = "positive"\n'
+            'pd.DataFrame(rows, columns=["text", "label"]).to_csv("reviews.csv", index=False)\n'
+            'data = pd.read_csv("reviews.csv")\n'
+            "print(data.label.value_counts().to_dict())\n"
+            "data.head()"
+        ),
+        new_markdown_cell(
+            "**The suite.** A `[[task]]` table names the file by `path` (relative to `base_dir`) "
+            "and carries its options: `classes` (the names the integer labels index; also the "
+            "label words unless `label_words` gives others) and a `template` whose `query` has "
+            "one `{text}` slot and whose `answer` has one `{label}` slot. A demonstration is "
+            "`query + answer`; the model continues the last query. `demo_pool_per_class` "
+            "reserves that many examples per class as demonstrations (default 8, too many for a "
+            "small file); the rest are split into `n_fit` queries (to fit the context vector) "
+            "and `n_eval` queries (scored).\n\n"
+            "`shots = [0, 1, 2]` is a k-shot sweep (demonstrations per class): `0` is the "
+            "zero-shot row, the bare query; for k >= 1 each query keeps its demonstrations as k "
+            "grows (nested prompts), so the curve is not noise between draws."
+        ),
+        new_code_cell(
+            "from pathlib import Path\n"
+            "from cgar_interp import run_suite\n"
+            "from cgar_interp.suite import parse_suite\n"
+            "suite = parse_suite({\n"
+            '    "name": "own-data", "model": "embedded", "backend": "hf",\n'
+            '    "shots": [0, 1, 2], "n_boot": 200,\n'
+            '    "task": [{\n'
+            '        "path": "reviews.csv",\n'
+            '        "classes": ["negative", "positive"],\n'
+            '        "template": {"query": "Review: {text}\\nVerdict:", "answer": " {label}\\n"},\n'
+            '        "demo_pool_per_class": 2, "n_fit": 4, "n_eval": 8,\n'
+            "    }],\n"
+            '    "probe": [\n'
+            '        {"kind": "context_gate", "context_layers": [30], "lambdas": [0, 1, 4],\n'
+            '         "vectors": ["context", "random"]},\n'
+            '        {"kind": "task_vectors", "layers": [10, 20]},\n'
+            "    ],\n"
+            "}, base_dir=Path.cwd())\n"
+            'res = run_suite(suite, "runs/own", force=True)\n'
+            "sorted(res.tables)"
+        ),
+        new_markdown_cell(
+            "The same suite as a TOML file: `[[task]]` and `[[probe]]` tables with these keys, "
+            "run with `cgar run own.toml --out runs/own`; the CSV's path is then relative to the "
+            "suite file. Every run first checks its fast paths against plain forwards on a few "
+            "eval queries (largest difference in probability, against the dtype's tolerance):"
+        ),
+        new_code_cell(
+            'check = res.manifest["self_check"]\n'
+            'print("passed:", check["passed"], "| tolerance:", check["tolerance"], check["dtype"])\n'
+            'pd.DataFrame(check["paths"]).T[["compares", "max_abs_diff", "passed"]]'
+        ),
+        new_markdown_cell(
+            "Tables name the task by the file's stem (`reviews`) and carry a `shots` column. "
+            "The baseline rows: zero-shot (k = 0) against the full ICL prompt at each k, with "
+            "bootstrap 95% intervals over the `n` eval queries (`vocab_correct`: the gold label "
+            "is the top token of the whole vocabulary; `label_mass`: probability on the label "
+            "words):"
+        ),
+        new_code_cell(
+            'gate = res.tables["context_gate"]\n'
+            "baseline = gate.query(\n"
+            "    \"mode == 'baseline' and metric in ['vocab_correct', 'label_correct', 'label_mass']\"\n"
+            ")\n"
+            'baseline[["shots", "vector", "metric", "value", "ci_low", "ci_high", "n"]].sort_values(\n'
+            '    ["metric", "shots"]\n'
+            ").round(4).reset_index(drop=True)"
+        ),
+        new_code_cell("res.figure_names"),
+        new_markdown_cell(
+            "Accuracy and label mass against k, with |cbar| and the theory's gate per k:"
+        ),
+        new_code_cell('res.figure("shots-reviews")'),
+        new_markdown_cell(
+            "The context-gate probe (decode and patch over lambda, the context vector against a "
+            "random one of the same norm) at the sweep's largest k:"
+        ),
+        new_code_cell('res.figure("context_gate-reviews")'),
+        new_code_cell(
+            'mass = baseline.query("metric == \'label_mass\'").set_index("shots").value\n'
+            "print({int(k): round(float(v), 3) for k, v in mass.items()})\n"
+            "assert mass[max(mass.index)] > mass[0]  # demonstrations move mass onto the labels"
+        ),
+    ],
 }
 
 
-def main() -> None:
+def main(names: list[str] | None = None) -> None:
+    """Write every notebook, or only ``names`` (cell ids are random: others stay untouched)."""
+    unknown = sorted(set(names or ()) - set(NOTEBOOKS))
+    if unknown:
+        raise SystemExit(f"no notebook {unknown[0]!r}; known: {', '.join(NOTEBOOKS)}")
     for name, cells in NOTEBOOKS.items():
+        if names and name not in names:
+            continue
         nb = new_notebook(cells=cells)
         nb.metadata["kernelspec"] = {
             "name": "python3",
@@ -168,4 +299,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])

@@ -56,7 +56,7 @@ def test_overrides_and_hash(tmp_path):
         ),
         (
             'tasks = ["x"]\nshots = "one"\n[[probe]]\nkind = "context_gate"\n',
-            r"key 'shots' in suite s.toml must be an integer; got 'one'",
+            r"key 'shots' in suite s.toml must be int or tuple\[int, ...\]; got 'one'",
         ),
         (
             'tasks = ["x"]\nshots = 0\n[[probe]]\nkind = "context_gate"\n',
@@ -76,7 +76,10 @@ def test_overrides_and_hash(tmp_path):
         ),
         ('tasks = ["x"]\n', r"has no \[\[probe\]\] tables"),
         ('tasks = ["x"\n', r"is not valid TOML"),
-        ('tasks = []\n[[probe]]\nkind = "task_vectors"\n', r"key 'tasks' is empty"),
+        (
+            'tasks = []\n[[probe]]\nkind = "task_vectors"\n',
+            r"no tasks: name at least one in 'tasks'",
+        ),
     ],
 )
 def test_bad_suites_name_the_offending_key(tmp_path, text, match):

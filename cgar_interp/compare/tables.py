@@ -390,12 +390,24 @@ def compare_run(
 
         arch = json.loads(manifest.read_text()).get("architecture") or {}
         n_layers = arch.get("n_layers")
-    out = compare_tables(
-        pd.read_parquet(paths["gate_terms"]),
-        pd.read_parquet(paths["context_gate"]),
-        config,
-        n_layers=n_layers,
-    )
+    gate_terms = pd.read_parquet(paths["gate_terms"])
+    gate = pd.read_parquet(paths["context_gate"])
+    if "shots" not in gate_terms.columns:  # a run made before the shots column existed
+        out = compare_tables(gate_terms, gate, config, n_layers=n_layers)
+    else:  # one comparison per k (a k-shot sweep's fit per number of demonstrations)
+        parts: dict[str, list[pd.DataFrame]] = {}
+        for k, terms_k in gate_terms.groupby("shots", sort=True):
+            gate_k = gate[gate["shots"].isin([0, k])].drop(columns="shots")
+            result = compare_tables(
+                terms_k.drop(columns="shots"), gate_k, config, n_layers=n_layers
+            )
+            for name, frame in result.items():
+                parts.setdefault(name, []).append(frame.assign(shots=int(k)))
+        out = {}
+        for name, frames in parts.items():
+            merged = pd.concat(frames, ignore_index=True)
+            merged.attrs = dict(frames[0].attrs)
+            out[name] = merged
     if write:
         for name, frame in out.items():
             atomic_write_bytes(tables / f"{name}.parquet", parquet_bytes(frame))

@@ -1,4 +1,5 @@
-"""``load_task``: one entry point for shipped sets, the synthetic family, hub datasets and files."""
+"""``load_task``: one entry point for shipped sets, the synthetic family, hub datasets, files and
+directories saved by ``datasets``."""
 
 from __future__ import annotations
 
@@ -6,13 +7,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .loaders import FILE_SUFFIXES, HUB_DATASETS, hub_dataset, load_file, load_hub
+from .loaders import (
+    FILE_SUFFIXES,
+    HUB_DATASETS,
+    hub_dataset,
+    load_file,
+    load_hub,
+    load_saved_dataset,
+)
 from .shipped import SHIPPED, load_shipped
 from .synthetic import synthetic_task
 from .tasks import Task, TaskError
 
 
-def load_task(name: str | os.PathLike, **options: Any) -> Task:
+def load_task(name: str | os.PathLike, /, **options: Any) -> Task:
     """Load a task by name or path.
 
     Args:
@@ -26,8 +34,15 @@ def load_task(name: str | os.PathLike, **options: Any) -> Task:
               local HF cache);
             - a local ``.jsonl`` / ``.csv`` / ``.parquet`` file (options: ``text_column``,
               ``label_column``, ``id_column``, ``like``, ``classes``, ``label_words``,
-              ``template``, ``name``, ``duplicates``).
-        **options: passed to the loader named above.
+              ``template``, ``name``, ``duplicates``);
+            - a directory written by ``datasets``' ``Dataset.save_to_disk`` or
+              ``DatasetDict.save_to_disk`` (the file options, plus ``split``,
+              ``max_per_class`` and ``seed``; a ``ClassLabel`` label column gives the classes;
+              see :func:`~cgar_interp.data.loaders.load_saved_dataset`).
+
+            An existing directory or file takes precedence over a hub name spelled the same.
+        **options: passed to the loader named above (``name`` is positional-only, so a
+            ``name=...`` option reaches a file or directory loader as the task name).
 
     >>> load_task("trec-mini").label_words
     ('abbreviation', 'entity', 'description', 'human', 'location', 'number')
@@ -43,6 +58,8 @@ def load_task(name: str | os.PathLike, **options: Any) -> Task:
     if isinstance(name, str) and name == "synthetic":
         return synthetic_task(**options)
     path = Path(name)
+    if path.is_dir():
+        return load_saved_dataset(path, **options)
     if path.suffix.lower() in FILE_SUFFIXES or path.is_file():
         return load_file(path, **options)
     spec = hub_dataset(str(name))
@@ -56,7 +73,8 @@ def describe_tasks() -> str:
     hub = ", ".join(f"{s.name} ({s.hub_id})" for s in HUB_DATASETS.values())
     return (
         f"shipped offline sets: {', '.join(SHIPPED)}; synthetic: 'synthetic'; hub datasets: "
-        f"{hub}; or a path to a {'/'.join(FILE_SUFFIXES)} file"
+        f"{hub}; or a path to a {'/'.join(FILE_SUFFIXES)} file or to a directory written by "
+        "datasets' save_to_disk"
     )
 
 

@@ -14,7 +14,9 @@ ag_news     ``fancyzhx/ag_news``  ``text``         ``label``         test (train
 No machine of this project reaches the hub. Offline, a hub request fails with
 :class:`DatasetUnavailable`, whose message shows how to pass a local copy; another dataset is
 never substituted. Local files (``.jsonl``, ``.csv``, ``.parquet``) load with named text and label
-columns; ``like="sst2"`` gives them a family's classes, label words and template.
+columns; ``like="sst2"`` gives them a family's classes, label words and template. A directory
+written by ``datasets``' ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk`` loads the same
+way (:func:`load_saved_dataset`), with ``split`` choosing a split of a ``DatasetDict``.
 """
 
 from __future__ import annotations
@@ -253,10 +255,11 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return frame
 
 
-def _check_column(frame: pd.DataFrame, column: str, role: str, where: str) -> None:
-    if column in frame.columns:
+def _check_column(columns: Sequence, column: str, role: str, where: str) -> None:
+    """Raise a TaskError listing ``columns`` unless ``column`` is one of them."""
+    if column in columns:
         return
-    present = [str(c) for c in frame.columns]
+    present = [str(c) for c in columns]
     close = difflib.get_close_matches(column, present, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise TaskError(
@@ -270,6 +273,34 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_dir(path: str | os.PathLike) -> str:
+    """sha256 of a directory's contents (or of a file: then it is :func:`sha256_file`).
+
+    The digest covers every regular file under the directory (symlinked files are read,
+    symlinked directories are not entered), as ``<relative posix path>\\0<file sha256>\\n`` lines
+    in sorted path order: it is independent of where the directory lives and of the order the
+    filesystem lists it, and changes when a file is added, removed, renamed or edited.
+
+    Raises:
+        FileNotFoundError: no such file or directory.
+    """
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such file or directory: {str(path)!r}")
+    entries = []
+    for root, _dirs, files in os.walk(path):
+        for filename in files:
+            file = Path(root, filename)
+            if file.is_file():
+                entries.append((file.relative_to(path).as_posix(), file))
+    digest = hashlib.sha256()
+    for rel, file in sorted(entries):
+        digest.update(f"{rel}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()
 
 
@@ -309,10 +340,10 @@ def load_file(
     path = Path(path)
     frame = read_table(path)
     where = f"file {str(path)!r}"
-    _check_column(frame, text_column, "text", where)
-    _check_column(frame, label_column, "label", where)
+    _check_column(frame.columns, text_column, "text", where)
+    _check_column(frame.columns, label_column, "label", where)
     if id_column is not None:
-        _check_column(frame, id_column, "id", where)
+        _check_column(frame.columns, id_column, "id", where)
     rows = list(zip(frame[text_column].tolist(), frame[label_column].tolist(), strict=True))
     ids = frame[id_column].tolist() if id_column is not None else None
     return make_task(
@@ -328,3 +359,151 @@ def load_file(
         duplicates=duplicates,
         where=where,
     )
+
+
+SAVED_DATASET_EXPECTED = (
+    "a directory written by datasets' Dataset.save_to_disk (holding dataset_info.json and "
+    "state.json) or DatasetDict.save_to_disk (holding dataset_dict.json)"
+)
+
+
+def load_saved_dataset(
+    path: str | os.PathLike,
+    *,
+    split: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    id_column: str | None = None,
+    like: str | None = None,
+    classes: Sequence[str] | None = None,
+    label_words: Sequence[str] | None = None,
+    template: PromptTemplate | None = None,
+    name: str | None = None,
+    duplicates: Duplicates = "error",
+    max_per_class: int | None = None,
+    seed: int = 0,
+) -> Task:
+    """Load a directory written by ``datasets``' ``save_to_disk`` as a task.
+
+    The directory is read with ``datasets.load_from_disk`` (no network). Columns and labels
+    are handled as in :func:`load_file`. A ``ClassLabel`` label column brings its class names:
+    without ``classes`` or ``like`` they become the task's classes (and, as in
+    :func:`make_task`, its label words unless ``label_words`` is given); with ``like`` the
+    labels are matched to the family's classes by name, so a reordered copy is read right;
+    with ``classes`` the integers index ``classes`` as given.
+
+    Args:
+        path: the directory.
+        split: the split of a ``DatasetDict`` to load (may be left out when it has exactly one);
+            must be None for a plain ``Dataset``.
+        text_column, label_column, id_column, like, classes, label_words, template,
+            duplicates: as for :func:`load_file`.
+        name: task name (default: the directory's name).
+        max_per_class: keep at most this many examples per class (seeded, balanced sample).
+        seed: seed of that sample.
+
+    The task's source is ``saved:<resolved dir> fingerprint=<dataset fingerprint>
+    [split=<split>] sha256=<first 16 hex digits of sha256_dir(dir)>``.
+
+    Raises:
+        FileNotFoundError: no such directory.
+        TaskError: not a saved dataset, a missing or unexpected split (the message lists the
+            splits), bad column names (the message lists the columns present), unknown labels,
+            duplicate rows.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such saved dataset directory: {str(path)!r}")
+    if not path.is_dir():
+        raise TaskError(
+            f"{str(path)!r} is a file, not a saved dataset directory; expected "
+            f"{SAVED_DATASET_EXPECTED} (load data files with load_file)"
+        )
+    try:
+        import datasets
+
+        loaded = datasets.load_from_disk(str(path))
+    except (OSError, ValueError) as err:
+        raise TaskError(
+            f"directory {str(path)!r} is not a saved dataset ({type(err).__name__}: "
+            f"{_first_line(err)}); expected {SAVED_DATASET_EXPECTED}"
+        ) from err
+    where = f"saved dataset {str(path)!r}"
+    if isinstance(loaded, datasets.DatasetDict):
+        available = list(loaded)
+        if split is None:
+            if len(available) != 1:
+                raise TaskError(
+                    f"{where} is a DatasetDict with splits {', '.join(available)}; pass "
+                    "split=... to choose one"
+                )
+            split = available[0]
+        elif split not in loaded:
+            raise TaskError(
+                f"{where} has no split {split!r}; splits present: {', '.join(available)}"
+            )
+        data = loaded[split]
+        where += f" (split {split!r})"
+    else:
+        if split is not None:
+            raise TaskError(
+                f"{where} is a single Dataset without splits; got split={split!r}, leave it "
+                "out (only a DatasetDict directory has splits)"
+            )
+        data = loaded
+    columns = list(data.column_names)
+    _check_column(columns, text_column, "text", where)
+    _check_column(columns, label_column, "label", where)
+    if id_column is not None:
+        _check_column(columns, id_column, "id", where)
+    texts = list(data[text_column])
+    labels = list(data[label_column])
+    names = getattr(data.features[label_column], "names", None)
+    if names is not None and classes is None:
+        if like is None:
+            classes = tuple(names)
+        else:
+            labels = _class_names_for_family(labels, names, like, label_column, where)
+    if id_column is not None:
+        ids = [str(i) for i in data[id_column]]
+    else:
+        ids = [f"{split}-{i}" if split else str(i) for i in range(len(texts))]
+    rows = list(zip(texts, labels, ids, strict=True))
+    if max_per_class is not None:
+        rows = _balanced_sample(rows, max_per_class, seed)
+    source = f"saved:{path.resolve()} fingerprint={getattr(data, '_fingerprint', None)}"
+    if split is not None:
+        source += f" split={split}"
+    source += f" sha256={sha256_dir(path)[:16]}"
+    if max_per_class is not None:
+        source += f" max_per_class={max_per_class} seed={seed}"
+    return make_task(
+        [(t, y) for t, y, _ in rows],
+        name=name or path.resolve().name,
+        source=source,
+        family=like,
+        classes=classes,
+        label_words=label_words,
+        template=template,
+        ids=[i for _, _, i in rows],
+        text_field=text_column,
+        duplicates=duplicates,
+        where=where,
+    )
+
+
+def _class_names_for_family(
+    labels: list, names: Sequence[str], like: str, label_column: str, where: str
+) -> list:
+    """ClassLabel integers as their names, checked against family ``like``'s classes."""
+    family = get_family(like)
+    known = {c.lower() for c in family.classes} | {w.lower() for w in family.label_words}
+    unknown = [n for n in names if n.lower() not in known]
+    if unknown:
+        raise TaskError(
+            f"{where}: label column {label_column!r} has class names {list(names)}, which do "
+            f"not match family {family.name!r} (classes {list(family.classes)}); pass "
+            "classes=[...] to read its integer labels in that order instead"
+        )
+    # Out-of-range integers (e.g. -1, unlabelled) are kept so make_task names them.
+    return [names[y] if isinstance(y, int) and 0 <= y < len(names) else y for y in labels]

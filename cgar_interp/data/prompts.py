@@ -63,6 +63,10 @@ class PromptConfig:
         pinned_ids: explicit example ids to use as the demonstrations of every query, in this
             order (implies pinned; they are excluded from the queries).
         shuffled_labels: also build ``icl_shuffled`` prompts.
+        k_max: for a k-shot sweep, the largest k: every query draws ``k_max`` demonstrations
+            per class once and shows the first ``k`` of each class, in the order they hold
+            in its ``k_max``-shot prompt, so its demonstrations are nested as k grows
+            (``None``: draw ``k``; the same prompts as before sweeps existed).
         on_overflow: ``"error"`` for a prompt longer than the context, or ``"drop_demos"`` to
             drop its earliest demonstrations until it fits (with a warning).
     """
@@ -76,6 +80,7 @@ class PromptConfig:
     pinned: bool = False
     pinned_ids: tuple[str, ...] = ()
     shuffled_labels: bool = False
+    k_max: int | None = None
     on_overflow: Overflow = "error"
 
     def __post_init__(self):
@@ -85,9 +90,12 @@ class PromptConfig:
             raise TaskError(f"n_fit must be >= 0; got {self.n_fit}")
         if self.n_eval is not None and self.n_eval < 1:
             raise TaskError(f"n_eval must be >= 1 or None (all remaining); got {self.n_eval}")
-        if self.demo_pool_per_class < self.k:
+        if self.k_max is not None and self.k_max < self.k:
+            raise TaskError(f"k_max ({self.k_max}) must be >= k ({self.k})")
+        if self.demo_pool_per_class < (self.k_max or self.k):
             raise TaskError(
-                f"demo_pool_per_class ({self.demo_pool_per_class}) must be >= k ({self.k})"
+                f"demo_pool_per_class ({self.demo_pool_per_class}) must be >= the largest k "
+                f"({self.k_max or self.k})"
             )
         if self.on_overflow not in ("error", "drop_demos"):
             raise TaskError(
@@ -291,7 +299,8 @@ def _partition(
             raise TaskError(
                 f"class {task.classes[c]!r} of task {task.name!r} has {len(group)} examples; "
                 f"{n_pool} are reserved as demonstrations (demo_pool_per_class), leaving none "
-                "to query; lower demo_pool_per_class or add examples"
+                "to query; lower demo_pool_per_class (in a suite: the task's [[task]] table) "
+                "or add examples"
             )
         pools.append(rest[:n_pool])
         queues.append(rest[n_pool:])
@@ -316,6 +325,21 @@ def _arrange(picks: list[list[Example]], shuffle: bool, rng: random.Random) -> l
     if shuffle:
         rng.shuffle(demos)
     return demos
+
+
+def _draw(pools: list[list[Example]], config: PromptConfig, rng: random.Random) -> list[Example]:
+    """One prompt's demonstrations: ``k`` per class, nested in a ``k_max`` draw if set.
+
+    ``rng.sample(pool, K)[:k]`` is a uniform k-subset, so the k-shot prompt is the
+    ``k_max``-shot prompt with each class's later picks left out, in the same order.
+    """
+    draw = config.k_max or config.k
+    picks = [rng.sample(pool, draw) for pool in pools]
+    demos = _arrange(picks, config.shuffle_order, rng)
+    if draw == config.k:
+        return demos
+    keep = {id(ex) for group in picks for ex in group[: config.k]}
+    return [ex for ex in demos if id(ex) in keep]
 
 
 def _derangement(n: int, rng: random.Random) -> list[int]:
@@ -355,9 +379,7 @@ def build_prompts(
     if config.pinned_ids:
         pinned_demos = [by_id[i] for i in config.pinned_ids]
     elif config.pinned:
-        rng = _rng(config.seed, "pinned")
-        picks = [rng.sample(pool, config.k) for pool in pools]
-        pinned_demos = _arrange(picks, config.shuffle_order, rng)
+        pinned_demos = _draw(pools, config, _rng(config.seed, "pinned"))
     pinned_perm = _derangement(task.n_classes, _rng(config.seed, "shuffle", "pinned"))
 
     prompts: dict[str, list[Prompt]] = {kind: [] for kind in KINDS}
@@ -378,9 +400,7 @@ def build_prompts(
             if pinned_demos is not None:
                 demos, perm = pinned_demos, pinned_perm
             else:
-                rng = _rng(config.seed, "demos", ex.id)
-                picks = [rng.sample(pool, config.k) for pool in pools]
-                demos = _arrange(picks, config.shuffle_order, rng)
+                demos = _draw(pools, config, _rng(config.seed, "demos", ex.id))
                 perm = _derangement(task.n_classes, _rng(config.seed, "shuffle", ex.id))
             ids = tuple(d.id for d in demos)
             shown = tuple(d.label for d in demos)

@@ -41,27 +41,55 @@ def check_finite(run, task: str, kind: str, rows: Tensor) -> None:
             )
 
 
+ZeroShotRows = Callable[[str, pd.DataFrame], "pd.Series | bool"]
+
+
 @dataclass(frozen=True)
 class ProbeSpec:
+    """A registered probe.
+
+    ``zero_shot_rows(table name, frame)`` marks the rows that measure zero-shot prompts: a
+    k-shot sweep files them under ``shots = 0`` once, since every k shares them.
+    """
+
     kind: str
     config_cls: type
     run: Callable[..., pd.DataFrame]
     doc: str
+    zero_shot_rows: ZeroShotRows | None = None
 
 
 PROBES: dict[str, ProbeSpec] = {}
 
 
-def register_probe(kind: str, config_cls: type, doc: str = ""):
+def register_probe(
+    kind: str, config_cls: type, doc: str = "", zero_shot_rows: ZeroShotRows | None = None
+):
     """Decorator: register ``run(config, ctx)`` as probe ``kind``; duplicates are refused."""
 
     def decorate(run):
         if kind in PROBES:
             raise ValueError(f"probe kind {kind!r} is already registered")
-        PROBES[kind] = ProbeSpec(kind, config_cls, run, doc or (run.__doc__ or "").split("\n")[0])
+        PROBES[kind] = ProbeSpec(
+            kind, config_cls, run, doc or (run.__doc__ or "").split("\n")[0], zero_shot_rows
+        )
         return run
 
     return decorate
+
+
+def tag_shots(spec: ProbeSpec, tables: dict[str, pd.DataFrame], k: int) -> dict[str, pd.DataFrame]:
+    """Every table gets a ``shots`` column: ``k``, or 0 on the probe's zero-shot rows."""
+    out = {}
+    for name, frame in tables.items():
+        frame = frame.copy()
+        frame["shots"] = k
+        if spec.zero_shot_rows is not None and len(frame):
+            zero = spec.zero_shot_rows(name, frame)
+            if zero is not False:
+                frame.loc[zero, "shots"] = 0
+        out[name] = frame
+    return out
 
 
 def get_probe(kind: str) -> ProbeSpec:

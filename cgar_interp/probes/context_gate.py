@@ -308,4 +308,10 @@ def gate_terms(ctx: ProbeContext, q_layers, c_layers, vectors) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-register_probe("context_gate", ContextGateConfig)(run_context_gate)
+def _zero_shot_rows(name: str, frame: pd.DataFrame):
+    if name != "context_gate":
+        return False
+    return (frame["mode"] == "baseline") & (frame["vector"] == "zero_shot")
+
+
+register_probe("context_gate", ContextGateConfig, zero_shot_rows=_zero_shot_rows)(run_context_gate)

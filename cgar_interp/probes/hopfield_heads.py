@@ -500,4 +500,10 @@ def run_hopfield_heads(config: HopfieldHeadsConfig, ctx: ProbeContext) -> dict[s
     return {"hopfield_heads": table, "hopfield_regimes": pd.DataFrame(regime_rows)}
 
 
-register_probe("hopfield_heads", HopfieldHeadsConfig)(run_hopfield_heads)
+register_probe(
+    "hopfield_heads",
+    HopfieldHeadsConfig,
+    zero_shot_rows=lambda name, frame: (
+        frame["prompt_kind"] == "zero_shot" if name == "hopfield_heads" else False
+    ),
+)(run_hopfield_heads)

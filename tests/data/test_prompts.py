@@ -115,7 +115,9 @@ def test_frame_and_manifest(sst2):
 def test_sizes_that_do_not_fit_are_errors(sst2):
     with pytest.raises(TaskError, match=r"has 112 queries .*n_fit=100 \+ n_eval=48 does not fit"):
         build_prompts(sst2, PromptConfig(n_fit=100, n_eval=48))
-    with pytest.raises(TaskError, match=r"demo_pool_per_class \(1\) must be >= k \(2\)"):
+    with pytest.raises(
+        TaskError, match=r"demo_pool_per_class \(1\) must be >= the largest k \(2\)"
+    ):
         PromptConfig(k=2, demo_pool_per_class=1)
     with pytest.raises(TaskError, match=r"k \(demonstrations per class\) must be >= 1"):
         PromptConfig(k=0)
