@@ -29,6 +29,7 @@ lock:
 # The paper's suite on the embedded model (CPU, a few minutes); a second `make demo` reuses it.
 demo: install
 	$(BIN)/cgar run paper --out runs/demo --resume
+	$(BIN)/cgar verdict runs/demo
 
 # pytest exits 5 when it collected no test: treat that as a failure, never as a pass.
 test: install

@@ -296,6 +296,62 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A finished run director
 
 
 @app.command()
+def verdict(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """The claims ledger of a run: each claim, its test, its number and the verdict."""
+    from .claims import build_ledger
+    from .runner import RunResults
+
+    if not (run_dir / "manifest.json").is_file():
+        _fail(ValueError(f"{str(run_dir)!r} is not a run directory (no manifest.json)"))
+    results = RunResults.load(run_dir)
+    ledger = build_ledger(results.tables, results.manifest)
+    if json_out:
+        print(ledger.to_json(orient="records"))
+        return
+    print_ledger(ledger)
+
+
+def print_ledger(ledger) -> None:
+    """The ledger as a terminal table, then one line per claim counting its verdicts."""
+    from rich.table import Table
+
+    table = Table(title="claims ledger (cgar_interp/claims; rules in each row of claims.parquet)")
+    for column in ("claim", "task", "test", "value [95% CI]", "control", "difference", "verdict"):
+        table.add_column(column, overflow="fold")
+    colours = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
+    for row in ledger.itertuples():
+        value = (
+            f"{row.value:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
+            if row.value == row.value
+            else ""
+        )
+        control = f"{row.control_value:.3f}" if row.control_value == row.control_value else ""
+        diff = (
+            f"{row.diff:+.3f} [{row.diff_low:+.3f}, {row.diff_high:+.3f}]"
+            if row.diff == row.diff
+            else ""
+        )
+        colour = colours.get(row.verdict, "cyan")
+        table.add_row(
+            row.claim_id,
+            row.task,
+            row.test,
+            value,
+            f"{row.control} {control}".strip(),
+            diff,
+            f"[{colour}]{row.verdict}[/]",
+        )
+    console.print(table)
+    for claim_id, part in ledger.groupby("claim_id", sort=False):
+        counts = part.verdict.value_counts()
+        summary = ", ".join(f"{n} {v}" for v, n in counts.items())
+        console.print(f"claim {claim_id}: {part.claim.iloc[0]} -- {summary}")
+
+
+@app.command()
 def suites() -> None:
     """List the shipped probe suites."""
     import tomllib

