@@ -118,26 +118,29 @@ def test_claims_wait_for_probes_the_run_does_not_have():
     assert math.isnan(row.value)  # no number is made up for it
 
 
-@pytest.mark.integration
-def test_ledger_of_a_real_run_matches_its_raw_tables(tmp_path, embedded_handles):
-    """Each gate row's numbers are the raw table's rows, recomputed independently here."""
-    from cgar_interp.runner import run_suite
-    from cgar_interp.suite import parse_suite
+def test_report_opens_with_the_ledger_and_its_rows_link_to_figures(tmp_path):
+    from cgar_interp.report import build_report
+    from cgar_interp.rundir import RunDir
 
-    suite = parse_suite(
-        {
-            "model": "embedded",
-            "backend": "hf",
-            "tasks": ["sst2-mini"],
-            "n_fit": 6,
-            "n_eval": 12,
-            "n_boot": 100,
-            "probe": [{"kind": "context_gate", "context_layers": [24, 30], "lambdas": [0, 1, 10]}],
-        }
-    )
-    run = run_suite(suite, tmp_path / "run", handle=embedded_handles["hf"], report=False)
-    ledger = pd.read_parquet(tmp_path / "run" / "tables" / "claims.parquet")
-    gate = pd.read_parquet(tmp_path / "run" / "tables" / "context_gate.parquet")
+    gate = synthetic_gate({"t": 0.5}, shuffled_gap=0.3)
+    with RunDir.open(tmp_path / "run", {"config_hash": "x"}) as run:
+        run.write_manifest(
+            {"identity": {"config_hash": "x"}, "suite": {"name": "s", "tasks": ["t"]},
+             "architecture": {"n_layers": L}}
+        )  # fmt: skip
+        run.write_table("context_gate", gate)
+    page = build_report(tmp_path / "run").read_text()
+    body = page[page.index("<body>") :]
+    assert body.index('id="verdict"') < body.index('class="prov"')  # the first section
+    assert body.index('id="verdict"') < body.index("<h2>context gate</h2>")
+    assert '<a href="#fig-context_gate-t">context_gate-t</a>' in body  # a row cites its figure
+    assert 'id="fig-context_gate-t"' in body  # ... which is on the page
+
+
+def check_ledger_against_raw_tables(run_dir):
+    """Every gate row of a run's ledger, recomputed from the raw context-gate table."""
+    ledger = pd.read_parquet(run_dir / "tables" / "claims.parquet")
+    gate = pd.read_parquet(run_dir / "tables" / "context_gate.parquet")
     assert set(ledger.claim_id) >= {"1", "2", "3a", "3b"}
     m = int((ledger.kind == "difference").sum())
     z = float(__import__("scipy.stats").stats.norm.ppf(1 - 0.05 / (2 * m)))
@@ -160,7 +163,51 @@ def test_ledger_of_a_real_run_matches_its_raw_tables(tmp_path, embedded_handles)
         se_b = (r.control_ci_high - r.control_ci_low) / (2 * 1.959963984540054)
         low = r.value - r.control_value - z * math.hypot(se_a, se_b)
         assert r.diff_low == pytest.approx(low)
-        expected = SUPPORTED if low > 0 else None
-        if expected:
-            assert r.verdict == expected
+        high = r.value - r.control_value + z * math.hypot(se_a, se_b)
+        assert r.diff_high == pytest.approx(high)
+        expected = SUPPORTED if low > 0 else NOT_SUPPORTED if high < r.margin else INCONCLUSIVE
+        assert r.verdict == expected
+    return ledger
+
+
+@pytest.mark.integration
+def test_ledger_of_a_real_run_matches_its_raw_tables(tmp_path, embedded_handles):
+    """Each gate row's numbers are the raw table's rows, recomputed independently here."""
+    from cgar_interp.runner import run_suite
+    from cgar_interp.suite import parse_suite
+
+    suite = parse_suite(
+        {
+            "model": "embedded",
+            "backend": "hf",
+            "tasks": ["sst2-mini"],
+            "n_fit": 6,
+            "n_eval": 12,
+            "n_boot": 100,
+            "probe": [{"kind": "context_gate", "context_layers": [24, 30], "lambdas": [0, 1, 10]}],
+        }
+    )
+    run = run_suite(suite, tmp_path / "run", handle=embedded_handles["hf"], report=False)
+    ledger = check_ledger_against_raw_tables(tmp_path / "run")
     assert run.tables["claims"].equals(ledger)
+
+
+@pytest.mark.slow
+def test_ledger_of_the_paper_suite(tmp_path):
+    """The paper suite on the embedded model: every claim it can test has rows, the gate rows
+    equal a recomputation from the raw tables, and the whole ledger equals one rebuilt from
+    the tables on disk."""
+    from cgar_interp.claims import build_ledger
+    from cgar_interp.runner import RunResults, run_suite
+    from cgar_interp.suite import load_suite
+
+    run_suite(load_suite("paper", backend="hf"), tmp_path / "run", report=False)
+    ledger = check_ledger_against_raw_tables(tmp_path / "run")
+    assert set(ledger.claim_id) == {"1", "2", "3a", "3b", "4a", "4b", "5", "6", "7a", "7b", "8"}
+    assert set(ledger.task) == {"sst2-mini", "trec-mini", "agnews-mini", "all"}
+    consistency = ledger[ledger.kind == "consistency"]
+    assert len(consistency) == 3 and set(consistency.verdict) == {"consistency check"}
+    loaded = RunResults.load(tmp_path / "run")
+    tables = {k: v for k, v in loaded.tables.items() if k != "claims"}
+    rebuilt = build_ledger(tables, loaded.manifest)
+    pd.testing.assert_frame_equal(rebuilt, ledger)
