@@ -582,9 +582,9 @@ def shots_figure(tables: dict[str, pd.DataFrame], task: str) -> go.Figure:
 
     Left: full-vocab accuracy and label-token mass of the full ICL prompt against k (k = 0 is
     zero-shot), mean over eval queries with bootstrap 95% intervals. Middle: |cbar^(c)| at
-    each context layer. Right: the gate's label margin ``delta_gate_gamma`` (how much
-    ``W_U gamma cbar`` favours the gold label over the rest, mean over queries) at the last
-    context layer, with the share of queries it favours: the theory's gate strength per k.
+    each context layer. Right: the fitted gate strength, the lambda at which the gated
+    readout ``W_U norm(h_zero + lambda cbar)`` reaches the full ICL prompt's label mass
+    (``theory_gate_strength``; a gap where no measured lambda reaches it).
     """
     from plotly.subplots import make_subplots
 
@@ -596,7 +596,7 @@ def shots_figure(tables: dict[str, pd.DataFrame], task: str) -> go.Figure:
         subplot_titles=(
             "ICL against k (k = 0: zero-shot)",
             "|cbar| per context layer",
-            "theory: the gate's label margin",
+            "fitted gate strength (lambda matching ICL)",
         ),
     )
     for metric, color in (("vocab_correct", "#1f77b4"), ("label_mass", "#d62728")):
@@ -636,23 +636,30 @@ def shots_figure(tables: dict[str, pd.DataFrame], task: str) -> go.Figure:
                 row=1,
                 col=2,
             )
-    theory = tables.get("theory_terms")
-    if theory is not None and "shots" in theory.columns and not theory.empty:
-        part = theory[(theory.task == task) & (theory.c_layer == theory.c_layer.max())]
-        stats = part.groupby("shots").agg(
-            margin=("delta_gate_gamma", "mean"), favours=("gate_favours_gold", "mean")
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=stats.index,
-                y=stats["margin"],
-                mode="lines+markers",
-                name="gate margin (mean)",
-                hovertext=[f"favours gold for {f:.0%} of queries" for f in stats["favours"]],
-            ),
-            row=1,
-            col=3,
-        )
+    strength = tables.get("theory_gate_strength")
+    if strength is not None and "shots" in strength.columns and not strength.empty:
+        part = strength[strength.task == task]
+        for c, sel in part.groupby("c_layer", sort=True):
+            sel = sel.sort_values("shots")
+            fig.add_trace(
+                go.Scatter(
+                    x=sel["shots"],
+                    y=sel["lam_fit"],
+                    mode="lines+markers",
+                    name=f"fitted lambda, c = {c}",
+                    hovertext=[
+                        f"ICL label mass {r.icl_label_mass:.3f}; "
+                        + (
+                            f"reached at lambda {r.lam_fit:.3g}"
+                            if r.reached
+                            else f"not reached (best {r.best_label_mass:.3f} at {r.lam_best:g})"
+                        )
+                        for r in sel.itertuples()
+                    ],
+                ),
+                row=1,
+                col=3,
+            )
     fig.update_xaxes(title_text="demonstrations per class (k)")
     fig.update_layout(title=f"k-shot sweep — {task}", height=420)
     return fig

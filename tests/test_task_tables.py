@@ -1,6 +1,7 @@
 """A researcher's own data through a suite: [[task]] tables, file tasks, the k-shot sweep."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -239,6 +240,7 @@ def test_shots_sweep_tables_and_figures(tmp_path, embedded_handles):
     assert sorted(base[base.vector == "icl"].shots) == [1, 2]
     assert set(result.tables["task_vectors"].shots) == {1, 2}
     assert set(result.tables["theory_fit"].shots) == {1, 2}
+    assert set(result.tables["theory_gate_strength"].shots) == {1, 2}
     assert "shots-sst2-mini" in result.figure_names
     fig = result.figure("shots-sst2-mini")
     assert [list(t.x) for t in fig.data[:2]] == [[0, 1, 2], [0, 1, 2]]
@@ -286,3 +288,25 @@ def test_an_option_the_loader_does_not_take_names_the_task(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"task '.*r.jsonl'.*revision"):
         load_spec(suite.task_specs[0])
+
+
+def test_fitted_gate_strength_interpolates_the_decode_curve():
+    """lambda at which the decode curve reaches ICL's label mass, in closed form."""
+    from cgar_interp.compare.tables import gate_strength
+
+    def row(mode, vector, c, lam, value):
+        return {"task": "t", "mode": mode, "vector": vector, "q_layer": 4, "c_layer": c,
+                "lam": lam, "metric": "label_mass", "value": value, "n": 10,
+                "ci_low": value - 0.01, "ci_high": value + 0.01}  # fmt: skip
+
+    gate = pd.DataFrame(
+        [row("baseline", "icl", -1, 0.0, 0.5)]
+        + [row("decode", "context", 4, lam, v) for lam, v in ((0, 0.1), (1, 0.3), (10, 0.7))]
+        + [row("decode", "context", 2, lam, v) for lam, v in ((0, 0.1), (1, 0.2), (10, 0.4))]
+    )
+    groups = {("t", 4, c): pd.DataFrame({"cbar_norm": [3.0]}) for c in (2, 4)}
+    out = gate_strength(groups, gate).set_index("c_layer")
+    # log-linear between lambda = 1 (0.3) and 10 (0.7): 10 ** ((0.5 - 0.3) / 0.4)
+    assert out.loc[4, "lam_fit"] == pytest.approx(10**0.5) and out.loc[4, "reached"]
+    assert math.isnan(out.loc[2, "lam_fit"]) and not out.loc[2, "reached"]
+    assert out.loc[2, "best_label_mass"] == pytest.approx(0.4) and out.loc[2, "lam_best"] == 10

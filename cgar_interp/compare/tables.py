@@ -265,7 +265,70 @@ def compare_tables(
         "theory_compare": compare,
         "theory_bound": bound_table,
         "theory_summary": summary,
+        "theory_gate_strength": gate_strength(groups, context_gate),
     }
+
+
+def gate_strength(groups: dict, context_gate: pd.DataFrame) -> pd.DataFrame:
+    """The gate strength full ICL corresponds to: the lambda at which the paper's gated
+    readout ``W_U norm(h_zero + lambda cbar)`` (decode mode, measured exactly) puts as much
+    mass on the label tokens as the full ICL prompt does.
+
+    Per (task, q, c): the smallest lambda of the decode curve of label mass that reaches the
+    ICL label mass, interpolated between the run's lambdas (linearly from lambda = 0 to the
+    first positive lambda, log-linearly after). ``reached`` is False where no measured lambda
+    gets there (``lam_fit`` is NaN). In a k-shot sweep this is the fitted gate strength per
+    number of demonstrations; its resolution is the run's lambda grid.
+
+    Args:
+        groups: ``{(task, q, c): gate-terms frame}`` of one k (for the keys and |cbar|).
+        context_gate: the measured table.
+    """
+    rows = []
+    gate = context_gate[context_gate["metric"] == "label_mass"]
+    for (task, q, c), frame in groups.items():
+        icl = gate[(gate.task == task) & (gate["mode"] == "baseline") & (gate.vector == "icl")]
+        curve = gate[
+            (gate.task == task)
+            & (gate["mode"] == "decode")
+            & (gate.vector == "context")
+            & (gate.q_layer == q)
+            & (gate.c_layer == c)
+        ].sort_values("lam")
+        if icl.empty or len(curve) < 2:
+            continue
+        target = float(icl.value.iloc[0])
+        lams, mass = curve.lam.to_numpy(float), curve.value.to_numpy(float)
+        hits = np.nonzero(mass >= target)[0]
+        lam = math.nan
+        if len(hits):
+            j = int(hits[0])
+            if j == 0:
+                lam = float(lams[0])
+            else:
+                x0, x1, y0, y1 = lams[j - 1], lams[j], mass[j - 1], mass[j]
+                t = (target - y0) / (y1 - y0)
+                lam = float(
+                    x0 + t * (x1 - x0) if x0 == 0 else np.exp(np.log(x0) + t * np.log(x1 / x0))
+                )
+        best = int(mass.argmax())
+        rows.append(
+            {
+                "task": task,
+                "q_layer": int(q),
+                "c_layer": int(c),
+                "icl_label_mass": target,
+                "icl_ci_low": float(icl.ci_low.iloc[0]),
+                "icl_ci_high": float(icl.ci_high.iloc[0]),
+                "lam_fit": lam,
+                "reached": bool(len(hits)),
+                "lam_best": float(lams[best]),
+                "best_label_mass": float(mass[best]),
+                "lams": ",".join(f"{x:g}" for x in lams),
+                "cbar_norm": float(frame.cbar_norm.iloc[0]) if "cbar_norm" in frame else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _attach_measured(

@@ -10,7 +10,14 @@ import pandas as pd
 
 MODELS = ("first_order", "frozen_norm", "normed")
 METRICS = ("label_correct", "label_entropy", "label_eff", "label_mass", "gold_mass")
-TABLES = ("theory_terms", "theory_fit", "theory_compare", "theory_bound", "theory_summary")
+TABLES = (
+    "theory_terms",
+    "theory_fit",
+    "theory_compare",
+    "theory_bound",
+    "theory_summary",
+    "theory_gate_strength",
+)
 MODES = ("decode", "patch")
 BASE_COLUMNS = ("task", "query", "gold", "q_layer", "c_layer", "class", "b", "g", "normed_logit")
 GATE_COLUMNS = (
