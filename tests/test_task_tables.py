@@ -310,3 +310,26 @@ def test_fitted_gate_strength_interpolates_the_decode_curve():
     assert out.loc[4, "lam_fit"] == pytest.approx(10**0.5) and out.loc[4, "reached"]
     assert math.isnan(out.loc[2, "lam_fit"]) and not out.loc[2, "reached"]
     assert out.loc[2, "best_label_mass"] == pytest.approx(0.4) and out.loc[2, "lam_best"] == 10
+
+
+@pytest.mark.slow
+def test_the_shipped_own_data_example_runs(tmp_path):
+    """probes/own_data_example.toml as a fresh clone has it: a CSV with integer labels, class
+    names, label words, a template, a small pool and a k-shot sweep, on the embedded model."""
+    from cgar_interp.data.loaders import sha256_file
+    from cgar_interp.runner import run_suite
+    from cgar_interp.suite import SUITES_DIR
+
+    suite = load_suite(SUITES_DIR / "own_data_example.toml")
+    result = run_suite(suite, tmp_path / "run")
+    gate = result.tables["context_gate"]
+    assert set(gate.task) == {"sst2-mini", "movie_reviews"}
+    assert set(gate.shots) == {0, 1, 2, 4}
+    assert {"shots-movie_reviews", "shots-sst2-mini"} <= set(result.figure_names)
+    csv = SUITES_DIR / "data" / "movie_reviews.csv"
+    assert sha256_file(csv) in result.manifest["data_sha256"].values()
+    assert result.manifest["self_check"]["passed"]
+    # the hand-written reviews are learnt in context: ICL beats zero-shot on label mass
+    mass = gate[(gate.task == "movie_reviews") & (gate.metric == "label_mass")]
+    base = mass[mass["mode"] == "baseline"].set_index("shots").value
+    assert base[4] > base[0]
