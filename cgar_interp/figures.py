@@ -586,8 +586,6 @@ def shots_figure(tables: dict[str, pd.DataFrame], task: str) -> go.Figure:
     readout ``W_U norm(h_zero + lambda cbar)`` reaches the full ICL prompt's label mass
     (``theory_gate_strength``; a gap where no measured lambda reaches it).
     """
-    from plotly.subplots import make_subplots
-
     gate = tables["context_gate"]
     sel = gate[(gate.task == task) & (gate["mode"] == "baseline")]
     fig = make_subplots(
@@ -685,3 +683,11 @@ def figures_for(tables: dict[str, pd.DataFrame]) -> dict[str, go.Figure]:
         for task in tables["context_gate"].task.unique():
             out[f"shots-{task}"] = shots_figure(tables, task)
     return out
+
+
+# the head-mediation probe's figures live in their own module (imported last: it uses helpers
+# defined above)
+from .figures_mediation import head_mediation_figure, head_mediation_heads_figure  # noqa: E402
+
+FIGURES["head_mediation"] = head_mediation_figure
+FIGURES["head_mediation_heads"] = head_mediation_heads_figure

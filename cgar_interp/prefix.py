@@ -157,6 +157,42 @@ def resume_last_token(
     return logits.reshape(b, n_var, -1).transpose(0, 1)
 
 
+def resume_from_mid(
+    handle: ModelHandle, state: LastTokenState, layer: int, h_mid: Tensor
+) -> Tensor:
+    """Logits of replacement mid-block residuals at the last position, from block ``layer``'s MLP.
+
+    ``h_mid`` replaces ``resid_mid.{layer}`` (the residual after block ``layer``'s attention)
+    at each prompt's last position. Block ``layer``'s MLP half runs as the model runs it
+    (``x = h + mlp(post_attention_layernorm(h))``, position-wise, so it needs no cache), then
+    blocks ``layer + 1 .. L-1`` as one-token suffix passes (:func:`resume_last_token`). A change
+    to one attention head's output at the last position is exactly such a replacement:
+    ``h_mid' = resid_mid + (new head_out - old head_out)``.
+
+    Args:
+        state: as for :func:`resume_last_token`, for ``b`` prompts.
+        layer: block ``0 .. n_layers-1``.
+        h_mid: ``[n_var, b, d_model]`` replacement mid-block residuals (variant-major).
+
+    Returns:
+        ``[n_var, b, vocab]`` logits at the last position.
+    """
+    handle.require_local("KV-cache suffix passes (resume_from_mid)")
+    n_layers = handle.arch.n_layers
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"resume_from_mid: block {layer} is out of range 0..{n_layers - 1}")
+    block = handle.backend.hf_model.model.layers[layer]
+    device = module_device(block)
+    with torch.no_grad():
+        h = h_mid.to(device=device, dtype=handle.dtype)
+        x = h + block.mlp(block.post_attention_layernorm(h))
+        if layer + 1 == n_layers:  # nothing left to run: the final residual
+            handle.stats.resume_calls += 1
+            handle.stats.resume_rows += x.shape[0] * x.shape[1]
+            return handle.decode_residual(x)
+    return resume_last_token(handle, state, layer + 1, x)
+
+
 def common_prefix_length(ids: Tensor, lengths: Tensor) -> int:
     """Tokens every row starts with, leaving at least one token per row after them."""
     ids, lengths = ids.cpu(), lengths.cpu()

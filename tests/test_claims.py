@@ -145,20 +145,28 @@ def check_ledger_against_raw_tables(run_dir):
     m = int((ledger.kind == "difference").sum())
     z = float(__import__("scipy.stats").stats.norm.ppf(1 - 0.05 / (2 * m)))
     for r in ledger[ledger.kind == "difference"].itertuples():
-        mode = "decode" if r.claim_id in ("1", "3a", "3b") else "patch"
-        c = 30 if mode == "decode" else int(r.reads.split("c_layer=")[1].split(",")[0])
-        metric = r.reads.split("metric=")[1].split(",")[0]
-        sel = gate[(gate["mode"] == mode) & (gate.c_layer == c) & (gate.metric == metric)]
-        mine = sel[sel.vector == "context"]
-        if r.claim_id in ("1", "2"):
-            best = mine[mine.lam > 0].value.max()
-            base = mine[mine.lam == 0].iloc[0]
-            assert r.value == pytest.approx(best) and r.control_value == pytest.approx(base.value)
-        else:
-            lam = float(r.reads.split("lam=")[1].split(",")[0])
-            vector = "shuffled" if r.claim_id == "3a" else "random"
-            other = sel[(sel.vector == vector) & (sel.lam == lam)].iloc[0]
-            assert r.control_value == pytest.approx(other.value)
+        if r.claim_id in ("1", "2", "3a", "3b"):  # the gate claims' numbers, from the raw rows
+            mode = "decode" if r.claim_id in ("1", "3a", "3b") else "patch"
+            c = 30 if mode == "decode" else int(r.reads.split("c_layer=")[1].split(",")[0])
+            metric = r.reads.split("metric=")[1].split(",")[0]
+            sel = gate[
+                (gate.task == r.task)
+                & (gate["mode"] == mode)
+                & (gate.c_layer == c)
+                & (gate.metric == metric)
+            ]
+            mine = sel[sel.vector == "context"]
+            if r.claim_id in ("1", "2"):
+                best = mine[mine.lam > 0].value.max()
+                base = mine[mine.lam == 0].iloc[0]
+                assert r.value == pytest.approx(best)
+                assert r.control_value == pytest.approx(base.value)
+            else:
+                lam = float(r.reads.split("lam=")[1].split(",")[0])
+                vector = "shuffled" if r.claim_id == "3a" else "random"
+                other = sel[(sel.vector == vector) & (sel.lam == lam)].iloc[0]
+                assert r.control_value == pytest.approx(other.value)
+        # every difference row: its interval and verdict, recomputed from its own numbers
         se_a = (r.ci_high - r.ci_low) / (2 * 1.959963984540054)
         se_b = (r.control_ci_high - r.control_ci_low) / (2 * 1.959963984540054)
         low = r.value - r.control_value - z * math.hypot(se_a, se_b)
@@ -211,3 +219,27 @@ def test_ledger_of_the_paper_suite(tmp_path):
     tables = {k: v for k, v in loaded.tables.items() if k != "claims"}
     rebuilt = build_ledger(tables, loaded.manifest)
     pd.testing.assert_frame_equal(rebuilt, ledger)
+
+
+def test_claim_8_reads_the_ablation_once_head_mediation_has_run():
+    from cgar_interp.claims.pending import heads_are_necessary
+
+    def ablation(task, set_name, metric, change, half=0.02):
+        return {"task": task, "part": "ablation", "set": set_name, "metric": metric,
+                "value": change, "ci_low": change - half, "ci_high": change + half, "n": 24}  # fmt: skip
+
+    table = pd.DataFrame(
+        [
+            ablation("necessary", "top_label", "label_mass_drop", -0.6),
+            ablation("necessary", "random", "label_mass_drop", -0.03),
+            ablation("idle", "top_label", "label_mass_drop", -0.03, half=0.005),
+            ablation("idle", "random", "label_mass_drop", -0.03, half=0.005),
+        ]
+    )
+    rows = {
+        r.task: decide_difference(r, m=2)
+        for r in heads_are_necessary({"head_mediation": table}, {})
+    }
+    assert rows["necessary"].value == pytest.approx(0.6)  # a drop is minus the change
+    assert rows["necessary"].verdict == SUPPORTED
+    assert rows["idle"].verdict == NOT_SUPPORTED  # no more than random heads, within 0.05

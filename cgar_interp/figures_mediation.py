@@ -1,0 +1,171 @@
+"""Figures of the head-mediation probe: AIE per head, AIE against label attention, the
+function vector per layer and the ablations (registered in :data:`cgar_interp.figures.FIGURES`)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .figures import HOVER, PALETTE, _ci_text, _grid
+
+
+def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
+    """Head mediation per head: AIE heatmap (layer x head) beside AIE vs label attention.
+
+    Hover: the head's name (``L17H3``), its AIE with the bootstrap 95% interval, its ICL
+    label-token attention mass and its two ranks.
+    """
+    data = table[table.task == task]
+    if data.empty:
+        raise ValueError(f"no head_mediation_heads rows for task {task!r}")
+    layers = sorted(data.layer.unique())
+    heads = sorted(data["head"].unique())
+    sel = data.set_index(["layer", "head"])
+
+    def text(r) -> str:
+        return (
+            f"{r.name_}<br>AIE={_ci_text(r.aie, r.aie_ci_low, r.aie_ci_high)} (rank {r.rank_aie})"
+            f"<br>label attention={r.label_attention:.3f} (rank {r.rank_label})<br>n={r.n}"
+        )
+
+    data = data.rename(columns={"name": "name_"})
+    texts = {(r.layer, r.head): text(r) for r in data.itertuples()}
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.45, 0.55],
+        subplot_titles=(
+            "AIE: change of p(gold) on shuffled-label prompts",
+            "AIE vs ICL label-token attention",
+        ),
+    )
+    fig.add_trace(
+        go.Heatmap(
+            z=_grid(sel, layers, heads, "aie"),
+            x=[f"H{h}" for h in heads],
+            y=[f"L{layer}" for layer in layers],
+            text=[[texts.get((layer, h), "") for h in heads] for layer in layers],
+            hovertemplate=HOVER,
+            colorscale="RdBu",
+            zmid=0,
+            colorbar={"title": "AIE", "x": 0.43},
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=data.label_attention,
+            y=data.aie,
+            mode="markers",
+            text=[texts[(r.layer, r.head)] for r in data.itertuples()],
+            hovertemplate=HOVER,
+            marker={"color": data.layer, "colorscale": "Viridis", "size": 7},
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": data.aie_ci_high - data.aie,
+                "arrayminus": data.aie - data.aie_ci_low,
+                "thickness": 0.6,
+            },
+            name="heads",
+            showlegend=False,
+        ),
+        row=1,
+        col=2,
+    )
+    fig.update_xaxes(title_text="head", row=1, col=1)
+    fig.update_yaxes(title_text="block", row=1, col=1)
+    fig.update_xaxes(title_text="ICL label-token attention (fit queries)", row=1, col=2)
+    fig.update_yaxes(title_text="AIE", row=1, col=2)
+    fig.update_layout(title=f"Head mediation — {task}", height=max(420, 18 * len(layers) + 120))
+    return fig
+
+
+def head_mediation_figure(table: pd.DataFrame, task: str) -> go.Figure:
+    """Function vector by layer (accuracy, label mass) with zero-shot/ICL lines; ablation bars."""
+    data = table[table.task == task]
+    if data.empty:
+        raise ValueError(f"no head_mediation rows for task {task!r}")
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=(
+            "FV: accuracy (full vocab)",
+            "FV: label mass",
+            "Ablation (zero-shot mean): ablated - clean",
+        ),
+    )
+    fv = data[data.part == "function_vector"]
+    base = data[data.part == "baseline"]
+    for col, metric in ((1, "vocab_correct"), (2, "label_mass")):
+        for i, name in enumerate(sorted(fv.set.unique())):
+            sel = fv[(fv.set == name) & (fv.metric == metric)].sort_values("layer")
+            fig.add_trace(
+                go.Scatter(
+                    x=sel.layer,
+                    y=sel.value,
+                    mode="lines+markers",
+                    name=f"FV {name}",
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    line={"color": PALETTE[i % len(PALETTE)]},
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": sel.ci_high - sel.value,
+                        "arrayminus": sel.value - sel.ci_low,
+                    },
+                    text=[
+                        f"FV {name}, layer {r.layer}<br>{metric}="
+                        f"{_ci_text(r.value, r.ci_low, r.ci_high)}<br>n={r.n}"
+                        for r in sel.itertuples()
+                    ],
+                    hovertemplate=HOVER,
+                ),
+                row=1,
+                col=col,
+            )
+        for name, dash in (("zero_shot", "dot"), ("icl", "dash")):
+            row = base[(base.set == name) & (base.metric == metric)]
+            if len(row):
+                r = row.iloc[0]
+                fig.add_hline(
+                    y=r.value,
+                    line_dash=dash,
+                    line_color="gray",
+                    annotation_text=f"{name} {r.value:.3f}",
+                    row=1,
+                    col=col,
+                )
+    abl = data[(data.part == "ablation") & data.metric.str.endswith("_drop")]
+    abl = abl[~abl.set.str.startswith("random_")]
+    for i, metric in enumerate(("label_mass_drop", "vocab_correct_drop")):
+        sel = abl[abl.metric == metric]
+        fig.add_trace(
+            go.Bar(
+                x=sel.set,
+                y=sel.value,
+                name=metric,
+                marker_color=PALETTE[(i + 4) % len(PALETTE)],
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": sel.ci_high - sel.value,
+                    "arrayminus": sel.value - sel.ci_low,
+                },
+                text=[
+                    f"{r.set}<br>{metric}={_ci_text(r.value, r.ci_low, r.ci_high)}<br>n={r.n}"
+                    for r in sel.itertuples()
+                ],
+                hovertemplate=HOVER,
+                textposition="none",
+            ),
+            row=1,
+            col=3,
+        )
+    fig.update_xaxes(title_text="residual layer", row=1, col=1)
+    fig.update_xaxes(title_text="residual layer", row=1, col=2)
+    fig.update_layout(title=f"Function vector and head ablation — {task}", height=420)
+    return fig

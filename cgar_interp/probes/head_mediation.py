@@ -1,0 +1,441 @@
+"""Which heads carry the task: causal head mediation and function vectors (Todd et al., 2024).
+
+Per block ``l`` and query head ``h`` (every head of the blocks in ``layers``):
+
+- **a_lh**: the mean over the *fit* queries of the head's output at the last position of the
+  clean ICL prompt (``head_out.l``, its contribution ``W_O z`` to the residual).
+- **AIE** (average indirect effect): the eval queries' ICL prompts with the demonstrations'
+  labels shuffled are the corrupted runs. For each query and head, the head's output at the
+  last position is replaced by ``a_lh``; the effect is the change of the gold label's
+  probability (first label token, full vocabulary; metric ``gold_mass``). AIE is the mean over
+  the eval queries (the first ``max_queries``), with a bootstrap interval. The intervention sits
+  at the last position only, so it is exact and cheap: ``resid_mid.l' = resid_mid.l + a_lh -
+  head_out_lh`` for all heads of a block at once as variants, then block ``l``'s MLP and the
+  blocks above as one-token suffix passes over the corrupted prompt's KV cache
+  (:func:`cgar_interp.prefix.resume_from_mid`).
+- **Function vector**: ``FV = sum of a_lh`` over the ``top_k`` heads by AIE, added to the
+  zero-shot residual at the last position at each residual layer of ``fv_layers``; full-vocab
+  accuracy and label mass per layer (``part = "function_vector"``, ``set = "top_aie"``), beside
+  zero-shot and full ICL (``part = "baseline"``). The same with the ``top_k`` label-reading
+  heads (``set = "top_label"``) asks whether those heads are *sufficient*.
+- **Label attention**: each head's attention mass at the last position on the demonstrations'
+  label positions (:func:`~cgar_interp.probes.hopfield_heads.label_positions`, the Hopfield
+  probe's definition), mean over the fit queries. Computed here, so this probe does not depend
+  on another probe's table.
+- **Ablation** (``part = "ablation"``): heads' ``z`` at the last position of the clean ICL
+  prompts replaced by their *zero-shot* mean (fit queries), ``top_k`` heads at a time: the top
+  AIE heads, the top label-reading heads and ``n_random`` seeded random sets. Per-query drops
+  (ablated - clean) of label mass and full-vocab accuracy; random sets as the mean over draws
+  (``set = "random"``, per query, CI over queries) and each draw (``random_00`` ...).
+
+Tables: ``head_mediation`` (tidy), ``head_mediation_heads`` (one row per head) and
+``head_mediation_join`` (one row per task: Spearman rank correlation of AIE with label attention
+and its permutation p-value, the overlap of the two top-``overlap_k`` sets against chance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from ..capture import capture_many, iter_batches, resume_variants
+from ..layers import resolve_layers
+from ..models import Patch
+from ..prefix import resume_from_mid
+from .base import ProbeContext, register_probe
+from .hopfield_heads import BLOCK_NAMES, label_positions, resolve_blocks
+
+ABLATION_METRICS = ("label_mass", "vocab_correct", "gold_mass")
+FV_METRICS = ("vocab_correct", "label_mass", "gold_mass")
+
+
+def _positive_int(name: str, value, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}={value!r} is not valid: it must be an int >= {minimum}")
+
+
+@dataclass(frozen=True)
+class HeadMediationConfig:
+    """Options of the head-mediation probe (TOML ``kind = "head_mediation"``).
+
+    Attributes:
+        layers: attention blocks whose heads are measured: ``"all"``, ``"upper_half"`` or block
+            indices (negative from the end).
+        top_k: heads in the function vector and in each ablated set (>= 1).
+        fv_layers: residual layers the function vector is added at (a layer spec as in
+            ``task_vectors``: ``"all"`` is ``0 .. n_layers``).
+        n_random: seeded random sets of ``top_k`` heads to ablate (>= 0).
+        max_queries: eval queries used for AIE and ablation (the first ones; >= 1, or None
+            for all). The function vector is scored on every eval query.
+        label_cue_tokens: as in ``hopfield_heads``: the answer cue a label position follows.
+        overlap_k: size of the two top sets whose overlap is reported (>= 1).
+        n_permutations: permutations for the Spearman p-value (>= 1).
+    """
+
+    layers: str | tuple[int, ...] = "all"
+    top_k: int = 10
+    fv_layers: str | tuple[int, ...] = "all"
+    n_random: int = 20
+    max_queries: int | None = 24
+    label_cue_tokens: int = 2
+    overlap_k: int = 10
+    n_permutations: int = 2000
+
+    def __post_init__(self):
+        if isinstance(self.layers, str):
+            if self.layers not in BLOCK_NAMES:
+                raise ValueError(
+                    f"layers {self.layers!r} is not valid: use {' or '.join(BLOCK_NAMES)}, or a "
+                    "list of block indices"
+                )
+        elif len(self.layers) == 0:
+            raise ValueError("layers is empty; give at least one block index, or 'all'")
+        _positive_int("top_k", self.top_k)
+        _positive_int("n_random", self.n_random, 0)
+        if self.max_queries is not None:
+            _positive_int("max_queries", self.max_queries)
+        _positive_int("label_cue_tokens", self.label_cue_tokens, 0)
+        _positive_int("overlap_k", self.overlap_k)
+        _positive_int("n_permutations", self.n_permutations)
+
+    def needed_layers(self, n_layers: int) -> tuple[int, ...]:
+        """Residual layers read at the last position: those the function vector is added at."""
+        return resolve_layers(self.fv_layers, n_layers, "fv_layers")
+
+    def blocks(self, n_layers: int) -> tuple[int, ...]:
+        return resolve_blocks(self.layers, n_layers, "layers")
+
+    @property
+    def resumes_zero_shot(self) -> bool:
+        """The function vector patches the last position of the eval queries' zero-shot prompts."""
+        return True
+
+    @property
+    def vectors(self) -> tuple[str, ...]:
+        """The corrupted runs are shuffled-label prompts (read by the task preparation)."""
+        return ("shuffled",)
+
+    @property
+    def needs_shuffled(self) -> bool:
+        return True
+
+
+# --------------------------------------------------------------------------------------------
+# statistics
+
+
+def spearman_permutation(
+    x: np.ndarray, y: np.ndarray, n_permutations: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Spearman's rho of ``x`` and ``y`` (``[n]``, average ranks for ties) and a two-sided
+    permutation p-value ``(1 + #{|rho_perm| >= |rho|}) / (1 + n_permutations)``, seeded.
+
+    >>> rho, p = spearman_permutation(np.arange(10.0), np.arange(10.0) ** 2, 200)
+    >>> round(rho, 6), p < 0.05
+    (1.0, True)
+    """
+    from scipy.stats import rankdata
+
+    rx = rankdata(np.asarray(x, dtype=float))
+    ry = rankdata(np.asarray(y, dtype=float))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = float(np.sqrt((rx**2).sum() * (ry**2).sum()))
+    if denom == 0.0:
+        return float("nan"), float("nan")
+    rho = float((rx * ry).sum() / denom)
+    rng = np.random.default_rng(seed)
+    perms = np.argsort(rng.random((n_permutations, rx.size)), axis=1)
+    null = (ry[perms] * rx).sum(axis=1) / denom
+    p = (1 + int((np.abs(null) >= abs(rho) - 1e-12).sum())) / (1 + n_permutations)
+    return rho, float(p)
+
+
+def top_overlap(a: np.ndarray, b: np.ndarray, k: int) -> tuple[int, float]:
+    """Size of the overlap of the top-``k`` index sets of ``a`` and ``b``, and its chance
+    expectation ``k * k / n`` (hypergeometric mean)."""
+    n = len(a)
+    k = min(k, n)
+    top_a = set(np.argsort(-np.asarray(a), kind="stable")[:k].tolist())
+    top_b = set(np.argsort(-np.asarray(b), kind="stable")[:k].tolist())
+    return len(top_a & top_b), k * k / n
+
+
+# --------------------------------------------------------------------------------------------
+# the probe
+
+
+def head_means(
+    handle, batch, blocks, kind: str, batch_size: int, with_patterns: bool = False
+) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+    """Per block: ``kind`` (``head_out`` or ``z``) at the last position, mean over rows
+    (``[n_heads, ...]``), and (optionally) the attention patterns ``[n, n_heads, width]``."""
+    sites = [f"{kind}.{b}" for b in blocks]
+    if with_patterns:
+        sites += [f"attn_pattern.{b}" for b in blocks]
+    run = capture_many(handle, batch, sites, -1, batch_size=batch_size, with_logits=False)
+    means = {b: run[f"{kind}.{b}"].float().mean(0) for b in blocks}
+    patterns = {b: run[f"attn_pattern.{b}"].float() for b in blocks} if with_patterns else {}
+    return means, patterns
+
+
+def label_attention(patterns: Tensor, batch, label_ids: Tensor, cue_tokens: int) -> Tensor:
+    """``[n_heads]`` mean over rows of the attention mass on demonstration label positions."""
+    per_row = []
+    for i in range(batch.batch_size):
+        length = int(batch.lengths[i])
+        classes = label_positions(batch.ids[i, :length], label_ids, cue_tokens)
+        per_row.append(patterns[i, :, :length][:, classes >= 0].sum(-1))
+    return torch.stack(per_row).mean(0)
+
+
+def head_effects(
+    handle,
+    corrupted,
+    indices: Tensor,
+    blocks,
+    means: dict[int, Tensor],
+    score,
+    batch_size: int,
+    progress=None,
+) -> tuple[dict[int, Tensor], Tensor]:
+    """Effect of putting ``means[l][h]`` in place of each head's output at the last position.
+
+    ``score(logits [..., b, vocab], query indices [b]) -> [..., b]`` (e.g. gold probability).
+    Returns ``({block: [n_heads, n]} patched - corrupted, [n] corrupted score)``.
+    """
+    sites = [f"{kind}.{b}" for b in blocks for kind in ("resid_mid", "head_out")]
+    run = capture_many(
+        handle, corrupted, sites, -1, batch_size=batch_size, keep_states=True, progress=progress
+    )
+    base = score(run.logits.float(), indices)  # [n]
+    n_heads, n = handle.arch.n_heads, corrupted.batch_size
+    effects = {b: torch.zeros(n_heads, n, dtype=torch.float64) for b in blocks}
+    for rows, state in run.states:
+        for b in blocks:
+            mid = run[f"resid_mid.{b}"][rows].float()  # [r, d]
+            out = run[f"head_out.{b}"][rows].float().transpose(0, 1)  # [H, r, d]
+            h_mid = mid[None] + (means[b][:, None, :] - out)  # [H, r, d]
+            logits = resume_from_mid(handle, state, b, h_mid)
+            patched = score(logits.float(), indices[rows]).cpu().double()
+            effects[b][:, rows] = patched - base[rows].cpu().double()
+    return effects, base
+
+
+def _ablation_patches(heads: list[tuple[int, int]], zero_z: dict[int, Tensor]) -> list[Patch]:
+    """One ``z.l`` patch per block: the chosen heads' z at -1 set to their zero-shot mean."""
+    by_block: dict[int, list[int]] = {}
+    for b, h in heads:
+        by_block.setdefault(b, []).append(h)
+    patches = []
+    for b, hs in sorted(by_block.items()):
+
+        def replace(z: Tensor, hs=tuple(hs), mean=zero_z[b]) -> Tensor:
+            out = z.clone()  # [batch, 1, n_heads, d_head]
+            out[:, :, list(hs)] = mean[list(hs)].to(device=z.device, dtype=z.dtype)
+            return out
+
+        patches.append(Patch(f"z.{b}", -1, replace))
+    return patches
+
+
+def ablate(ctx: ProbeContext, batch, indices: Tensor, patches: list[Patch]) -> dict[str, Tensor]:
+    """Per-query metrics of full forwards of ``batch`` with ``patches`` (order of its rows)."""
+    parts: dict[str, list[Tensor]] = {}
+    order = []
+    for sub in iter_batches(batch, ctx.batch_size):
+        logits = ctx.handle.run_with_patches(sub.batch, patches, logits_positions=-1).logits
+        for name, value in ctx.score(logits.float(), indices[sub.indices]).items():
+            parts.setdefault(name, []).append(value.cpu())
+        order.append(sub.indices)
+    inverse = torch.argsort(torch.cat(order))
+    return {name: torch.cat(v)[inverse] for name, v in parts.items()}
+
+
+def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[str, pd.DataFrame]:
+    """AIE of every head, function vectors, label-reading heads and ablations; tidy rows."""
+    handle, inputs = ctx.handle, ctx.inputs
+    if inputs.icl_shuffled is None:
+        raise ValueError(
+            "head_mediation needs shuffled-label ICL prompts (the corrupted runs); prepare the "
+            "task with shuffled_labels (a suite with this probe does so)"
+        )
+    n_heads = handle.arch.n_heads
+    blocks = config.blocks(handle.n_layers)
+    fit, ev_all = inputs.fit, inputs.eval
+    ev = ev_all[: config.max_queries]
+    base = {"task": inputs.task, "probe": "head_mediation"}
+
+    def tick(what: str, n: int):
+        return ctx.progress(f"{inputs.task}: head mediation {what}", n) if ctx.progress else None
+
+    # 1. a_lh and label attention on the fit queries' clean ICL prompts; zero-shot mean z
+    icl_fit = inputs.icl.select(fit)
+    a, patterns = head_means(handle, icl_fit, blocks, "head_out", ctx.batch_size, True)
+    attention = {
+        b: label_attention(patterns[b], icl_fit, inputs.label_ids, config.label_cue_tokens)
+        for b in blocks
+    }
+    zero_z, _ = head_means(handle, inputs.zero.select(fit), blocks, "z", ctx.batch_size)
+
+    # 2. AIE on the eval queries' shuffled-label prompts
+    effects, _ = head_effects(
+        handle,
+        inputs.icl_shuffled.select(ev),
+        ev,
+        blocks,
+        a,
+        lambda logits, idx: ctx.score(logits, idx)["gold_mass"],
+        ctx.batch_size,
+        progress=tick("AIE", len(ev)),
+    )
+    rows, head_rows = [], []
+    for b in blocks:
+        for h in range(n_heads):
+            (row,) = ctx.rows(
+                {"aie": effects[b][h]}, **base, part="aie", layer=b, head=h, set="all"
+            )
+            rows.append(row)
+            head_rows.append(
+                {
+                    **base,
+                    "layer": b,
+                    "head": h,
+                    "name": f"L{b}H{h}",
+                    "aie": row["value"],
+                    "aie_ci_low": row["ci_low"],
+                    "aie_ci_high": row["ci_high"],
+                    "label_attention": float(attention[b][h]),
+                    "n": row["n"],
+                }
+            )
+    heads = pd.DataFrame(head_rows)
+    heads["rank_aie"] = heads["aie"].rank(ascending=False, method="first").astype(int)
+    heads["rank_label"] = heads["label_attention"].rank(ascending=False, method="first")
+    heads["rank_label"] = heads["rank_label"].astype(int)
+    k = min(config.top_k, len(heads))
+    pick = {
+        "top_aie": heads.nsmallest(k, "rank_aie"),
+        "top_label": heads.nsmallest(k, "rank_label"),
+    }
+    sets = {
+        name: list(zip(f.layer.tolist(), f["head"].tolist(), strict=True))
+        for name, f in pick.items()
+    }
+
+    # 3. function vectors (top AIE heads; top label-reading heads) in the zero-shot pass
+    fv_layers = config.needed_layers(handle.n_layers)
+    fvs = torch.stack([sum(a[b][h] for b, h in sets[name]) for name in ("top_aie", "top_label")])
+    out = resume_variants(
+        handle,
+        inputs.zero.select(ev_all),
+        fv_layers,
+        lambda layer, h_last, idx: h_last[None] + fvs[:, None, :].to(h_last.dtype),
+        lambda logits, idx: {
+            m: v for m, v in ctx.score(logits.float(), ev_all[idx]).items() if m in FV_METRICS
+        },
+        batch_size=ctx.batch_size,
+        progress=tick("function vector", len(ev_all)),
+        states=ctx.zero_states(),
+    )
+    for layer in fv_layers:
+        for v, name in enumerate(("top_aie", "top_label")):
+            rows += ctx.rows(
+                {m: val[v] for m, val in out[layer].items()},
+                **base,
+                part="function_vector",
+                layer=layer,
+                head=-1,
+                set=name,
+            )
+    cap = ctx.captures()
+    for kind, name in (("zero", "zero_shot"), ("icl", "icl")):
+        scores = ctx.score(cap.logits[kind][ev_all], ev_all)
+        rows += ctx.rows(
+            {m: scores[m] for m in FV_METRICS}, **base, part="baseline", layer=-1, head=-1, set=name
+        )
+
+    # 4. ablations on the clean ICL prompts of the eval queries (zero-shot mean z)
+    clean_batch = inputs.icl.select(ev)
+    clean = ablate(ctx, clean_batch, ev, [])
+    rng = np.random.default_rng(ctx.seed)
+    all_heads = [(b, h) for b in blocks for h in range(n_heads)]
+    for i in range(config.n_random):
+        choice = rng.choice(len(all_heads), size=k, replace=False)
+        sets[f"random_{i:02d}"] = [all_heads[j] for j in sorted(choice.tolist())]
+    drops: dict[str, dict[str, Tensor]] = {}
+    for name, chosen in sets.items():
+        ablated = ablate(ctx, clean_batch, ev, _ablation_patches(chosen, zero_z))
+        drops[name] = {f"{m}_drop": ablated[m] - clean[m] for m in ABLATION_METRICS}
+    if config.n_random:
+        randoms = [drops[n] for n in sets if n.startswith("random_")]
+        drops["random"] = {m: torch.stack([d[m] for d in randoms]).mean(0) for m in randoms[0]}
+    rows += ctx.rows(
+        {m: clean[m] for m in ABLATION_METRICS},
+        **base,
+        part="ablation",
+        layer=-1,
+        head=-1,
+        set="clean",
+    )
+    for name, per_query in drops.items():
+        rows += ctx.rows(per_query, **base, part="ablation", layer=-1, head=-1, set=name)
+
+    # 5. the join: rank correlation and top-set overlap
+    rho, p = spearman_permutation(
+        heads["aie"].to_numpy(),
+        heads["label_attention"].to_numpy(),
+        config.n_permutations,
+        ctx.seed,
+    )
+    overlap, chance = top_overlap(
+        heads["aie"].to_numpy(), heads["label_attention"].to_numpy(), config.overlap_k
+    )
+    join = {
+        **base,
+        "n_heads": len(heads),
+        "spearman_rho": rho,
+        "spearman_p": p,
+        "n_permutations": config.n_permutations,
+        "overlap_k": min(config.overlap_k, len(heads)),
+        "overlap": overlap,
+        "overlap_chance": chance,
+        "top_aie": ",".join(pick["top_aie"]["name"]),
+        "top_label": ",".join(pick["top_label"]["name"]),
+        "n": len(ev),
+    }
+    if config.n_random:
+        for metric in ("label_mass_drop", "vocab_correct_drop"):
+            per_draw = [float(drops[n][metric].mean()) for n in sets if n.startswith("random_")]
+            join[f"random_{metric}_mean"] = float(np.mean(per_draw))
+            join[f"random_{metric}_sd"] = (
+                float(np.std(per_draw, ddof=1)) if len(per_draw) > 1 else 0.0
+            )
+            join[f"random_{metric}_q05"] = float(np.quantile(per_draw, 0.05))
+            join[f"random_{metric}_q95"] = float(np.quantile(per_draw, 0.95))
+    table = pd.DataFrame(rows)
+    if not np.isfinite(table["value"].to_numpy()).all():
+        bad = table[~np.isfinite(table["value"].to_numpy())].iloc[0]
+        raise FloatingPointError(
+            f"non-finite head-mediation value {bad.metric!r} ({bad.part}, layer {bad.layer}, "
+            f"head {bad.head}) for task {inputs.task!r}; try dtype float32"
+        )
+    return {
+        "head_mediation": table,
+        "head_mediation_heads": heads,
+        "head_mediation_join": pd.DataFrame([join]),
+    }
+
+
+register_probe(
+    "head_mediation",
+    HeadMediationConfig,
+    zero_shot_rows=lambda name, frame: (
+        (frame["part"] == "baseline") & (frame["set"] == "zero_shot")
+        if name == "head_mediation"
+        else False
+    ),
+)(run_head_mediation)
