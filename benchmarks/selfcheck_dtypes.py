@@ -10,40 +10,21 @@ engine and for the broken one. Re-run it on a GPU (``--device cuda``) when one i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@contextlib.contextmanager
-def bridge_blind_to_cache(bridge):
-    """The 5.24 failure on any version: drop the cache from the bridge's attention calls."""
-    from cgar_interp.compat import bridge_attention_modules
-
-    def drop(module, args, kwargs):
-        return args, {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values")}
-
-    handles = [
-        m.register_forward_pre_hook(drop, with_kwargs=True)
-        for m in bridge_attention_modules(bridge)
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def measure(dtype: str, device: str, broken: bool) -> dict[str, float]:
     import cgar_interp.backends.transformer_lens as tl
     from cgar_interp import load_model
+    from cgar_interp.compat import bridge_attention_without_cache
     from cgar_interp.selfcheck import SelfCheck, check_task, planned_paths
     from cgar_interp.suite import load_suite
     from cgar_interp.tasks_bridge import prepare_task
 
     original = tl.bridge_attention_sees_cache
-    tl.bridge_attention_sees_cache = bridge_blind_to_cache if broken else original
+    tl.bridge_attention_sees_cache = bridge_attention_without_cache if broken else original
     try:
         suite = load_suite("paper")
         handle = load_model("embedded", backend="transformer_lens", dtype=dtype, device=device)

@@ -27,17 +27,17 @@ The KV cache's keyword (transformers 5.24)
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import cache
 
 import torch
 
 CACHE_NAMES = ("cache", "past_key_values")
 
 
-@cache
+@functools.cache
 def _parameters(fn: Callable) -> tuple[str, ...]:
     try:
         return tuple(inspect.signature(fn).parameters)
@@ -88,15 +88,10 @@ def bridge_attention_modules(bridge) -> list[torch.nn.Module]:
 
 
 @contextmanager
-def bridge_attention_sees_cache(bridge) -> Iterator[None]:
-    """While active, the bridge's attention components find a ``cache=`` argument.
-
-    Both names are then present, so a bridge that reads either one updates the cache once;
-    a bridge that reads neither is caught by the self-check and by ``tests/test_prefix.py``.
-    The hooks are removed on exit.
-    """
+def _bridge_attention_hook(bridge, hook) -> Iterator[None]:
+    """``hook`` as a kwargs pre-hook on every attention component of ``bridge``, while active."""
     handles = [
-        module.register_forward_pre_hook(_alias_cache, with_kwargs=True)
+        module.register_forward_pre_hook(hook, with_kwargs=True)
         for module in bridge_attention_modules(bridge)
     ]
     try:
@@ -104,3 +99,24 @@ def bridge_attention_sees_cache(bridge) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def bridge_attention_sees_cache(bridge):
+    """While active, the bridge's attention components find a ``cache=`` argument.
+
+    Both names are then present, so a bridge that reads either one updates the cache once;
+    a bridge that reads neither is caught by the self-check and by ``tests/test_prefix.py``.
+    The hooks are removed on exit.
+    """
+    return _bridge_attention_hook(bridge, _alias_cache)
+
+
+def _drop_cache(module, args, kwargs):
+    return args, {k: v for k, v in kwargs.items() if k not in CACHE_NAMES}
+
+
+def bridge_attention_without_cache(bridge):
+    """The transformers 5.24 failure, staged on any version: the bridge's attention gets no
+    KV cache at all. For tests and benchmarks that show the self-check catches it
+    (monkeypatch the backend's ``bridge_attention_sees_cache`` with this)."""
+    return _bridge_attention_hook(bridge, _drop_cache)

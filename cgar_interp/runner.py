@@ -150,7 +150,7 @@ def run_suite(
         check = SelfCheck(
             handle.backend_name,
             handle.dtype,
-            handle.provenance()["versions"],
+            manifest["versions"],
             allow_failure=allow_self_check_failure or self_check_rows == 0,
         )
 

@@ -142,24 +142,19 @@ def confine_task_path(task: str, base: Path, where: str) -> str:
     """
     from .data.loaders import FILE_SUFFIXES
 
-    path = Path(task)
-    if path.suffix.lower() not in FILE_SUFFIXES:
+    if Path(task).suffix.lower() not in FILE_SUFFIXES:
         return task
-    if path.is_absolute():
-        return str(path)
-    root = base.resolve()
-    target = (root / path).resolve()
-    if not target.is_relative_to(root):
-        raise ConfigError(
-            f"task file {task!r} in {where} resolves to {target}, outside the suite's directory "
-            f"{root}; a relative task path must stay inside it (give an absolute path to read "
-            "a file elsewhere)"
-        )
-    return str(target)
+    return confine_path(task, base, where, what="task file")
 
 
-def confine_path(path_text: str, base: Path, where: str) -> str:
-    """A ``[[task]]`` table's ``path``, resolved against ``base`` and kept inside it."""
+def confine_path(path_text: str, base: Path, where: str, what: str = "path") -> str:
+    """A task's data path, resolved against ``base`` (after symlinks) and kept inside it.
+
+    An absolute path is the user's explicit choice and is kept.
+
+    Raises:
+        ConfigError: a relative path that escapes ``base``, naming both.
+    """
     path = Path(path_text)
     if path.is_absolute():
         return str(path)
@@ -167,9 +162,9 @@ def confine_path(path_text: str, base: Path, where: str) -> str:
     target = (root / path).resolve()
     if not target.is_relative_to(root):
         raise ConfigError(
-            f"path {path_text!r} in {where} resolves to {target}, outside the suite's directory "
-            f"{root}; a relative task path must stay inside it (give an absolute path to read "
-            "data elsewhere)"
+            f"{what} {path_text!r} in {where} resolves to {target}, outside the suite's "
+            f"directory {root}; a relative task path must stay inside it (give an absolute "
+            "path to read data elsewhere)"
         )
     return str(target)
 

@@ -53,7 +53,6 @@ def prompt_config(
 def load_spec(spec: TaskSpec, names: dict[str, int] | None = None):
     """The :class:`~cgar_interp.data.Task` a ``[[task]]`` table (or ``tasks`` string) names."""
     from .config import ConfigError
-    from .data import TaskError
 
     options = spec.loader_options()
     if spec.is_file and names is not None and names.get(Path(spec.path).stem, 0) > 1:
@@ -62,8 +61,6 @@ def load_spec(spec: TaskSpec, names: dict[str, int] | None = None):
         return load_task(spec.source, **options)
     except TypeError as err:  # an option the loader of this kind of task does not take
         raise ConfigError(f"task {spec.source!r}: {err}") from None
-    except TaskError:
-        raise
 
 
 def prepare_task(

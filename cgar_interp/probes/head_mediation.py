@@ -47,7 +47,7 @@ from ..layers import resolve_layers
 from ..models import Patch
 from ..prefix import resume_from_mid
 from .base import ProbeContext, register_probe
-from .hopfield_heads import BLOCK_NAMES, label_positions, resolve_blocks
+from .hopfield_heads import check_block_spec, label_positions, resolve_blocks
 
 ABLATION_METRICS = ("label_mass", "vocab_correct", "gold_mass")
 FV_METRICS = ("vocab_correct", "label_mass", "gold_mass")
@@ -86,14 +86,7 @@ class HeadMediationConfig:
     n_permutations: int = 2000
 
     def __post_init__(self):
-        if isinstance(self.layers, str):
-            if self.layers not in BLOCK_NAMES:
-                raise ValueError(
-                    f"layers {self.layers!r} is not valid: use {' or '.join(BLOCK_NAMES)}, or a "
-                    "list of block indices"
-                )
-        elif len(self.layers) == 0:
-            raise ValueError("layers is empty; give at least one block index, or 'all'")
+        check_block_spec(self.layers)
         _positive_int("top_k", self.top_k)
         _positive_int("n_random", self.n_random, 0)
         if self.max_queries is not None:

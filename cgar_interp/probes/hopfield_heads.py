@@ -77,6 +77,24 @@ from ..tokens import TokenBatch
 from .base import ProbeContext, register_probe
 
 BLOCK_NAMES = ("all", "upper_half")
+
+
+def check_block_spec(layers: str | tuple[int, ...]) -> None:
+    """Refuse a ``layers`` value of a head probe that names no blocks (before any model)."""
+    if isinstance(layers, str):
+        if layers not in BLOCK_NAMES:
+            raise ValueError(
+                f"layers {layers!r} is not valid: use {' or '.join(BLOCK_NAMES)}, or a "
+                "list of block indices"
+            )
+        return
+    if len(layers) == 0:
+        raise ValueError("layers is empty; give at least one block index, or 'all'")
+    for item in layers:
+        if not isinstance(item, int) or isinstance(item, bool):
+            raise ValueError(f"layers entry {item!r} is not an integer block index")
+
+
 QUERY_SETS = ("eval", "all")
 PROMPT_KINDS = {"zero": "zero_shot", "icl": "icl"}
 PAIRED = ("entropy", "n_eff", "k90_frac", "beta_eff", "delta_scaled", "top_mass", "sink_mass")
@@ -149,18 +167,7 @@ class HopfieldHeadsConfig:
     max_queries: int | None = None
 
     def __post_init__(self):
-        if isinstance(self.layers, str):
-            if self.layers not in BLOCK_NAMES:
-                raise ValueError(
-                    f"layers {self.layers!r} is not valid: use {' or '.join(BLOCK_NAMES)}, or a "
-                    "list of block indices"
-                )
-        else:
-            if len(self.layers) == 0:
-                raise ValueError("layers is empty; give at least one block index, or 'all'")
-            for item in self.layers:
-                if not isinstance(item, int) or isinstance(item, bool):
-                    raise ValueError(f"layers entry {item!r} is not an integer block index")
+        check_block_spec(self.layers)
         if not (isinstance(self.mass, int | float) and 0 < self.mass <= 1):
             raise ValueError(f"mass={self.mass!r} is not valid: it must be in (0, 1]")
         if not isinstance(self.single_max_keys, int) or self.single_max_keys < 1:
