@@ -22,6 +22,9 @@ path                      compared with
 ``head_patterns``         captured attention patterns vs ``softmax(beta q . k)`` recomputed
                           from q and k of a plain pass (Hopfield heads)
 ``recompute_err``         the same, over every row the Hopfield probe reads (during the run)
+``head_resume``           one head's output at the last position replaced through the kept
+                          cache (:func:`~cgar_interp.prefix.resume_from_mid`, head mediation)
+                          vs a full forward with that head's ``z`` patched
 ========================  ===================================================================
 
 The difference is the largest absolute difference of probabilities: softmax over the full
@@ -61,6 +64,7 @@ PATHS = {
     "decode_algebra": "decode-mode algebra vs the model's own norm + unembedding",
     "head_patterns": "captured attention patterns vs softmax(beta q.k) recomputed",
     "recompute_err": "Hopfield probe: patterns vs softmax(beta q.k), every row it reads",
+    "head_resume": "a head's output replaced via the kept KV cache vs a full z-patched forward",
 }
 
 
@@ -190,6 +194,7 @@ class PlannedPaths:
     task_vectors: bool
     decode: bool
     head_patterns: bool
+    head_resume: bool = False
 
 
 def planned_paths(suite, icl_batch) -> PlannedPaths:
@@ -205,6 +210,7 @@ def planned_paths(suite, icl_batch) -> PlannedPaths:
         task_vectors="task_vectors" in kinds,
         decode=gate is not None and "decode" in gate.modes,
         head_patterns="hopfield_heads" in kinds,
+        head_resume="head_mediation" in kinds,
     )
 
 
@@ -347,5 +353,36 @@ def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: in
             check.record(
                 "head_patterns", task, worst, rows=few.batch_size, detail=f"blocks {list(blocks)}"
             )
+        if plan.head_resume:
+            check_head_resume(check, handle, icl, task)
     finally:
         check.seconds += time.perf_counter() - t0
+
+
+def check_head_resume(check: SelfCheck, handle, batch, task: str) -> None:
+    """Head 0 of the middle block, its output replaced by the rows' mean at the last position:
+    through the kept cache (:func:`~cgar_interp.prefix.resume_from_mid`) vs a full forward
+    with its ``z`` patched (``head_out = W_O z``, so both are the same intervention)."""
+    from .capture import capture_many
+    from .models import Patch
+    from .prefix import resume_from_mid
+
+    layer, head, n = handle.n_layers // 2, 0, batch.batch_size
+    sites = [f"resid_mid.{layer}", f"z.{layer}", f"head_out.{layer}"]
+    kept = capture_many(handle, batch, sites, -1, batch_size=n, keep_states=True)
+    mean_z = kept[f"z.{layer}"].float().mean(0)[head]  # [d_head]
+    mean_out = kept[f"head_out.{layer}"].float().mean(0)[head]  # [d_model]
+    fast = torch.zeros(n, handle.arch.vocab_size)
+    for rows, state in kept.states:
+        mid = kept[f"resid_mid.{layer}"][rows].float()
+        out = kept[f"head_out.{layer}"][rows].float()[:, head]
+        fast[rows] = resume_from_mid(handle, state, layer, (mid + mean_out - out)[None])[0].float()
+
+    def replace(z):  # z: [batch, n_pos, n_heads, d_head] at the last position
+        z = z.clone()
+        z[:, :, head] = mean_z.to(z.dtype)
+        return z
+
+    full = handle.run_with_patches(batch, [Patch(f"z.{layer}", -1, replace)], logits_positions=-1)
+    dp, dl = prob_diff(fast, full.logits)
+    check.record("head_resume", task, dp, rows=n, logit_diff=dl, detail=f"block {layer}, head 0")

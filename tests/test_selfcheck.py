@@ -1,11 +1,11 @@
 """The run-time self-check: each fast path against a plain forward, and what a failure does."""
 
-import contextlib
 import json
 
 import pytest
 import torch
 
+from cgar_interp.compat import bridge_attention_without_cache
 from cgar_interp.probes import TaskInputs
 from cgar_interp.selfcheck import (
     PATHS,
@@ -22,31 +22,19 @@ from .probe_helpers import synthetic_inputs
 
 BACKENDS = ("hf", "transformer_lens", "nnsight")
 EVERY_PATH = PlannedPaths(
-    shared_prefix=True, resume=True, task_vectors=True, decode=True, head_patterns=True
+    shared_prefix=True,
+    resume=True,
+    task_vectors=True,
+    decode=True,
+    head_patterns=True,
+    head_resume=True,
 )
 VERSIONS = {"transformers": "5.x", "transformer_lens": "4.x", "torch": "2.x"}
 
 
-@contextlib.contextmanager
-def bridge_blind_to_cache(bridge):
-    """The transformers 5.24 failure on any version: the bridge's attention gets no cache.
-
-    (On 5.24 the cache arrived as ``cache=``, which TransformerLens 4.3 does not read.)
-    """
-    from cgar_interp.compat import bridge_attention_modules
-
-    def drop(module, args, kwargs):
-        return args, {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values")}
-
-    handles = [
-        m.register_forward_pre_hook(drop, with_kwargs=True)
-        for m in bridge_attention_modules(bridge)
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+# The transformers 5.24 failure on any version: the bridge's attention gets no cache (on 5.24
+# it arrived as ``cache=``, which TransformerLens 4.3 does not read).
+bridge_blind_to_cache = bridge_attention_without_cache
 
 
 def cue_inputs(n: int = 9) -> TaskInputs:
@@ -124,7 +112,13 @@ def test_the_transformers_524_bug_is_caught(tiny_handles, monkeypatch):
     check = SelfCheck("transformer_lens", handle.dtype, VERSIONS, allow_failure=True)
     check_task(check, handle, cue_inputs(), EVERY_PATH, rows=3)
     failed = {c.path for c in check.checks if not c.passed}
-    assert {"shared_prefix", "kv_resume", "patch_lambda0", "task_vector_layer0"} <= failed
+    assert {
+        "shared_prefix",
+        "kv_resume",
+        "patch_lambda0",
+        "task_vector_layer0",
+        "head_resume",
+    } <= failed
     assert "decode_algebra" not in failed  # no cache there: decode mode was unaffected
     assert check.summary()["overridden"]
 
