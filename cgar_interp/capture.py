@@ -167,6 +167,7 @@ def resume_variants(
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
     states: Sequence[tuple[Tensor, object]] | None = None,
+    patches: Sequence = (),
 ) -> dict[int, dict[str, Tensor]]:
     """Interventions at the last position, run at the cost of one token per variant.
 
@@ -179,7 +180,8 @@ def resume_variants(
     blocks ``l .. L-1`` as single tokens over the cached prefix
     (:func:`cgar_interp.prefix.resume_last_token`). ``score(logits [n_var, b, vocab], indices)``
     reduces them to per-query values ``[n_var, b]`` at once, so no full-vocabulary tensor
-    outlives its group.
+    outlives its group. ``patches`` (:class:`~cgar_interp.models.Patch` at position ``-1``)
+    act inside the suffix blocks on every variant; a function sees ``[b, n_var, ...]``.
 
     Returns:
         ``{layer: {name: [n_var, n]}}`` in the order of ``batch``'s rows.
@@ -207,7 +209,7 @@ def resume_variants(
             raise ValueError(f"the kept states hold no residual at layers {missing}")
         for layer in layers:
             replaced = variants(layer, state.resid[layer].float(), indices)  # [n_var, b, d]
-            logits = resume_last_token(handle, state, layer, replaced)
+            logits = resume_last_token(handle, state, layer, replaced, patches)
             for name, value in score(logits, indices).items():
                 parts[layer].setdefault(name, []).append(value.cpu())
         order.append(indices)

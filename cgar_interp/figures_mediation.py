@@ -77,7 +77,7 @@ def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
     )
     fig.update_xaxes(title_text="head", row=1, col=1)
     fig.update_yaxes(title_text="block", row=1, col=1)
-    fig.update_xaxes(title_text="ICL label-token attention (fit queries)", row=1, col=2)
+    fig.update_xaxes(title_text="ICL label-token attention (Hopfield view)", row=1, col=2)
     fig.update_yaxes(title_text="AIE", row=1, col=2)
     fig.update_layout(title=f"Head mediation — {task}", height=max(420, 18 * len(layers) + 120))
     return fig
@@ -92,23 +92,28 @@ def head_mediation_figure(table: pd.DataFrame, task: str) -> go.Figure:
         rows=1,
         cols=3,
         subplot_titles=(
-            "FV: accuracy (full vocab)",
-            "FV: label mass",
+            "FV (and task vector): accuracy, full vocab",
+            "FV (and task vector): label mass",
             "Ablation (zero-shot mean): ablated - clean",
         ),
     )
-    fv = data[data.part == "function_vector"]
+    fv = data[data.part.isin(["function_vector", "task_vector"])]
     base = data[data.part == "baseline"]
+    curves = [("function_vector", n) for n in sorted(fv[fv.part == "function_vector"].set.unique())]
+    if (fv.part == "task_vector").any():  # the run's task-vector probe, for comparison
+        curves.append(("task_vector", "theta"))
     for col, metric in ((1, "vocab_correct"), (2, "label_mass")):
-        for i, name in enumerate(sorted(fv.set.unique())):
-            sel = fv[(fv.set == name) & (fv.metric == metric)].sort_values("layer")
+        for i, (part, name) in enumerate(curves):
+            label = f"FV {name}" if part == "function_vector" else "task vector"
+            sel = fv[(fv.part == part) & (fv.set == name) & (fv.metric == metric)]
+            sel = sel.sort_values("layer")
             fig.add_trace(
                 go.Scatter(
                     x=sel.layer,
                     y=sel.value,
                     mode="lines+markers",
-                    name=f"FV {name}",
-                    legendgroup=name,
+                    name=label,
+                    legendgroup=label,
                     showlegend=col == 1,
                     line={"color": PALETTE[i % len(PALETTE)]},
                     error_y={
@@ -118,7 +123,7 @@ def head_mediation_figure(table: pd.DataFrame, task: str) -> go.Figure:
                         "arrayminus": sel.value - sel.ci_low,
                     },
                     text=[
-                        f"FV {name}, layer {r.layer}<br>{metric}="
+                        f"{label}, layer {r.layer}<br>{metric}="
                         f"{_ci_text(r.value, r.ci_low, r.ci_high)}<br>n={r.n}"
                         for r in sel.itertuples()
                     ],

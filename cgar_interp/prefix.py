@@ -17,6 +17,8 @@ here: these paths raise :class:`~cgar_interp.remote.RemoteUnsupportedError` for 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from .compat import cache_kwargs
 from .devices import PerDevice, module_device
-from .models import ModelHandle
+from .models import ModelHandle, Patch
 
 
 @dataclass
@@ -52,11 +54,13 @@ def _blocks(
     positions: Tensor,
     attention_mask: Tensor | None = None,
     record=None,
+    and_mask=None,
 ) -> Tensor:
     """Run ``h [rows, n, d]`` (row r's tokens at ``positions[r]``) through blocks ``start .. L-1``.
 
     ``positions`` is ``[rows | 1, n]``. ``attention_mask [rows, W + n]`` (1 = attend) covers
-    the cache slots and the new tokens; ``None`` attends to every cached slot. ``record``
+    the cache slots and the new tokens; ``None`` attends to every cached slot. ``and_mask``
+    (a mask function ``(batch, head, q, kv) -> bool``) narrows the causal mask. ``record``
     (a dict) receives the residual after each block at the first new token.
     """
     from transformers.masking_utils import create_causal_mask
@@ -69,6 +73,7 @@ def _blocks(
         inputs_embeds=h,
         attention_mask=attention_mask,
         position_ids=position_ids,
+        and_mask_function=and_mask,
         **cache_kwargs(create_causal_mask, cache),
     )
     shared = PerDevice(attention_mask=mask, position_embeddings=rotary, position_ids=position_ids)
@@ -116,45 +121,136 @@ def last_token_state(handle: ModelHandle, ids: Tensor) -> LastTokenState:
     return LastTokenState(prefix, resid, torch.full((b,), n, dtype=torch.long))
 
 
+SUFFIX_PATCH_KINDS = ("z", "attn_out", "mlp_out")
+
+
+@contextmanager
+def suffix_patches(handle: ModelHandle, patches: Sequence[Patch]):
+    """Apply ``patches`` to the new tokens of the suffix passes run inside the block.
+
+    A suffix pass holds only last-position tokens (one per variant), so each patch must be at
+    position ``-1``. Its function sees the canonical values of the new tokens, ``[b, n_var,
+    ...]`` (column ``v`` is variant ``v``), and returns their replacement; a tensor value is
+    added. Hooks sit on the HF module tree the suffix runs on (the site registry's
+    ``hf_module``), for ``z``, ``attn_out`` and ``mlp_out``.
+    """
+    from .backends.base import get_module, hf_from_canonical, hf_to_canonical
+
+    dims = handle.arch
+    hooks = []
+    try:
+        for patch in patches:
+            site = handle.site(patch.site)
+            if site.kind not in SUFFIX_PATCH_KINDS:
+                raise ValueError(
+                    f"a suffix pass patches {', '.join(SUFFIX_PATCH_KINDS)}; got {site} (a "
+                    "resid replacement is the h_last argument)"
+                )
+            if patch.positions not in (-1, [-1], (-1,)):
+                raise ValueError(
+                    f"a suffix pass holds only the last position; patch at {site} asks for "
+                    f"positions {patch.positions!r} (valid: -1)"
+                )
+            module = get_module(handle.backend.hf_model, site.spec.hf_module.format(l=site.layer))
+
+            def change(raw: Tensor, site=site, value=patch.value) -> Tensor:
+                canonical = hf_to_canonical(site, raw, dims, None)
+                if callable(value):
+                    new = value(canonical)
+                else:
+                    new = canonical + value.to(device=raw.device, dtype=raw.dtype)
+                if new.shape != canonical.shape:
+                    raise ValueError(
+                        f"suffix patch at {site} returned shape {tuple(new.shape)}; expected "
+                        f"{tuple(canonical.shape)}"
+                    )
+                return hf_from_canonical(site, new.to(raw.dtype)).reshape(raw.shape)
+
+            if site.spec.hf_part == "input0":
+
+                def pre(module, args, kwargs, change=change):
+                    return (change(args[0]), *args[1:]), kwargs
+
+                hooks.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            else:
+
+                def post(module, args, output, change=change):
+                    if isinstance(output, tuple):
+                        return (change(output[0]), *output[1:])
+                    return change(output)
+
+                hooks.append(module.register_forward_hook(post))
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def fork_cache(cache):
+    """A cache that shares ``cache``'s key/value tensors but not its layer objects.
+
+    A dynamic cache layer appends by concatenation (a new tensor), never in place, so a suffix
+    pass over the fork leaves ``cache`` as it was: no copy of the cached keys and values.
+    """
+    fork = copy.copy(cache)
+    fork.layers = [copy.copy(layer) for layer in cache.layers]
+    return fork
+
+
 def resume_last_token(
-    handle: ModelHandle, state: LastTokenState, layer: int, h_last: Tensor
+    handle: ModelHandle,
+    state: LastTokenState,
+    layer: int,
+    h_last: Tensor,
+    patches: Sequence[Patch] = (),
 ) -> Tensor:
     """Logits of replacement residuals at the last position, from layer ``layer`` on.
+
+    The ``n_var`` variants of a prompt run as ``n_var`` new tokens of that prompt's row, all at
+    the last token's position, each attending to the cached slots ``0 .. lengths-2`` and to
+    itself only (an ``and`` mask over the causal one). That is the arithmetic of ``n_var``
+    separate one-token passes, without repeating the cached keys and values per variant.
 
     Args:
         state: from :func:`last_token_state`, or kept by a capture pass
             (:func:`cgar_interp.capture.capture_many` with ``keep_states``), for ``b`` prompts.
         layer: ``0 .. n_layers``; ``h_last`` replaces the residual after ``layer`` blocks.
         h_last: ``[n_var, b, d_model]`` replacement residuals (variant-major).
+        patches: interventions inside blocks ``layer ..`` at the last position, applied to
+            every variant (a function sees ``[b, n_var, ...]``; see :func:`suffix_patches`).
 
     Returns:
         ``[n_var, b, vocab]`` logits at the last position.
     """
     handle.require_local("KV-cache suffix passes (resume_last_token)")
     n_var, b, d = h_last.shape
-    cache = copy.deepcopy(state.cache)
-    if n_var > 1:
-        cache.batch_repeat_interleave(n_var)
-    # batch_repeat_interleave puts the variants of prompt i next to each other: row i*n_var + v
-    rows = (
-        h_last.transpose(0, 1)
-        .reshape(b * n_var, 1, d)
-        .to(device=handle.input_device, dtype=handle.dtype)
-    )
-    last = (state.lengths.cpu() - 1).repeat_interleave(n_var)  # [b * n_var]
+    cache = fork_cache(state.cache)
+    rows = h_last.transpose(0, 1).to(device=handle.input_device, dtype=handle.dtype)  # [b, V, d]
+    last = state.lengths.cpu() - 1  # [b]: the last token's position, = the visible cache slots
     width = cache.get_seq_length()
-    mask = None
-    if bool((last != width).any()):  # padding or the last token itself is cached: mask it out
-        visible = torch.arange(width)[None] < last[:, None]  # [rows, W]
-        mask = torch.cat([visible, torch.ones(len(last), 1, dtype=torch.bool)], dim=1)
-        mask = mask.long().to(handle.input_device)
-    with torch.no_grad():
-        out = _blocks(handle, rows, layer, cache, last[:, None], attention_mask=mask)
-        logits = handle.decode_residual(out[:, 0])
+    visible = torch.arange(width)[None] < last[:, None]  # [b, W]
+    mask = torch.cat([visible, torch.ones(b, n_var, dtype=torch.bool)], dim=1)
+    own_slot = None
+    if n_var > 1:  # a variant sees the cache and its own slot, not the other variants
+
+        def own_slot(batch_idx, head_idx, q_idx, kv_idx, width=width):
+            return (kv_idx < width) | (kv_idx == q_idx)
+
+    with torch.no_grad(), suffix_patches(handle, patches):
+        out = _blocks(
+            handle,
+            rows,
+            layer,
+            cache,
+            last[:, None].expand(b, n_var),
+            attention_mask=mask.long().to(handle.input_device),
+            and_mask=own_slot,
+        )
+        logits = handle.decode_residual(out)  # [b, V, vocab]
     handle.stats.resume_calls += 1
     handle.stats.resume_rows += b * n_var
     handle.stats.resume_block_rows += b * n_var * (handle.arch.n_layers - layer)
-    return logits.reshape(b, n_var, -1).transpose(0, 1)
+    return logits.transpose(0, 1)
 
 
 def resume_from_mid(

@@ -191,6 +191,7 @@ def run_suite(
             for index, entry in enumerate(suite.probes):
                 if run.unit_done(task_name, index, entry.kind):
                     say(f"{task_name} / {entry.kind}: done earlier, kept")
+                    ctx.tables.update(run.read_unit(task_name, index, entry.kind))
                     continue
                 t0 = time.perf_counter()
                 spec = get_probe(entry.kind)
@@ -199,6 +200,7 @@ def run_suite(
                 except SelfCheckFailed:  # finished units stay; the manifest says why it stopped
                     record_check("self_check_failed")
                     raise
+                ctx.tables.update(tables)
                 run.write_unit(
                     task_name,
                     index,

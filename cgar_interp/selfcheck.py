@@ -25,6 +25,8 @@ path                      compared with
 ``head_resume``           one head's output at the last position replaced through the kept
                           cache (:func:`~cgar_interp.prefix.resume_from_mid`, head mediation)
                           vs a full forward with that head's ``z`` patched
+``suffix_patch``          the same head's ``z`` patched inside a suffix pass from layer 0, two
+                          variants at once (head ablation) vs the full forward
 ========================  ===================================================================
 
 The difference is the largest absolute difference of probabilities: softmax over the full
@@ -65,6 +67,7 @@ PATHS = {
     "head_patterns": "captured attention patterns vs softmax(beta q.k) recomputed",
     "recompute_err": "Hopfield probe: patterns vs softmax(beta q.k), every row it reads",
     "head_resume": "a head's output replaced via the kept KV cache vs a full z-patched forward",
+    "suffix_patch": "z patched inside suffix passes (variants as tokens) vs a full forward",
 }
 
 
@@ -362,13 +365,15 @@ def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: in
 def check_head_resume(check: SelfCheck, handle, batch, task: str) -> None:
     """Head 0 of the middle block, its output replaced by the rows' mean at the last position:
     through the kept cache (:func:`~cgar_interp.prefix.resume_from_mid`) vs a full forward
-    with its ``z`` patched (``head_out = W_O z``, so both are the same intervention)."""
-    from .capture import capture_many
+    with its ``z`` patched (``head_out = W_O z``, so both are the same intervention). Then the
+    same ``z`` replacement inside a suffix pass from layer 0 (the ablation path of head
+    mediation), as variant 1 of two (variant 0 unpatched), vs the same full forward."""
+    from .capture import capture_many, resume_variants
     from .models import Patch
     from .prefix import resume_from_mid
 
     layer, head, n = handle.n_layers // 2, 0, batch.batch_size
-    sites = [f"resid_mid.{layer}", f"z.{layer}", f"head_out.{layer}"]
+    sites = ["resid.0", f"resid_mid.{layer}", f"z.{layer}", f"head_out.{layer}"]
     kept = capture_many(handle, batch, sites, -1, batch_size=n, keep_states=True)
     mean_z = kept[f"z.{layer}"].float().mean(0)[head]  # [d_head]
     mean_out = kept[f"head_out.{layer}"].float().mean(0)[head]  # [d_model]
@@ -386,3 +391,29 @@ def check_head_resume(check: SelfCheck, handle, batch, task: str) -> None:
     full = handle.run_with_patches(batch, [Patch(f"z.{layer}", -1, replace)], logits_positions=-1)
     dp, dl = prob_diff(fast, full.logits)
     check.record("head_resume", task, dp, rows=n, logit_diff=dl, detail=f"block {layer}, head 0")
+
+    def replace_second(z):  # z: [b, 2 variants, n_heads, d_head], the suffix's new tokens
+        z = z.clone()
+        z[:, 1, head] = mean_z.to(z.dtype)
+        return z
+
+    got = resume_variants(
+        handle,
+        batch,
+        [0],
+        lambda _, h, i: torch.stack([h, h]),
+        lambda logits, i: {"logits": logits.float()},
+        batch_size=n,
+        states=kept.states,
+        patches=[Patch(f"z.{layer}", -1, replace_second)],
+    )[0]["logits"]
+    dp, dl = prob_diff(got[1], full.logits)
+    dp0, dl0 = prob_diff(got[0], kept.logits)
+    check.record(
+        "suffix_patch",
+        task,
+        max(dp, dp0),
+        rows=n,
+        logit_diff=max(dl, dl0),
+        detail=f"from layer 0, z.{layer} head 0 in variant 1 of 2",
+    )

@@ -227,6 +227,13 @@ def parse_suite(
             raise ConfigError(f"{where}: {err}") from None
     if not probes:
         raise ConfigError(f"{where} has no [[probe]] tables; add at least one")
+    for i, entry in enumerate(probes):  # probes that read another probe's table of the run
+        check = getattr(entry.config, "check_suite", None)
+        if check is not None:
+            try:
+                check(i, probes)
+            except ValueError as err:
+                raise ConfigError(f"[[probe]] {i + 1} ({entry.kind}) in {where}: {err}") from None
     return replace(suite, probes=tuple(probes))
 
 

@@ -69,3 +69,32 @@ def test_gpu_shape_script_runs_on_cpu_at_tiny_shape():
     lines = [line for line in out.stdout.splitlines() if line.startswith("| ")]
     assert any("queries/s" in line for line in lines)
     assert any("vs bare forward" in line for line in lines)
+
+
+def test_naive_nnsight_head_loop_computes_the_aies(tiny_handles):
+    """The per-head baseline of benchmarks/heads.py gives head_effects' AIEs on every head."""
+    from cgar_interp.probes.head_mediation import head_effects, head_means
+    from tests.test_head_mediation import labelled_inputs
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import heads as bench
+    finally:
+        sys.path.remove(str(BENCH))
+    handle = tiny_handles["nnsight"]
+    inputs = labelled_inputs()
+    ev = inputs.eval[:6]
+    fit = inputs.icl.select(inputs.fit)
+    a, _ = head_means(handle, fit, (0, 1), "head_out", 4)
+    z, _ = head_means(handle, fit, (0, 1), "z", 4)
+    ours, _ = head_effects(
+        handle, inputs.icl_shuffled.select(ev), ev, (0, 1), a, bench.gold_probability(inputs), 4
+    )
+    arch = handle.arch
+    naive = bench.naive_nnsight_aie(
+        handle.backend.engine, inputs, ev, z, (0, 1), arch.n_heads, arch.d_head, 4
+    )
+    assert len(naive) == 2 * arch.n_heads
+    for (b, h), value in naive.items():
+        assert value == pytest.approx(float(ours[b][h].mean()), abs=1e-6), (b, h)
+    assert max(abs(v) for v in naive.values()) > 1e-4  # the patches do something

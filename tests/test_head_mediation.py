@@ -166,6 +166,79 @@ def test_aie_of_one_head_matches_full_forwards(tiny_handles, tiny_result):
     assert heads.loc[(layer, head), "aie"] == pytest.approx(expected, abs=1e-5)
 
 
+def test_ablation_matches_full_forwards(tiny_handles, tiny_result):
+    """Each ablated set, recomputed with plain full-forward z patches over several blocks."""
+    tables, inputs = tiny_result
+    handle = tiny_handles["hf"]
+    table = tables["head_mediation"]
+    heads = tables["head_mediation_heads"]
+    ev = inputs.eval[:6]
+    zero_z = handle.capture(inputs.zero.select(inputs.fit), ["z.0", "z.1"], -1)
+    clean_batch = inputs.icl.select(ev)
+    gold = inputs.label_ids[inputs.gold[ev]]
+    rows = torch.arange(len(ev))
+
+    def label_mass(logits):
+        p = torch.softmax(logits.float(), -1)
+        return p[:, inputs.label_ids].sum(-1), p[rows, gold]
+
+    clean_mass, clean_gold = label_mass(handle.logits(clean_batch, positions=-1))
+    top = heads.nsmallest(3, "rank_aie")
+    by_block = {}
+    for layer, head in zip(top.layer, top["head"], strict=True):
+        by_block.setdefault(int(layer), []).append(int(head))
+    patches = [
+        Patch(f"z.{b}", -1, _replace_z(hs, zero_z[f"z.{b}"].float().mean(0)))
+        for b, hs in by_block.items()
+    ]
+    logits = handle.run_with_patches(clean_batch, patches, logits_positions=-1).logits
+    mass, gold_p = label_mass(logits)
+    got = table[(table.part == "ablation") & (table.set == "top_aie")].set_index("metric").value
+    assert got["label_mass_drop"] == pytest.approx(float((mass - clean_mass).mean()), abs=1e-5)
+    assert got["gold_mass_drop"] == pytest.approx(float((gold_p - clean_gold).mean()), abs=1e-5)
+
+
+def test_label_attention_is_read_from_the_hopfield_table(tiny_handles):
+    """With hopfield_heads run first, the join uses its ICL label mass, head by head; that
+    table's values equal this probe's own label attention on the same prompts."""
+    from cgar_interp.probes.head_mediation import label_attention
+    from cgar_interp.probes.hopfield_heads import HopfieldHeadsConfig
+
+    handle = tiny_handles["hf"]
+    inputs = labelled_inputs()
+    ctx = ProbeContext(handle, inputs, (0, 1, 2), n_boot=20, keep_states=True)
+    hop = get_probe("hopfield_heads").run(HopfieldHeadsConfig(max_queries=6), ctx)
+    ctx.tables.update(hop)
+    config = HeadMediationConfig(top_k=2, n_random=2, max_queries=6, n_permutations=50)
+    tables = get_probe("head_mediation").run(config, ctx)
+    join, heads = tables["head_mediation_join"], tables["head_mediation_heads"]
+    assert join.label_attention_source.iloc[0].startswith("hopfield_heads")
+    hop_rows = hop["hopfield_heads"]
+    hop_rows = hop_rows[(hop_rows.prompt_kind == "icl") & (hop_rows.metric == "label_mass")]
+    merged = heads.merge(hop_rows[["layer", "head", "value"]], on=["layer", "head"])
+    assert len(merged) == len(heads) == 8
+    assert np.allclose(merged.label_attention, merged.value, atol=1e-12)
+    # the probe's own computation on the Hopfield probe's queries gives the same numbers
+    batch = inputs.icl.select(inputs.eval[:6])
+    _, patterns = head_means(handle, batch, (0, 1), "head_out", 4, with_patterns=True)
+    for b in (0, 1):
+        own = label_attention(patterns[b], batch, inputs.label_ids, 2)
+        expected = merged[merged.layer == b].sort_values("head").value.to_numpy()
+        assert np.allclose(own.numpy(), expected, atol=1e-5)
+
+
+def test_suite_wants_hopfield_heads_first_with_the_same_label_positions():
+    from cgar_interp.suite import ConfigError, parse_suite
+
+    both = [{"kind": "hopfield_heads"}, {"kind": "head_mediation"}]
+    parse_suite({"tasks": ["sst2-mini"], "probe": both})
+    with pytest.raises(ConfigError, match="list the hopfield_heads probe .* before"):
+        parse_suite({"tasks": ["sst2-mini"], "probe": both[::-1]})
+    cue = [{"kind": "hopfield_heads", "label_cue_tokens": 1}, {"kind": "head_mediation"}]
+    with pytest.raises(ConfigError, match="label_cue_tokens=2 differs from hopfield_heads' 1"):
+        parse_suite({"tasks": ["sst2-mini"], "probe": cue})
+
+
 def test_zeroed_head_has_aie_zero(tmp_path):
     """A head whose output is zero has a_lh = head_out = 0: the patch changes nothing."""
     from cgar_interp import load_model

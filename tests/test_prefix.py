@@ -130,3 +130,58 @@ def test_kept_cache_suffix_passes_equal_full_patched_prompts(tiny_handles, share
                 shared_batch, f"resid.{layer}", -1, shifts[k], logits_positions=-1
             ).logits
             assert (got[k] - full).abs().max() < 1e-5, (layer, k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_suffix_patches_per_variant_equal_full_patched_forwards(tiny_handles, backend):
+    """Variants as tokens of one row, each with its own heads' z replaced inside the suffix
+    blocks (head ablation), against one full z-patched forward per variant."""
+    from cgar_interp.models import Patch
+
+    handle = tiny_handles[backend]
+    gen = torch.Generator().manual_seed(1)
+    rows = [[1, *torch.randint(3, 128, (10 + i,), generator=gen).tolist()] for i in range(4)]
+    batch = TokenBatch.from_sequences(rows)  # unequal lengths: padded, masked in the suffix
+    run = capture_many(handle, batch, ["resid.0"], -1, batch_size=3, keep_states=True)
+    n_heads = handle.arch.n_heads
+    mask = torch.zeros(3, n_heads, dtype=torch.bool)  # variant 0 unpatched
+    mask[1, 0] = True
+    mask[2, :2] = True
+    value = torch.randn(n_heads, handle.arch.d_head, generator=gen)
+
+    def suffix(z):  # [rows, 3 variants, n_heads, d_head]
+        return torch.where(mask[None, :, :, None], value.to(z.dtype), z)
+
+    got = resume_variants(
+        handle,
+        batch,
+        [0],
+        lambda _, h, idx: h[None].expand(3, *h.shape),
+        lambda logits, idx: {"logits": logits.float()},
+        states=run.states,
+        patches=[Patch("z.1", -1, suffix)],
+    )[0]["logits"]
+    for v in range(3):
+
+        def full(z, v=v):  # [batch, 1 position, n_heads, d_head]
+            return torch.where(mask[v][None, None, :, None], value.to(z.dtype), z)
+
+        expected = handle.run_with_patches(batch, [Patch("z.1", -1, full)], logits_positions=-1)
+        assert (got[v] - expected.logits.float()).abs().max() < 1e-5, (backend, v)
+
+
+def test_suffix_patches_refuse_other_sites_and_positions(tiny_handles):
+    from cgar_interp.models import Patch
+
+    handle = tiny_handles["hf"]
+    state = last_token_state(handle, torch.tensor([[1, 5, 6, 7]]))
+    h = state.resid[0][None]
+    with pytest.raises(ValueError, match="suffix pass patches z, attn_out, mlp_out; got resid.1"):
+        resume_last_token(handle, state, 0, h, [Patch("resid.1", -1, lambda x: x)])
+    with pytest.raises(ValueError, match="positions 0 \\(valid: -1\\)"):
+        resume_last_token(handle, state, 0, h, [Patch("z.1", 0, lambda x: x)])
+    # the hooks are gone after an error: a plain suffix pass is the unpatched one again
+    again = resume_last_token(handle, state, 0, h)
+    assert (
+        again[0] - handle.logits(TokenBatch.from_sequences([[1, 5, 6, 7]]), positions=-1)
+    ).abs().max() < 1e-5

@@ -144,6 +144,9 @@ class ProbeContext:
     # the run's self-check (cgar_interp.selfcheck.SelfCheck): probes that verify a reading
     # against a recomputation record it there, so no such difference is ever silent
     self_check: object | None = None
+    # tables the suite's earlier probes produced for this task (name -> frame), so that a
+    # probe can read another's results (head_mediation reads hopfield_heads)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     _captures: TaskCaptures | None = field(default=None, repr=False)
     _zero_states: list | None = field(default=None, repr=False)
 

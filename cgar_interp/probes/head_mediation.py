@@ -17,16 +17,24 @@ Per block ``l`` and query head ``h`` (every head of the blocks in ``layers``):
   zero-shot residual at the last position at each residual layer of ``fv_layers``; full-vocab
   accuracy and label mass per layer (``part = "function_vector"``, ``set = "top_aie"``), beside
   zero-shot and full ICL (``part = "baseline"``). The same with the ``top_k`` label-reading
-  heads (``set = "top_label"``) asks whether those heads are *sufficient*.
-- **Label attention**: each head's attention mass at the last position on the demonstrations'
-  label positions (:func:`~cgar_interp.probes.hopfield_heads.label_positions`, the Hopfield
-  probe's definition), mean over the fit queries. Computed here, so this probe does not depend
-  on another probe's table.
+  heads (``set = "top_label"``) asks whether those heads are *sufficient*. When the suite runs
+  ``task_vectors`` before this probe, its accuracy and label mass per layer are copied beside
+  the FV curves (``part = "task_vector"``, ``set = "theta"``, for the figure) and the join table
+  names both best layers (``fv_best_layer``, ``tv_best_layer``) and their accuracies.
+- **Label attention** (the Hopfield view): each head's attention mass at the last position on
+  the demonstrations' label positions under ICL. When the suite runs ``hopfield_heads`` first
+  (it must come before this probe), this probe reads that table of the same run (``prompt_kind
+  = icl``, ``metric = label_mass``: the eval queries it read); otherwise it computes the same
+  quantity (:func:`~cgar_interp.probes.hopfield_heads.label_positions`, the Hopfield probe's
+  definition) on the fit queries. ``label_attention_source`` in the join table says which.
 - **Ablation** (``part = "ablation"``): heads' ``z`` at the last position of the clean ICL
   prompts replaced by their *zero-shot* mean (fit queries), ``top_k`` heads at a time: the top
   AIE heads, the top label-reading heads and ``n_random`` seeded random sets. Per-query drops
   (ablated - clean) of label mass and full-vocab accuracy; random sets as the mean over draws
-  (``set = "random"``, per query, CI over queries) and each draw (``random_00`` ...).
+  (``set = "random"``, per query, CI over queries) and each draw (``random_00`` ...). Every
+  set is one variant of one suffix pass over the clean prompts' KV cache, from the lowest
+  ablated block, with the sets' ``z`` replacements inside the blocks
+  (:func:`cgar_interp.prefix.suffix_patches`).
 
 Tables: ``head_mediation`` (tidy), ``head_mediation_heads`` (one row per head) and
 ``head_mediation_join`` (one row per task: Spearman rank correlation of AIE with label attention
@@ -42,7 +50,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..capture import capture_many, iter_batches, resume_variants
+from ..capture import capture_many, resume_variants
 from ..layers import resolve_layers
 from ..models import Patch
 from ..prefix import resume_from_mid
@@ -115,6 +123,23 @@ class HeadMediationConfig:
     @property
     def needs_shuffled(self) -> bool:
         return True
+
+    def check_suite(self, index: int, probes) -> None:
+        """The Hopfield view is read from ``hopfield_heads``: it must run first, with the
+        same label positions (``label_cue_tokens``)."""
+        for j, entry in enumerate(probes):
+            if entry.kind != "hopfield_heads":
+                continue
+            if j > index:
+                raise ValueError(
+                    "head_mediation reads the hopfield_heads table of the same run; list the "
+                    f"hopfield_heads probe (now [[probe]] {j + 1}) before head_mediation"
+                )
+            if entry.config.label_cue_tokens != self.label_cue_tokens:
+                raise ValueError(
+                    f"label_cue_tokens={self.label_cue_tokens} differs from hopfield_heads' "
+                    f"{entry.config.label_cue_tokens}; the two must read the same label positions"
+                )
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,34 +243,77 @@ def head_effects(
     return effects, base
 
 
-def _ablation_patches(heads: list[tuple[int, int]], zero_z: dict[int, Tensor]) -> list[Patch]:
-    """One ``z.l`` patch per block: the chosen heads' z at -1 set to their zero-shot mean."""
-    by_block: dict[int, list[int]] = {}
-    for b, h in heads:
-        by_block.setdefault(b, []).append(h)
+def ablation_patches(
+    sets: list[list[tuple[int, int]]], zero_z: dict[int, Tensor], n_heads: int
+) -> tuple[int, list[Patch]]:
+    """The lowest ablated block and one ``z`` patch per ablated block for a suffix pass whose
+    variant ``v`` ablates ``sets[v]``: those heads' ``z`` set to their zero-shot mean."""
+    chosen = sorted({b for heads in sets for b, _ in heads})
+    masks = {b: torch.zeros(len(sets), n_heads, dtype=torch.bool) for b in chosen}
+    for v, heads in enumerate(sets):
+        for b, h in heads:
+            masks[b][v, h] = True
     patches = []
-    for b, hs in sorted(by_block.items()):
+    for b in chosen:
 
-        def replace(z: Tensor, hs=tuple(hs), mean=zero_z[b]) -> Tensor:
-            out = z.clone()  # [batch, 1, n_heads, d_head]
-            out[:, :, list(hs)] = mean[list(hs)].to(device=z.device, dtype=z.dtype)
-            return out
+        def replace(z: Tensor, mask=masks[b], mean=zero_z[b]) -> Tensor:
+            # z: [rows, n_var, n_heads, d_head]; mask [n_var, n_heads]; mean [n_heads, d_head]
+            mask = mask.to(z.device)[None, :, :, None]
+            return torch.where(mask, mean.to(device=z.device, dtype=z.dtype), z)
 
         patches.append(Patch(f"z.{b}", -1, replace))
-    return patches
+    return chosen[0], patches
 
 
-def ablate(ctx: ProbeContext, batch, indices: Tensor, patches: list[Patch]) -> dict[str, Tensor]:
-    """Per-query metrics of full forwards of ``batch`` with ``patches`` (order of its rows)."""
-    parts: dict[str, list[Tensor]] = {}
-    order = []
-    for sub in iter_batches(batch, ctx.batch_size):
-        logits = ctx.handle.run_with_patches(sub.batch, patches, logits_positions=-1).logits
-        for name, value in ctx.score(logits.float(), indices[sub.indices]).items():
-            parts.setdefault(name, []).append(value.cpu())
-        order.append(sub.indices)
-    inverse = torch.argsort(torch.cat(order))
-    return {name: torch.cat(v)[inverse] for name, v in parts.items()}
+def ablate_sets(
+    ctx: ProbeContext, batch, indices: Tensor, sets: dict[str, list[tuple[int, int]]], zero_z
+) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+    """Per-query metrics of ``batch`` clean and with each set of heads mean-ablated at the
+    last position: one capture pass (KV cache kept), then every set as a variant of one suffix
+    pass from the lowest ablated block. Returns ``(clean {metric: [n]}, {set: {metric: [n]}})``."""
+    names = list(sets)
+    start, patches = ablation_patches([sets[n] for n in names], zero_z, ctx.handle.arch.n_heads)
+    run = capture_many(
+        ctx.handle, batch, [f"resid.{start}"], -1, batch_size=ctx.batch_size, keep_states=True
+    )
+    clean = {m: v.cpu() for m, v in ctx.score(run.logits.float(), indices).items()}
+    out = resume_variants(
+        ctx.handle,
+        batch,
+        [start],
+        lambda _, h_last, idx: h_last[None].expand(len(names), *h_last.shape),
+        lambda logits, idx: {
+            m: v
+            for m, v in ctx.score(logits.float(), indices[idx]).items()
+            if m in ABLATION_METRICS
+        },
+        batch_size=ctx.batch_size,
+        states=run.states,
+        patches=patches,
+    )[start]
+    return clean, {n: {m: out[m][v] for m in out} for v, n in enumerate(names)}
+
+
+def hopfield_label_attention(
+    tables: dict[str, pd.DataFrame], task: str, blocks, n_heads: int
+) -> dict[int, Tensor] | None:
+    """``{block: [n_heads]}`` ICL label-token attention from the run's ``hopfield_heads``
+    table (``prompt_kind = icl``, ``metric = label_mass``), or None when it lacks a head."""
+    table = tables.get("hopfield_heads")
+    if table is None:
+        return None
+    rows = table[
+        (table["task"] == task)
+        & (table["prompt_kind"] == "icl")
+        & (table["metric"] == "label_mass")
+    ]
+    values = {(int(r.layer), int(r.head)): float(r.value) for r in rows.itertuples()}
+    if any((b, h) not in values for b in blocks for h in range(n_heads)):
+        return None
+    return {
+        b: torch.tensor([values[(b, h)] for h in range(n_heads)], dtype=torch.float64)
+        for b in blocks
+    }
 
 
 def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[str, pd.DataFrame]:
@@ -265,13 +333,20 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
     def tick(what: str, n: int):
         return ctx.progress(f"{inputs.task}: head mediation {what}", n) if ctx.progress else None
 
-    # 1. a_lh and label attention on the fit queries' clean ICL prompts; zero-shot mean z
+    # 1. a_lh on the fit queries' clean ICL prompts; label attention read from the run's
+    #    hopfield_heads table (else on the same prompts); zero-shot mean z
     icl_fit = inputs.icl.select(fit)
-    a, patterns = head_means(handle, icl_fit, blocks, "head_out", ctx.batch_size, True)
-    attention = {
-        b: label_attention(patterns[b], icl_fit, inputs.label_ids, config.label_cue_tokens)
-        for b in blocks
-    }
+    attention = hopfield_label_attention(ctx.tables, inputs.task, blocks, n_heads)
+    source = "hopfield_heads (icl label_mass)"
+    a, patterns = head_means(
+        handle, icl_fit, blocks, "head_out", ctx.batch_size, with_patterns=attention is None
+    )
+    if attention is None:
+        source = f"head_mediation (fit queries, n={len(fit)})"
+        attention = {
+            b: label_attention(patterns[b], icl_fit, inputs.label_ids, config.label_cue_tokens)
+            for b in blocks
+        }
     zero_z, _ = head_means(handle, inputs.zero.select(fit), blocks, "z", ctx.batch_size)
 
     # 2. AIE on the eval queries' shuffled-label prompts
@@ -344,6 +419,24 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
                 head=-1,
                 set=name,
             )
+    tv = ctx.tables.get("task_vectors")
+    if tv is not None:  # the task-vector curve of the same run, beside the FV curves
+        tv = tv[(tv["task"] == inputs.task) & tv["metric"].isin(FV_METRICS)]
+        for r in tv.itertuples():
+            rows.append(
+                {
+                    **base,
+                    "part": "task_vector",
+                    "layer": int(r.layer),
+                    "head": -1,
+                    "set": "theta",
+                    "metric": r.metric,
+                    "value": float(r.value),
+                    "n": int(r.n),
+                    "ci_low": float(r.ci_low),
+                    "ci_high": float(r.ci_high),
+                }
+            )
     cap = ctx.captures()
     for kind, name in (("zero", "zero_shot"), ("icl", "icl")):
         scores = ctx.score(cap.logits[kind][ev_all], ev_all)
@@ -352,17 +445,15 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
         )
 
     # 4. ablations on the clean ICL prompts of the eval queries (zero-shot mean z)
-    clean_batch = inputs.icl.select(ev)
-    clean = ablate(ctx, clean_batch, ev, [])
     rng = np.random.default_rng(ctx.seed)
     all_heads = [(b, h) for b in blocks for h in range(n_heads)]
     for i in range(config.n_random):
         choice = rng.choice(len(all_heads), size=k, replace=False)
         sets[f"random_{i:02d}"] = [all_heads[j] for j in sorted(choice.tolist())]
-    drops: dict[str, dict[str, Tensor]] = {}
-    for name, chosen in sets.items():
-        ablated = ablate(ctx, clean_batch, ev, _ablation_patches(chosen, zero_z))
-        drops[name] = {f"{m}_drop": ablated[m] - clean[m] for m in ABLATION_METRICS}
+    clean, ablated = ablate_sets(ctx, inputs.icl.select(ev), ev, sets, zero_z)
+    drops: dict[str, dict[str, Tensor]] = {
+        name: {f"{m}_drop": ablated[name][m] - clean[m] for m in ABLATION_METRICS} for name in sets
+    }
     if config.n_random:
         randoms = [drops[n] for n in sets if n.startswith("random_")]
         drops["random"] = {m: torch.stack([d[m] for d in randoms]).mean(0) for m in randoms[0]}
@@ -390,6 +481,7 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
     join = {
         **base,
         "n_heads": len(heads),
+        "label_attention_source": source,
         "spearman_rho": rho,
         "spearman_p": p,
         "n_permutations": config.n_permutations,
@@ -400,6 +492,19 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
         "top_label": ",".join(pick["top_label"]["name"]),
         "n": len(ev),
     }
+    for part, where, prefix in (
+        ("function_vector", "top_aie", "fv"),
+        ("task_vector", "theta", "tv"),
+    ):
+        acc = [
+            r
+            for r in rows
+            if r["part"] == part and r["set"] == where and r["metric"] == "vocab_correct"
+        ]
+        if acc:
+            best = max(acc, key=lambda r: (r["value"], -r["layer"]))  # ties: the lowest layer
+            join[f"{prefix}_best_layer"] = best["layer"]
+            join[f"{prefix}_best_vocab_correct"] = best["value"]
     if config.n_random:
         for metric in ("label_mass_drop", "vocab_correct_drop"):
             per_draw = [float(drops[n][metric].mean()) for n in sets if n.startswith("random_")]
