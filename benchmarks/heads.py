@@ -32,7 +32,7 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from cgar_interp import load_model  # noqa: E402
+from cgar_interp import load_model, metrics  # noqa: E402
 from cgar_interp.capture import iter_batches  # noqa: E402
 from cgar_interp.probes import ProbeContext, get_probe  # noqa: E402
 from cgar_interp.probes.head_mediation import (  # noqa: E402
@@ -79,16 +79,17 @@ def bare_forward(handle, batch, batch_size: int):
 
 
 def gold_probability(inputs):
+    """What the probe scores an AIE with (:meth:`ProbeContext.gold_probability`)."""
+
     def score(logits, idx):  # logits [..., b, vocab] -> [..., b]
-        gold = inputs.label_ids[inputs.gold[idx]]
-        p = torch.softmax(logits.float(), -1)
-        return p[..., torch.arange(len(idx)), gold]
+        return metrics.gold_probability(logits, inputs.label_ids[inputs.gold[idx]])
 
     return score
 
 
 def multiply_adds(arch, n_tokens: int, n_rows: int) -> tuple[float, float]:
-    """``(capture + suffix passes, bare forward)`` multiply-adds of the AIE of every head.
+    """``(capture + suffix passes, bare forward)`` multiply-adds of the AIE of every head, for
+    ``n_rows`` prompts of ``n_tokens`` token slots in all (padding included).
 
     Per token and block: attention projections and the MLP (the attention scores are left
     out, a small share at these lengths); the unembedding per unembedded row.
@@ -171,7 +172,10 @@ def main() -> None:
             repeat,
         )
         width = corrupted.lengths.float().mean().item()
-        ours_macs, bare_macs = multiply_adds(arch, int(corrupted.lengths.sum()), len(ev))
+        padded = sum(  # both passes run the same right-padded batches, padding included
+            sub.batch.ids.shape[0] * sub.batch.ids.shape[1] for sub in iter_batches(corrupted, bs)
+        )
+        ours_macs, bare_macs = multiply_adds(arch, padded, len(ev))
         report(
             f"{task}: AIE of all {len(blocks) * arch.n_heads} heads / one bare forward of the "
             f"same {len(ev)} corrupted prompts (mean {width:.0f} tokens)",

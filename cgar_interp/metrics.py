@@ -76,6 +76,16 @@ def query_metrics(logits: Tensor, label_ids: Tensor, gold: Tensor) -> dict[str, 
     }
 
 
+def gold_probability(logits: Tensor, gold_token: Tensor) -> Tensor:
+    """``p(gold token)`` under the full-vocabulary softmax, ``[..., n, vocab] -> [..., n]``
+    (float64): ``exp(x_gold - logsumexp(x))``, one pass for the log-sum-exp and no softmax
+    tensor. Equals :func:`query_metrics`' ``gold_mass`` up to float32 rounding."""
+    x = logits.float()
+    gold_token = gold_token.to(x.device)
+    picked = x.gather(-1, gold_token.expand(x.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    return (picked - torch.logsumexp(x, dim=-1)).double().exp()
+
+
 def bootstrap_ci(
     values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:

@@ -25,3 +25,18 @@ def test_shifted_decoder_equals_norm_then_unembed(tiny_handles, backend):
 def test_shifted_decoder_rejects_bad_shapes(tiny_handles):
     with pytest.raises(ValueError, match=r"needs residuals \[n, 64\]; got \(5, 63\)"):
         ShiftedDecoder(tiny_handles["hf"], torch.zeros(5, 63))
+
+
+def test_gold_probability_equals_query_metrics_gold_mass():
+    from cgar_interp.metrics import gold_probability, query_metrics
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 5, 300, generator=gen) * 6  # a grid axis, 5 queries
+    label_ids = torch.tensor([7, 11, 250])
+    gold = torch.tensor([0, 2, 1, 1, 0])
+    expected = query_metrics(logits, label_ids, gold)["gold_mass"]
+    got = gold_probability(logits, label_ids[gold])
+    assert got.shape == expected.shape == (4, 5)
+    assert (got - expected).abs().max() < 1e-7
+    direct = torch.softmax(logits.double(), -1)[..., torch.arange(5), label_ids[gold]]
+    assert (got - direct).abs().max() < 1e-7

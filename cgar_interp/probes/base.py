@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..capture import capture_many
-from ..metrics import query_metrics, summarise
+from ..metrics import gold_probability, query_metrics, summarise
 from ..models import ModelHandle
 from ..tokens import TokenBatch
 
@@ -218,6 +218,11 @@ class ProbeContext:
     def score(self, logits: Tensor, indices: Tensor) -> dict[str, Tensor]:
         """Per-query metrics of ``logits [..., b, vocab]`` for the queries ``indices [b]``."""
         return query_metrics(logits, self.inputs.label_ids, self.inputs.gold[indices])
+
+    def gold_probability(self, logits: Tensor, indices: Tensor) -> Tensor:
+        """``[..., b]`` probability of each query's gold label token (first token, full
+        vocabulary): the ``gold_mass`` of :meth:`score` without the other metrics."""
+        return gold_probability(logits, self.inputs.label_ids[self.inputs.gold[indices]])
 
     def rows(self, per_query: dict[str, Tensor], **keys) -> list[dict]:
         """Tidy rows (one per metric, bootstrap CI) tagged with ``keys``."""

@@ -356,7 +356,7 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
         ev,
         blocks,
         a,
-        lambda logits, idx: ctx.score(logits, idx)["gold_mass"],
+        ctx.gold_probability,
         ctx.batch_size,
         progress=tick("AIE", len(ev)),
     )
