@@ -32,6 +32,7 @@ from ..capture import resume_variants
 from ..decoding import ShiftedDecoder
 from ..devices import resident_weight
 from ..layers import resolve_layers
+from ..metrics import CHUNK_ELEMENTS
 from .base import ProbeContext, register_probe
 
 MODES = ("decode", "patch")
@@ -133,7 +134,9 @@ def run_context_gate(config: ContextGateConfig, ctx: ProbeContext) -> dict[str, 
         )
 
     if "decode" in config.modes:
-        chunk = max(1, 4 * ctx.batch_size)
+        # queries per decode step: the [n_lambda, chunk, vocab] logits of a step stay a few
+        # MiB (in cache: the grid is bound by memory traffic, not arithmetic)
+        chunk = max(1, CHUNK_ELEMENTS // (len(config.lambdas) * handle.arch.vocab_size))
         directions = None
         for q in q_layers:
             decoder = ShiftedDecoder(handle, cap.resid["zero"][q][ev])  # h: [n_eval, d]

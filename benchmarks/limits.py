@@ -1,0 +1,155 @@
+"""Each probe as a ratio to the forward passes it cannot avoid, timed in the same run (issue 19).
+
+Run: ``make bench`` (or ``.venv/bin/python benchmarks/limits.py [--quick]``). Embedded model on
+CPU, fp32, nnsight backend, the data of ``benchmarks/sweep.py`` (agnews-mini, one demonstration
+per class shared by every query, 8 fit + 40 eval queries, batch 16). Every ratio alternates the
+probe and its floor (median of ``--repeat``), so drift hits both alike.
+
+Rows (issue 19's targets):
+
+- decode mode, paper grid: the context-gate probe / its two capture passes (zero-shot, and ICL
+  over the shared prefix's KV cache) timed alone, the same sites: <= 1.10;
+- decode mode, all-layers grid: the same: <= 1.25;
+- patch mode, paper grid: the probe / (the two passes + the one-token suffix rows it runs, the
+  same variants through :func:`~cgar_interp.prefix.resume_last_token`, unscored): <= 1.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from cgar_interp import load_model  # noqa: E402
+from cgar_interp.capture import capture_many  # noqa: E402
+from cgar_interp.layers import resolve_layers  # noqa: E402
+from cgar_interp.prefix import resume_last_token  # noqa: E402
+from cgar_interp.probes import ProbeContext, get_probe  # noqa: E402
+from cgar_interp.probes.context_gate import ContextGateConfig  # noqa: E402
+
+ROWS: list[tuple[str, str, str, bool]] = []
+LAMBDAS = (0.0, 0.01, 0.1, 1.0, 10.0)
+
+
+def report(name: str, value: str, target: str, ok: bool) -> None:
+    ROWS.append((name, value, target, ok))
+    print(f"{'PASS' if ok else 'FAIL'}  {name}: {value}  (target {target})", flush=True)
+
+
+def alternate(fns: dict, repeat: int) -> dict[str, float]:
+    """Median seconds of each function, run in turn ``repeat`` times."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    from sweep import inputs_for
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    n_fit, n_eval = (4, 12) if args.quick else (8, 40)
+    repeat = 1 if args.quick else args.repeat
+    bs = 16
+    nn = load_model("embedded", backend="nnsight")
+    L = nn.n_layers
+    inputs = inputs_for(nn, "agnews-mini", n_fit, n_eval, pinned=True)
+    print(
+        f"model {nn.name} (sha256 {nn.model_hash[:12]}), nnsight, float32, cpu, torch "
+        f"{torch.__version__} with {torch.get_num_threads()} threads; agnews-mini, {n_fit} fit + "
+        f"{n_eval} eval queries, batch {bs}, median of {repeat}\n",
+        flush=True,
+    )
+
+    def config(spec, modes):
+        return ContextGateConfig(
+            context_layers=spec, lambdas=LAMBDAS, modes=modes, vectors=("context",)
+        )
+
+    def probe(cfg):
+        ctx = ProbeContext(
+            nn,
+            inputs,
+            cfg.needed_layers(L),
+            n_boot=0,
+            batch_size=bs,
+            keep_states=cfg.resumes_zero_shot,
+        )
+        return get_probe("context_gate").run(cfg, ctx)
+
+    def passes(cfg, keep_states: bool):
+        """The probe's captures alone: what ProbeContext.captures runs, the same sites."""
+        sites = [f"resid.{layer}" for layer in cfg.needed_layers(L)]
+        every = torch.arange(len(inputs.gold))
+        rest = every[~torch.isin(every, inputs.eval)]
+        zero = capture_many(
+            nn,
+            inputs.zero.select(inputs.eval),
+            sites,
+            -1,
+            batch_size=bs,
+            keep_states=keep_states,
+        )
+        capture_many(nn, inputs.zero.select(rest), sites, -1, batch_size=bs)
+        capture_many(nn, inputs.icl, sites, -1, batch_size=bs)
+        return zero
+
+    for name, spec, target in (("paper grid", "paper", 1.10), ("all-layers grid", "all", 1.25)):
+        cfg = config(spec, ("decode",))
+        t = alternate(
+            {"probe": lambda cfg=cfg: probe(cfg), "passes": lambda cfg=cfg: passes(cfg, False)},
+            repeat,
+        )
+        ratio = t["probe"] / t["passes"]
+        report(
+            f"decode mode, {name}: probe / its two forward passes timed alone",
+            f"{ratio:.2f}x ({t['probe']:.2f} s vs {t['passes']:.2f} s)",
+            f"<= {target}",
+            ratio <= target,
+        )
+
+    cfg = config("paper", ("patch",))
+    c_layers = resolve_layers(cfg.context_layers, L, "context_layers")
+    kept = passes(cfg, True)
+    vec = torch.randn(nn.arch.d_model, generator=torch.Generator().manual_seed(0))
+    lam = torch.tensor(LAMBDAS)
+
+    def floor():
+        zero = passes(cfg, True)
+        for _, state in zero.states:
+            for c in c_layers:
+                h = state.resid[c][None].float() + lam[:, None, None] * vec
+                resume_last_token(nn, state, c, h)
+
+    del kept
+    t = alternate({"probe": lambda: probe(cfg), "floor": floor}, repeat)
+    ratio = t["probe"] / t["floor"]
+    report(
+        "patch mode, paper grid: probe / (two passes + its one-token suffix rows, timed bare)",
+        f"{ratio:.2f}x ({t['probe']:.2f} s vs {t['floor']:.2f} s)",
+        "<= 1.2",
+        ratio <= 1.2,
+    )
+    print(f"\n{sum(ok for *_, ok in ROWS)} of {len(ROWS)} rows pass.")
+
+
+if __name__ == "__main__":
+    main()
