@@ -168,6 +168,14 @@ def test_patterns_equal_softmax_of_captured_q_and_k_and_eager_attention(tiny_han
             eager = eager_last_row_attention(model, ids, layer)
             torch.testing.assert_close(r.pattern[i, :, :length], eager, atol=1e-5, rtol=0)
             assert float(r.pattern[i, :, length:].abs().sum()) == 0.0
+            # scores and key norms come from the KV cache of the same pass: they equal the
+            # keys captured at every position of a pass over this row alone
+            scores = torch.einsum("hd,khd->hk", q, k) / math.sqrt(d_head)
+            torch.testing.assert_close(r.scores[i, :, :length], scores, atol=1e-5, rtol=1e-5)
+            assert bool(torch.isinf(r.scores[i, :, length:]).all())
+            torch.testing.assert_close(
+                r.key_norm_max[i], k.norm(dim=-1).amax(0), atol=1e-5, rtol=1e-5
+            )
 
 
 @pytest.fixture(scope="module")

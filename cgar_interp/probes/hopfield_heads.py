@@ -252,13 +252,17 @@ def read_heads(
         batch: ``[n]`` prompts.
         blocks: blocks to read.
         batch_size: rows per forward pass.
-        progress: called with rows finished (once per pass over each row).
+        progress: called with rows finished.
 
     Returns:
         ``{block: HeadReads}``.
     """
     n, width = batch.batch_size, int(batch.ids.shape[1])
     n_heads = handle.arch.n_heads
+    group = n_heads // handle.arch.n_kv_heads
+    # One forward pass: patterns and queries at the last position are captured, and the keys of
+    # every position are read from the KV cache that pass fills (RoPE applied, as attention
+    # used them). A right-padded row's cache also holds its padding slots: cut off below.
     last = capture_many(
         handle,
         batch,
@@ -266,40 +270,24 @@ def read_heads(
         -1,
         batch_size=batch_size,
         progress=progress,
+        keep_states=True,
     )
     lengths = batch.lengths.cpu()
     scores = {b: torch.full((n, n_heads, width), float("-inf")) for b in blocks}
     big_m = {b: torch.zeros(n, n_heads) for b in blocks}
-    # Keys at every real position of every row: rows sorted by length are cut into chunks, and
-    # each chunk is marked as running over its full width, so positions 0..width-1 can be read
-    # in one batched pass. Right padding never changes a real position (causal attention, no
-    # mask), so the keys at real positions are exact; those at padding are cut off below.
-    order = torch.argsort(lengths, stable=True)
-    for start in range(0, n, batch_size):
-        rows = order[start : start + batch_size]
-        chunk_width = int(lengths[rows].max())
-        chunk = TokenBatch(
-            batch.ids[rows, :chunk_width], torch.full((len(rows),), chunk_width, dtype=torch.long)
-        )
-        keys = capture_many(
-            handle,
-            chunk,
-            [f"k_rep.{b}" for b in blocks],
-            list(range(chunk_width)),
-            batch_size=batch_size,
-            shared_prefix=False,
-        )
-        valid = torch.arange(chunk_width)[None, :] < lengths[rows][:, None]  # [b, width]
+    for rows, state in last.states:
         for b in blocks:
-            k = keys[f"k_rep.{b}"].float()  # [b, width, n_heads, d_head]
-            q = last[f"q.{b}"][rows].float()  # [b, n_heads, d_head]
+            cached = state.cache.layers[b].keys  # [r, n_kv_heads, slots, d_head]
+            slots = min(int(cached.shape[2]), width)
+            k = cached[:, :, :slots].float().cpu().transpose(1, 2)  # [r, slots, n_kv, d_head]
+            k = k.repeat_interleave(group, dim=2)  # [r, slots, n_heads, d_head] (k_rep)
+            valid = torch.arange(slots)[None, :] < lengths[rows][:, None]  # [r, slots]
+            q = last[f"q.{b}"][rows].float()  # [r, n_heads, d_head]
             s = torch.einsum("bhd,bkhd->bhk", q, k) * attention_scale(handle, b)
             s = s.masked_fill(~valid[:, None, :], float("-inf"))
-            scores[b][rows, :, :chunk_width] = s
-            norms = k.norm(dim=-1).masked_fill(~valid[:, :, None], 0.0)  # [b, width, n_heads]
+            scores[b][rows, :, :slots] = s
+            norms = k.norm(dim=-1).masked_fill(~valid[:, :, None], 0.0)  # [r, slots, n_heads]
             big_m[b][rows] = norms.amax(1)
-        if progress:
-            progress(len(rows))
     return {
         b: HeadReads(
             pattern=last[f"attn_pattern.{b}"].float(),
@@ -439,7 +427,7 @@ def run_hopfield_heads(config: HopfieldHeadsConfig, ctx: ProbeContext) -> dict[s
     for kind in PROMPT_KINDS:
         batch = getattr(inputs, kind).select(rows_idx)
         tick = (
-            ctx.progress(f"{inputs.task}: hopfield heads {kind}", 2 * len(rows_idx))
+            ctx.progress(f"{inputs.task}: hopfield heads {kind}", len(rows_idx))
             if ctx.progress
             else None
         )
