@@ -48,6 +48,7 @@ from cgar_interp.probes.hopfield_heads import HopfieldHeadsConfig  # noqa: E402
 from cgar_interp.probes.subspace import SubspaceConfig  # noqa: E402
 from cgar_interp.suite import load_suite  # noqa: E402
 from cgar_interp.tasks_bridge import prepare_task  # noqa: E402
+from cgar_interp.tokens import TokenBatch  # noqa: E402
 
 ROWS: list[tuple[str, str, str, bool]] = []
 LAMBDAS = (0.0, 0.01, 0.1, 1.0, 10.0)
@@ -135,7 +136,11 @@ def main() -> None:
         capture_many(nn, inputs.icl, sites, -1, batch_size=bs)
         return zero
 
-    groups = set(args.only.split(",")) if args.only else {"decode", "patch", "heads", "subspace"}
+    groups = (
+        set(args.only.split(","))
+        if args.only
+        else {"decode", "patch", "heads", "subspace", "suite"}
+    )
     for name, spec, target in (
         (("paper grid", "paper", 1.10), ("all-layers grid", "all", 1.25))
         if "decode" in groups
@@ -169,6 +174,8 @@ def main() -> None:
         heads_row(nn, paper, fresh_ctx, repeat, bs)
     if "subspace" in groups:
         subspace_row(nn, paper, fresh_ctx, repeat, bs)
+    if "suite" in groups:
+        suite_rows(nn, quick=args.quick)
     print(f"\n{sum(ok for *_, ok in ROWS)} of {len(ROWS)} rows pass.")
 
 
@@ -235,6 +242,109 @@ def subspace_row(nn, inputs, fresh_ctx, repeat: int, bs: int) -> None:
         "<= 1.3",
         ratio <= 1.3,
     )
+
+
+def prompt_batches(run_dir: Path) -> list[TokenBatch]:
+    """Every prompt row a run recorded, one batch per (task, kind)."""
+    import pandas as pd
+
+    frame = pd.read_parquet(run_dir / "prompts.parquet")
+    keys = [c for c in ("task", "shots", "kind") if c in frame]
+    return [
+        TokenBatch.from_sequences([list(ids) for ids in group.token_ids])
+        for _, group in frame.groupby(keys, sort=False)
+    ]
+
+
+def child_peak_mib(code: str) -> tuple[float, float]:
+    """Wall seconds and peak resident MiB of ``python -c code`` in a fresh process."""
+    import resource
+    import subprocess
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far
+    if peak <= before:
+        raise RuntimeError("run the memory children largest-last, or in a fresh benchmark process")
+    return seconds, peak / 1024
+
+
+def suite_rows(nn, quick: bool) -> None:
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "paper"
+        overrides = "n_eval=32, n_fit=8, n_boot=50" if quick else ""
+        # the floor's memory first: the suite child is larger, and RUSAGE_CHILDREN keeps the max
+        widest = (
+            "import torch, transformers\n"
+            "from cgar_interp.embedded import ensure_embedded\n"
+            "m = transformers.AutoModelForCausalLM.from_pretrained(ensure_embedded().path, "
+            "attn_implementation='eager').eval()\n"
+            "ids = torch.randint(3, 1000, (16, {width}))\n"
+            "with torch.no_grad(): m(ids, logits_to_keep=1)\n"
+        )
+        t_suite, peak_suite = child_peak_mib(
+            "from cgar_interp.runner import run_suite\n"
+            "from cgar_interp.suite import load_suite\n"
+            f"run_suite(load_suite('paper', {overrides}), {str(out)!r}, report=True)\n"
+        )
+        manifest = json.loads((out / "manifest.json").read_text())
+        batches = prompt_batches(out)
+        width = max(int(b.lengths.max()) for b in batches)
+        bare_seconds = []
+        for _ in range(3):
+            gc.collect()
+            start = time.perf_counter()
+            bare_forwards(nn, batches, 16)
+            bare_seconds.append(time.perf_counter() - start)
+        t_bare = statistics.median(bare_seconds)
+        n_rows = sum(b.batch_size for b in batches)
+        ratio = t_suite / t_bare
+        report(
+            f"the whole paper suite (child process, report included) / a bare forward of its "
+            f"{n_rows} recorded prompt rows",
+            f"{ratio:.2f}x ({t_suite:.1f} s vs {t_bare:.1f} s)",
+            "<= 1.5",
+            ratio <= 1.5,
+        )
+        units: dict[str, float] = {}
+        for done in sorted(out.glob("units/**/done.json")):
+            kind = done.parent.name.split("-", 1)[1]
+            units[kind] = units.get(kind, 0.0) + json.loads(done.read_text())["seconds"]
+        stages = manifest.get("stages", [])
+        print("      where the suite's time goes (share of the bare forward's time):")
+        for entry in stages:
+            name = entry["stage"]
+            extra = ""
+            if name.startswith("probe:"):
+                extra = f" (units {units.get(name.split(':', 1)[1], 0.0):.1f} s)"
+            print(
+                f"        {name:<24} {entry['seconds']:7.1f} s  {entry['seconds'] / t_bare:5.2f}x"
+                f"  peak {entry['peak_rss_mib']:7.0f} MiB{extra}"
+            )
+        rest = t_suite - sum(e["seconds"] for e in stages)
+        print(f"        {'interpreter + imports':<24} {rest:7.1f} s  {rest / t_bare:5.2f}x")
+        _, peak_floor = child_peak_mib(widest.replace("{width}", str(width)))
+        rises, last = [], 0.0
+        for entry in stages:
+            rises.append((entry["peak_rss_mib"] - last, entry["stage"]))
+            last = max(last, entry["peak_rss_mib"])
+        rise, stage = max(rises)
+        report(
+            "peak resident memory of the whole paper suite / weights + one batch's activations "
+            f"(a child running a bare forward of the widest batch, 16 x {width} tokens, logits "
+            "at the last position)",
+            f"{peak_suite / peak_floor:.2f}x ({peak_suite:.0f} MiB vs {peak_floor:.0f} MiB); the "
+            f"peak rose most in {stage} (+{rise:.0f} MiB)",
+            "reported",
+            True,
+        )
 
 
 if __name__ == "__main__":

@@ -177,8 +177,8 @@ def resume_variants(
     (:func:`cgar_interp.prefix.last_token_state`). Per layer, ``variants(l, h_last, indices)``
     returns ``[n_var, b, d_model]`` replacement residuals for the last position (``h_last`` is
     ``[b, d_model]``, the unpatched residual after ``l`` blocks), and all of them run through
-    blocks ``l .. L-1`` as single tokens over the cached prefix
-    (:func:`cgar_interp.prefix.resume_last_token`). ``score(logits [n_var, b, vocab], indices)``
+    blocks ``l .. L-1`` as single tokens over the cached prefix, every layer's variants in one
+    pass that they join at their own layer (:func:`cgar_interp.prefix.resume_staggered`). ``score(logits [n_var, b, vocab], indices)``
     reduces them to per-query values ``[n_var, b]`` at once, so no full-vocabulary tensor
     outlives its group. ``patches`` (:class:`~cgar_interp.models.Patch` at position ``-1``)
     act inside the suffix blocks on every variant; a function sees ``[b, n_var, ...]``.
@@ -186,7 +186,7 @@ def resume_variants(
     Returns:
         ``{layer: {name: [n_var, n]}}`` in the order of ``batch``'s rows.
     """
-    from .prefix import last_token_state, resume_last_token
+    from .prefix import last_token_state, resume_staggered
 
     parts: dict[int, dict[str, list[Tensor]]] = {layer: {} for layer in layers}
     order: list[Tensor] = []
@@ -207,9 +207,19 @@ def resume_variants(
         missing = [layer for layer in layers if layer not in state.resid]
         if missing:
             raise ValueError(f"the kept states hold no residual at layers {missing}")
+        entries = {
+            layer: variants(layer, state.resid[layer].float(), indices)  # [n_var, b, d]
+            for layer in layers
+        }
+        if patches:  # patches act on one entry layer's variants: a pass per layer
+            final = {
+                layer: resume_staggered(handle, state, {layer: entries[layer]}, patches)[layer]
+                for layer in layers
+            }
+        else:  # every layer's variants in one pass, each joining at its own layer
+            final = resume_staggered(handle, state, entries)
         for layer in layers:
-            replaced = variants(layer, state.resid[layer].float(), indices)  # [n_var, b, d]
-            logits = resume_last_token(handle, state, layer, replaced, patches)
+            logits = handle.decode_residual(final.pop(layer))  # [n_var, b, vocab]
             for name, value in score(logits, indices).items():
                 parts[layer].setdefault(name, []).append(value.cpu())
         order.append(indices)

@@ -197,6 +197,116 @@ def fork_cache(cache):
     return fork
 
 
+def resume_staggered(
+    handle: ModelHandle,
+    state: LastTokenState,
+    entries: dict[int, Tensor],
+    patches: Sequence[Patch] = (),
+) -> dict[int, Tensor]:
+    """Final residuals of replacement residuals that enter at different layers, in one pass.
+
+    Each entry ``entries[l]`` (``[n_var_l, b, d_model]``) replaces the residual after ``l``
+    blocks at each prompt's last position. Every variant runs as a new token of its prompt's
+    row, all at the last token's position, attending to the cached slots ``0 .. lengths-2``
+    and to itself only (an ``and`` mask over the causal one): the arithmetic of separate
+    one-token passes, without repeating the cached keys and values per variant. Variants join
+    the pass at their own layer, so each block runs once over every variant that passes
+    through it: its weights are read once per prompt group, not once per entry layer.
+
+    Args:
+        state: from :func:`last_token_state`, or kept by a capture pass
+            (:func:`cgar_interp.capture.capture_many` with ``keep_states``), for ``b`` prompts.
+        entries: ``{layer 0 .. n_layers: [n_var_l, b, d_model]}`` (variant-major).
+        patches: interventions inside the blocks at the last position (only with a single
+            entry layer: a function sees ``[b, n_var, ...]``; see :func:`suffix_patches`).
+
+    Returns:
+        ``{layer: [n_var_l, b, d_model]}`` residuals after the last block (before the final
+        norm; :meth:`~cgar_interp.models.ModelHandle.decode_residual` gives the logits).
+    """
+    from transformers.masking_utils import create_causal_mask
+
+    handle.require_local("KV-cache suffix passes (resume_staggered)")
+    n_layers = handle.arch.n_layers
+    layers = sorted(entries)
+    if not layers:
+        return {}
+    if layers[0] < 0 or layers[-1] > n_layers:
+        raise ValueError(f"entry layers {layers} are out of range 0..{n_layers}")
+    if patches and len(layers) > 1:
+        raise ValueError(f"suffix patches need a single entry layer; got layers {layers}")
+    b = entries[layers[0]].shape[1]
+    for layer in layers:
+        if entries[layer].dim() != 3 or entries[layer].shape[1] != b:
+            raise ValueError(
+                f"entry at layer {layer} has shape {tuple(entries[layer].shape)}; expected "
+                f"[n_var, {b}, d_model]"
+            )
+    counts = [entries[layer].shape[0] for layer in layers]
+    cache = fork_cache(state.cache)
+    width = cache.get_seq_length()  # before any update: every layer holds the same slots
+    last = state.lengths.cpu() - 1  # [b]: the last token's position, = the visible cache slots
+    visible = torch.arange(width)[None] < last[:, None]  # [b, W]
+    device, dtype = handle.input_device, handle.dtype
+    inner = handle.backend.hf_model.model
+    total = sum(counts)
+    position_ids = last[:, None].expand(b, total).to(device=device, dtype=torch.long)
+    probe = torch.zeros(b, total, handle.arch.d_model, device=device, dtype=dtype)
+    cos, sin = inner.rotary_emb(probe, position_ids=position_ids)  # equal rows: slice by count
+
+    def own_slot(batch_idx, head_idx, q_idx, kv_idx, width=width):
+        return (kv_idx < width) | (kv_idx == q_idx)
+
+    masks: dict[int, object] = {}  # tokens in the pass -> its mask (made before any update)
+
+    def mask_for(n: int):
+        if n not in masks:
+            attend = torch.cat([visible, torch.ones(b, n, dtype=torch.bool)], dim=1)
+            masks[n] = create_causal_mask(
+                config=handle.backend.hf_model.config,
+                inputs_embeds=probe[:, :n],
+                attention_mask=attend.long().to(device),
+                position_ids=position_ids[:, :n],
+                and_mask_function=own_slot if n > 1 else None,
+                **cache_kwargs(create_causal_mask, cache),
+            )
+        return masks[n]
+
+    running = None
+    for n in {sum(counts[: i + 1]) for i in range(len(layers)) if layers[i] < n_layers}:
+        mask_for(n)
+    with torch.no_grad(), suffix_patches(handle, patches):
+        for index in range(layers[0], n_layers + 1):
+            if index in entries:  # these variants join here
+                h_new = entries[index].transpose(0, 1).to(device=device, dtype=dtype)
+                running = h_new if running is None else torch.cat([running.to(device), h_new], 1)
+            if index == n_layers:
+                break
+            n = running.shape[1]
+            block = inner.layers[index]
+            on = module_device(block)  # blocks of a device map sit on several GPUs
+            shared = PerDevice(
+                attention_mask=mask_for(n),
+                position_embeddings=(cos[:, :n], sin[:, :n]),
+                position_ids=position_ids[:, :n],
+            )
+            running = block(
+                running.to(on), **shared.on(on), **cache_kwargs(block, cache), use_cache=True
+            )
+            if isinstance(running, tuple):
+                running = running[0]
+    handle.stats.resume_calls += 1
+    handle.stats.resume_rows += b * total
+    handle.stats.resume_block_rows += b * sum(
+        c * (n_layers - layer) for c, layer in zip(counts, layers, strict=True)
+    )
+    out, offset = {}, 0
+    for layer, count in zip(layers, counts, strict=True):
+        out[layer] = running[:, offset : offset + count].transpose(0, 1)  # [n_var, b, d]
+        offset += count
+    return out
+
+
 def resume_last_token(
     handle: ModelHandle,
     state: LastTokenState,
@@ -206,10 +316,8 @@ def resume_last_token(
 ) -> Tensor:
     """Logits of replacement residuals at the last position, from layer ``layer`` on.
 
-    The ``n_var`` variants of a prompt run as ``n_var`` new tokens of that prompt's row, all at
-    the last token's position, each attending to the cached slots ``0 .. lengths-2`` and to
-    itself only (an ``and`` mask over the causal one). That is the arithmetic of ``n_var``
-    separate one-token passes, without repeating the cached keys and values per variant.
+    One entry layer of :func:`resume_staggered` (variants as tokens of their prompt's row,
+    each attending to the cache and itself), then the final norm and the unembedding.
 
     Args:
         state: from :func:`last_token_state`, or kept by a capture pass
@@ -222,35 +330,8 @@ def resume_last_token(
     Returns:
         ``[n_var, b, vocab]`` logits at the last position.
     """
-    handle.require_local("KV-cache suffix passes (resume_last_token)")
-    n_var, b, d = h_last.shape
-    cache = fork_cache(state.cache)
-    rows = h_last.transpose(0, 1).to(device=handle.input_device, dtype=handle.dtype)  # [b, V, d]
-    last = state.lengths.cpu() - 1  # [b]: the last token's position, = the visible cache slots
-    width = cache.get_seq_length()
-    visible = torch.arange(width)[None] < last[:, None]  # [b, W]
-    mask = torch.cat([visible, torch.ones(b, n_var, dtype=torch.bool)], dim=1)
-    own_slot = None
-    if n_var > 1:  # a variant sees the cache and its own slot, not the other variants
-
-        def own_slot(batch_idx, head_idx, q_idx, kv_idx, width=width):
-            return (kv_idx < width) | (kv_idx == q_idx)
-
-    with torch.no_grad(), suffix_patches(handle, patches):
-        out = _blocks(
-            handle,
-            rows,
-            layer,
-            cache,
-            last[:, None].expand(b, n_var),
-            attention_mask=mask.long().to(handle.input_device),
-            and_mask=own_slot,
-        )
-        logits = handle.decode_residual(out)  # [b, V, vocab]
-    handle.stats.resume_calls += 1
-    handle.stats.resume_rows += b * n_var
-    handle.stats.resume_block_rows += b * n_var * (handle.arch.n_layers - layer)
-    return logits.transpose(0, 1)
+    final = resume_staggered(handle, state, {layer: h_last}, patches)[layer]
+    return handle.decode_residual(final)
 
 
 def resume_from_mid(
@@ -277,16 +358,20 @@ def resume_from_mid(
     n_layers = handle.arch.n_layers
     if not 0 <= layer < n_layers:
         raise ValueError(f"resume_from_mid: block {layer} is out of range 0..{n_layers - 1}")
-    block = handle.backend.hf_model.model.layers[layer]
-    device = module_device(block)
-    with torch.no_grad():
-        h = h_mid.to(device=device, dtype=handle.dtype)
-        x = h + block.mlp(block.post_attention_layernorm(h))
-        if layer + 1 == n_layers:  # nothing left to run: the final residual
-            handle.stats.resume_calls += 1
-            handle.stats.resume_rows += x.shape[0] * x.shape[1]
-            return handle.decode_residual(x)
+    x = mlp_half(handle.backend.hf_model.model.layers[layer], h_mid, handle.dtype)
+    if layer + 1 == n_layers:  # nothing left to run: the final residual
+        handle.stats.resume_calls += 1
+        handle.stats.resume_rows += x.shape[0] * x.shape[1]
+        return handle.decode_residual(x)
     return resume_last_token(handle, state, layer + 1, x)
+
+
+def mlp_half(block, h_mid: Tensor, dtype: torch.dtype) -> Tensor:
+    """``h + mlp(post_attention_layernorm(h))``: the rest of a block after its attention, as
+    the model runs it (position-wise, so it needs no cache). ``h_mid [..., d_model]``."""
+    with torch.no_grad():
+        h = h_mid.to(device=module_device(block), dtype=dtype)
+        return h + block.mlp(block.post_attention_layernorm(h))
 
 
 def common_prefix_length(ids: Tensor, lengths: Tensor) -> int:

@@ -57,6 +57,34 @@ class RunResults:
         return cls(path, manifest, tables)
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+class StageClock:
+    """Wall seconds and the peak resident memory after each stage of a run, in run order (the
+    manifest's ``stages``): where a run's time goes besides its probes' units."""
+
+    def __init__(self):
+        self.stages: list[dict] = []
+        self._last = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        entry = next((e for e in self.stages if e["stage"] == name), None)
+        if entry is None:
+            entry = {"stage": name, "seconds": 0.0}
+            self.stages.append(entry)
+        entry["seconds"] = round(entry["seconds"] + now - self._last, 3)
+        entry["peak_rss_mib"] = peak_rss_mib()
+        self._last = now
+
+
 def run_suite(
     suite: SuiteConfig,
     out: str | Path,
@@ -90,6 +118,7 @@ def run_suite(
     """
     say = log or (lambda _msg: None)
     started = time.perf_counter()
+    clock = StageClock()
     if handle is None:
         handle = load_model(
             suite.model,
@@ -104,6 +133,7 @@ def run_suite(
         "backend": handle.backend_name,
         "dtype": str(handle.dtype).removeprefix("torch."),
     }
+    clock.mark("load_model")
     layers = suite.needed_layers(handle.n_layers)
     specs = suite.task_specs
     data_sha256 = {spec.key(): spec.data_sha256() for spec in specs if spec.is_file}
@@ -147,6 +177,7 @@ def run_suite(
                     "data_sha256": data_sha256.get(spec.key()),
                 }
             checked.append(prepared)  # the largest k: the longest prompts of this task
+        clock.mark("prepare_tasks")
         check = SelfCheck(
             handle.backend_name,
             handle.dtype,
@@ -168,6 +199,7 @@ def run_suite(
         except SelfCheckFailed:
             record_check("self_check_failed")
             raise
+        clock.mark("self_check")
         record_check()
         worst = max((c.max_abs_diff for c in check.checks), default=float("nan"))
         say(
@@ -206,8 +238,9 @@ def run_suite(
                     index,
                     entry.kind,
                     tables,
-                    {"seconds": round(time.perf_counter() - t0, 3)},
+                    {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mib": peak_rss_mib()},
                 )
+                clock.mark(f"probe:{entry.kind}")
                 say(f"{task_name} / {entry.kind}: {time.perf_counter() - t0:.1f}s")
         run.write_parquet("prompts.parquet", pd.concat(prompt_frames, ignore_index=True))
         tables: dict[str, list[pd.DataFrame]] = {}
@@ -221,14 +254,17 @@ def run_suite(
         merged = {name: pd.concat(frames, ignore_index=True) for name, frames in tables.items()}
         for name, frame in merged.items():
             run.write_table(name, frame)
+        clock.mark("tables")
         if any(entry.kind == "context_gate" for entry in suite.probes):
             from .compare import compare_run  # theory vs measurement: tables/theory_*.parquet
 
             merged.update(compare_run(run.path))
+            clock.mark("theory_compare")
         from .claims import build_ledger  # the verdict: every claim the run's probes test
 
         merged["claims"] = build_ledger(merged, {**manifest, "tasks": task_info})
         run.write_table("claims", merged["claims"])
+        clock.mark("claims")
         manifest.update(
             status="finished",
             finished=now_utc(),
@@ -236,10 +272,14 @@ def run_suite(
             tasks=task_info,
             forward_stats=vars(handle.stats).copy(),
             self_check={**check.summary(), "rows_per_task": self_check_rows},
+            stages=clock.stages,
         )
         run.write_manifest(manifest)
         if report:
             from .report import build_report
 
             build_report(run.path)
+            clock.mark("report")
+            manifest["stages"] = clock.stages
+            run.write_manifest(manifest)
     return RunResults(Path(out), manifest, merged)

@@ -185,3 +185,42 @@ def test_suffix_patches_refuse_other_sites_and_positions(tiny_handles):
     assert (
         again[0] - handle.logits(TokenBatch.from_sequences([[1, 5, 6, 7]]), positions=-1)
     ).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_staggered_entries_equal_full_patched_forwards(tiny_handles, backend):
+    """Variants joining one pass at layers 0, 1 and n_layers (decode only), unequal counts,
+    padded rows: each equals a full forward with that residual patch."""
+    from cgar_interp.models import Patch
+    from cgar_interp.prefix import resume_staggered
+
+    handle = tiny_handles[backend]
+    n_layers = handle.n_layers
+    gen = torch.Generator().manual_seed(7)
+    rows = [[1, *torch.randint(3, 128, (6 + 3 * i,), generator=gen).tolist()] for i in range(3)]
+    batch = TokenBatch.from_sequences(rows)
+    sites = [f"resid.{layer}" for layer in (0, 1, n_layers)]
+    run = capture_many(handle, batch, sites, -1, batch_size=3, keep_states=True)
+    ((idx, state),) = run.states
+    d = handle.arch.d_model
+    shifts = {0: torch.randn(2, d, generator=gen), 1: torch.randn(3, d, generator=gen)}
+    shifts[n_layers] = torch.randn(1, d, generator=gen)
+    entries = {
+        layer: state.resid[layer][None].float() + shift[:, None, :]
+        for layer, shift in shifts.items()
+    }
+    final = resume_staggered(handle, state, entries)
+    assert {k: tuple(v.shape) for k, v in final.items()} == {
+        layer: (len(shift), 3, d) for layer, shift in shifts.items()
+    }
+    for layer, shift in shifts.items():
+        logits = handle.decode_residual(final[layer])
+        for v in range(len(shift)):
+            value = shift[v].expand(3, d)
+            full = handle.run_with_patch(batch, f"resid.{layer}", -1, value, logits_positions=-1)
+            got = logits[v][torch.argsort(idx)]
+            assert (got.float() - full.logits.float()).abs().max() < 1e-4, (backend, layer, v)
+    with pytest.raises(ValueError, match="out of range"):
+        resume_staggered(handle, state, {n_layers + 1: entries[0]})
+    with pytest.raises(ValueError, match="single entry layer"):
+        resume_staggered(handle, state, entries, [Patch("z.0", -1, lambda z: z)])

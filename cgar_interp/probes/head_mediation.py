@@ -53,7 +53,7 @@ from torch import Tensor
 from ..capture import capture_many, resume_variants
 from ..layers import resolve_layers
 from ..models import Patch
-from ..prefix import resume_from_mid
+from ..prefix import mlp_half, resume_staggered
 from .base import ProbeContext, register_probe
 from .hopfield_heads import check_block_spec, label_positions, resolve_blocks
 
@@ -232,12 +232,17 @@ def head_effects(
     base = score(run.logits.float(), indices)  # [n]
     n_heads, n = handle.arch.n_heads, corrupted.batch_size
     effects = {b: torch.zeros(n_heads, n, dtype=torch.float64) for b in blocks}
+    hf_layers = handle.backend.hf_model.model.layers
     for rows, state in run.states:
+        entries = {}  # after block b's MLP the variants of block b join the pass at layer b + 1
         for b in blocks:
             mid = run[f"resid_mid.{b}"][rows].float()  # [r, d]
             out = run[f"head_out.{b}"][rows].float().transpose(0, 1)  # [H, r, d]
             h_mid = mid[None] + (means[b][:, None, :] - out)  # [H, r, d]
-            logits = resume_from_mid(handle, state, b, h_mid)
+            entries[b + 1] = mlp_half(hf_layers[b], h_mid, handle.dtype)
+        final = resume_staggered(handle, state, entries)
+        for b in blocks:
+            logits = handle.decode_residual(final.pop(b + 1))  # [H, r, vocab]
             patched = score(logits.float(), indices[rows]).cpu().double()
             effects[b][:, rows] = patched - base[rows].cpu().double()
     return effects, base
