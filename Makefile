@@ -62,6 +62,8 @@ test-latest:
 
 bench: install
 	$(BIN)/python benchmarks/parity.py
+	$(BIN)/python benchmarks/limits.py
+	$(BIN)/python benchmarks/heads.py
 	$(BIN)/python benchmarks/sweep.py
 
 lint: install
