@@ -257,20 +257,18 @@ def prompt_batches(run_dir: Path) -> list[TokenBatch]:
 
 
 def child_peak_mib(code: str) -> tuple[float, float]:
-    """Wall seconds and peak resident MiB of ``python -c code`` in a fresh process."""
-    import resource
+    """Wall seconds and peak resident MiB of ``python -c code`` in a fresh process (the child
+    reports its own high-water mark as it exits)."""
     import subprocess
 
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    code += "\nfrom cgar_interp.runner import peak_rss_mib\nprint('PEAK_MIB', peak_rss_mib())\n"
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"child failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far
-    if peak <= before:
-        raise RuntimeError("run the memory children largest-last, or in a fresh benchmark process")
-    return seconds, peak / 1024
+    peak = [line for line in done.stdout.splitlines() if line.startswith("PEAK_MIB ")]
+    return seconds, float(peak[-1].split()[1])
 
 
 def suite_rows(nn, quick: bool) -> None:
@@ -280,7 +278,6 @@ def suite_rows(nn, quick: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "paper"
         overrides = "n_eval=32, n_fit=8, n_boot=50" if quick else ""
-        # the floor's memory first: the suite child is larger, and RUSAGE_CHILDREN keeps the max
         widest = (
             "import torch, transformers\n"
             "from cgar_interp.embedded import ensure_embedded\n"

@@ -58,10 +58,22 @@ class RunResults:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, MiB (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident memory so far, MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status`` (the high-water mark of this process image; the
+    ``ru_maxrss`` of a child started from a large parent keeps the parent's peak across exec).
+    Elsewhere ``ru_maxrss`` (KiB on Linux and BSD, bytes on macOS).
+    """
     import resource
     import sys
 
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 

@@ -80,6 +80,26 @@ def test_run_directory_layout_and_provenance(reference_run):
         checked["paths"]
     )
     assert max(p["max_abs_diff"] for p in checked["paths"].values()) < 1e-5
+    # where the time and memory went, stage by stage in run order, and per unit
+    stages = manifest["stages"]
+    assert [s["stage"] for s in stages] == [
+        "load_model",
+        "prepare_tasks",
+        "self_check",
+        "probe:context_gate",
+        "probe:task_vectors",
+        "tables",
+        "theory_compare",
+        "claims",
+    ]
+    assert all(s["seconds"] >= 0 and s["peak_rss_mib"] > 0 for s in stages)
+    peaks = [s["peak_rss_mib"] for s in stages]
+    assert peaks == sorted(peaks)  # a high-water mark never falls
+    units = sorted(path.glob("units/**/done.json"))
+    assert len(units) == 2
+    for done in units:
+        info = json.loads(done.read_text())
+        assert info["seconds"] > 0 and info["peak_rss_mib"] >= peaks[0]
 
 
 def test_prompts_table_has_everything_to_recompute(reference_run):
