@@ -51,7 +51,7 @@ from cgar_interp.tasks_bridge import prepare_task  # noqa: E402
 from cgar_interp.tokens import TokenBatch  # noqa: E402
 
 ROWS: list[tuple[str, str, str, bool]] = []
-LAMBDAS = (0.0, 0.01, 0.1, 1.0, 10.0)
+from sweep import LAMBDAS  # noqa: E402  (the grid of both benchmarks)
 
 
 def report(name: str, value: str, target: str, ok: bool) -> None:
@@ -83,7 +83,7 @@ def bare_forwards(handle, batches, bs: int, **outputs) -> None:
 
 
 def main() -> None:
-    from sweep import inputs_for
+    from sweep import inputs_for, run_gate
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
@@ -109,15 +109,7 @@ def main() -> None:
         )
 
     def probe(cfg):
-        ctx = ProbeContext(
-            nn,
-            inputs,
-            cfg.needed_layers(L),
-            n_boot=0,
-            batch_size=bs,
-            keep_states=cfg.resumes_zero_shot,
-        )
-        return get_probe("context_gate").run(cfg, ctx)
+        return run_gate(nn, inputs, cfg.context_layers, cfg.modes, bs)[1]
 
     def passes(cfg, keep_states: bool):
         """The probe's captures alone: what ProbeContext.captures runs, the same sites."""

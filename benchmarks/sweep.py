@@ -63,6 +63,21 @@ def inputs_for(handle, task: str, n_fit: int, n_eval: int, pinned: bool):
     return prepare_task(handle, suite, task).inputs
 
 
+def run_gate(handle, inputs, spec, modes, batch_size: int):
+    """The context-gate probe over the benchmark grid (``spec``: context layers) in ``modes``,
+    the ``context`` vector only, no bootstrap: ``(config, tables)``."""
+    cfg = ContextGateConfig(context_layers=spec, lambdas=LAMBDAS, modes=modes, vectors=("context",))
+    ctx = ProbeContext(
+        handle,
+        inputs,
+        cfg.needed_layers(handle.n_layers),
+        n_boot=0,
+        batch_size=batch_size,
+        keep_states=cfg.resumes_zero_shot,
+    )
+    return cfg, get_probe("context_gate").run(cfg, ctx)
+
+
 def naive_nnsight_sweep(lm, inputs, c_layers, batch_size: int, n_layers: int) -> dict:
     """The decode-mode grid as a competent nnsight user writes it: one patched trace per config.
 
@@ -243,18 +258,7 @@ def main() -> None:
     )
 
     def probe(handle, spec, modes):
-        cfg = ContextGateConfig(
-            context_layers=spec, lambdas=LAMBDAS, modes=modes, vectors=("context",)
-        )
-        ctx = ProbeContext(
-            handle,
-            inputs,
-            cfg.needed_layers(L),
-            n_boot=0,
-            batch_size=bs,
-            keep_states=cfg.resumes_zero_shot,
-        )
-        return cfg, get_probe("context_gate").run(cfg, ctx)
+        return run_gate(handle, inputs, spec, modes, bs)
 
     # 1. forward passes per query, counted
     for grid_name, spec, modes in (
