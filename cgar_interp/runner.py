@@ -93,7 +93,10 @@ class StageClock:
             entry = {"stage": name, "seconds": 0.0}
             self.stages.append(entry)
         entry["seconds"] = round(entry["seconds"] + now - self._last, 3)
-        entry["peak_rss_mib"] = peak_rss_mib()
+        # the kernel's RSS counters are batched per thread, so VmHWM can read 0.1 MiB lower
+        # a moment later: keep the running maximum, the peak up to the end of this stage
+        before = max((e["peak_rss_mib"] for e in self.stages if "peak_rss_mib" in e), default=0)
+        entry["peak_rss_mib"] = max(before, peak_rss_mib())
         self._last = now
 
 

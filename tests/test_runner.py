@@ -99,7 +99,7 @@ def test_run_directory_layout_and_provenance(reference_run):
     assert len(units) == 2
     for done in units:
         info = json.loads(done.read_text())
-        assert info["seconds"] > 0 and info["peak_rss_mib"] >= peaks[0]
+        assert info["seconds"] > 0 and info["peak_rss_mib"] >= 0.99 * peaks[0]
 
 
 def test_prompts_table_has_everything_to_recompute(reference_run):
