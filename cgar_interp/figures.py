@@ -65,13 +65,7 @@ def context_gate_figure(table: pd.DataFrame, task: str) -> go.Figure:
                 go.Scatter(
                     x=[_lam_label(x) for x in sel.lam],
                     y=sel.value,
-                    error_y={
-                        "type": "data",
-                        "symmetric": False,
-                        "array": sel.ci_high - sel.value,
-                        "arrayminus": sel.value - sel.ci_low,
-                        "thickness": 1,
-                    },
+                    error_y=ci_error_y(sel.value, sel.ci_low, sel.ci_high, thickness=1),
                     mode="lines+markers",
                     name=name,
                     legendgroup=name,
@@ -205,6 +199,18 @@ def theory_compare_figure(table: pd.DataFrame, task: str) -> go.Figure:
 REGIME_NAMES = ("single", "metastable", "global")
 REGIME_COLORS = ("#d62728", "#ff7f0e", "#1f77b4")
 KIND_TITLES = {"zero_shot": "zero-shot", "icl": "ICL"}
+
+
+def ci_error_y(value, low, high, **style) -> dict:
+    """Plotly's asymmetric error bars of an interval ``[low, high]`` around ``value`` (columns or
+    arrays); ``style`` adds keys such as ``thickness``."""
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": high - value,
+        "arrayminus": value - low,
+        **style,
+    }
 
 
 def _ci_text(value: float, low: float, high: float) -> str:
@@ -518,13 +524,7 @@ def subspace_figure(table: pd.DataFrame, task: str) -> go.Figure:
                     y=sel.value,
                     error_y=None
                     if band
-                    else {
-                        "type": "data",
-                        "symmetric": False,
-                        "array": sel.ci_high - sel.value,
-                        "arrayminus": sel.value - sel.ci_low,
-                        "thickness": 1,
-                    },
+                    else ci_error_y(sel.value, sel.ci_low, sel.ci_high, thickness=1),
                     mode="lines+markers",
                     name=name,
                     line={"color": color, "dash": dash},

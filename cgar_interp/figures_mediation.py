@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .figures import HOVER, PALETTE, _ci_text, _grid
+from .figures import HOVER, PALETTE, _ci_text, _grid, ci_error_y
 
 
 def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
@@ -62,13 +62,7 @@ def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
             text=[texts[(r.layer, r.head)] for r in data.itertuples()],
             hovertemplate=HOVER,
             marker={"color": data.layer, "colorscale": "Viridis", "size": 7},
-            error_y={
-                "type": "data",
-                "symmetric": False,
-                "array": data.aie_ci_high - data.aie,
-                "arrayminus": data.aie - data.aie_ci_low,
-                "thickness": 0.6,
-            },
+            error_y=ci_error_y(data.aie, data.aie_ci_low, data.aie_ci_high, thickness=0.6),
             name="heads",
             showlegend=False,
         ),
@@ -116,12 +110,7 @@ def head_mediation_figure(table: pd.DataFrame, task: str) -> go.Figure:
                     legendgroup=label,
                     showlegend=col == 1,
                     line={"color": PALETTE[i % len(PALETTE)]},
-                    error_y={
-                        "type": "data",
-                        "symmetric": False,
-                        "array": sel.ci_high - sel.value,
-                        "arrayminus": sel.value - sel.ci_low,
-                    },
+                    error_y=ci_error_y(sel.value, sel.ci_low, sel.ci_high),
                     text=[
                         f"{label}, layer {r.layer}<br>{metric}="
                         f"{_ci_text(r.value, r.ci_low, r.ci_high)}<br>n={r.n}"
@@ -154,12 +143,7 @@ def head_mediation_figure(table: pd.DataFrame, task: str) -> go.Figure:
                 y=sel.value,
                 name=metric,
                 marker_color=PALETTE[(i + 4) % len(PALETTE)],
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": sel.ci_high - sel.value,
-                    "arrayminus": sel.value - sel.ci_low,
-                },
+                error_y=ci_error_y(sel.value, sel.ci_low, sel.ci_high),
                 text=[
                     f"{r.set}<br>{metric}={_ci_text(r.value, r.ci_low, r.ci_high)}<br>n={r.n}"
                     for r in sel.itertuples()

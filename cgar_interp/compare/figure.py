@@ -35,6 +35,8 @@ def theory_compare_figure(table: pd.DataFrame, task: str, c_layers: str = "all")
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    from ..figures import ci_error_y
+
     data = table[table.task == task]
     if data.empty:
         raise ValueError(f"no theory_compare rows for task {task!r}")
@@ -122,13 +124,7 @@ def theory_compare_figure(table: pd.DataFrame, task: str, c_layers: str = "all")
                     go.Scatter(
                         x=xs(pts.lam),
                         y=pts.measured,
-                        error_y={
-                            "type": "data",
-                            "symmetric": False,
-                            "array": pts.ci_high - pts.measured,
-                            "arrayminus": pts.measured - pts.ci_low,
-                            "thickness": 1,
-                        },
+                        error_y=ci_error_y(pts.measured, pts.ci_low, pts.ci_high, thickness=1),
                         mode="markers",
                         marker={"symbol": symbol, "size": 8, "color": "#000"},
                         name=name,
