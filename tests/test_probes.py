@@ -227,3 +227,17 @@ def test_bad_probe_configs(data, match):
         return
     with pytest.raises(ConfigError, match=match):
         build(ContextGateConfig, data, "[[probe]] 1")
+
+
+def test_first_non_finite_names_the_first_bad_row():
+    import numpy as np
+    import pandas as pd
+
+    from cgar_interp.probes.base import first_non_finite
+
+    table = pd.DataFrame(
+        {"metric": ["a", "b", "c", "d"], "value": [0.5, np.inf, np.nan, 1.0], "layer": [0, 1, 2, 3]}
+    )
+    bad = first_non_finite(table)
+    assert bad.metric == "b" and bad.layer == 1
+    assert first_non_finite(table.iloc[[0, 3]]) is None

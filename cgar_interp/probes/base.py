@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -39,6 +40,13 @@ def check_finite(run, task: str, kind: str, rows: Tensor) -> None:
                 f"non-finite values at {name} for task {task!r}, {kind} prompt of query row "
                 f"{int(rows[row])}: the model overflowed or was fed bad input; try dtype float32"
             )
+
+
+def first_non_finite(table: pd.DataFrame):
+    """The first row of a tidy table whose ``value`` is NaN or infinite, else None (a probe
+    names its keys in the error it raises)."""
+    bad = ~np.isfinite(table["value"].to_numpy(dtype=float))
+    return table[bad].iloc[0] if bad.any() else None
 
 
 ZeroShotRows = Callable[[str, pd.DataFrame], "pd.Series | bool"]

@@ -54,7 +54,7 @@ from ..capture import capture_many, resume_variants
 from ..layers import resolve_layers
 from ..models import Patch
 from ..prefix import mlp_half, resume_staggered
-from .base import ProbeContext, register_probe
+from .base import ProbeContext, first_non_finite, register_probe
 from .hopfield_heads import check_block_spec, label_positions, resolve_blocks
 
 ABLATION_METRICS = ("label_mass", "vocab_correct", "gold_mass")
@@ -520,8 +520,8 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
             join[f"random_{metric}_q05"] = float(np.quantile(per_draw, 0.05))
             join[f"random_{metric}_q95"] = float(np.quantile(per_draw, 0.95))
     table = pd.DataFrame(rows)
-    if not np.isfinite(table["value"].to_numpy()).all():
-        bad = table[~np.isfinite(table["value"].to_numpy())].iloc[0]
+    bad = first_non_finite(table)
+    if bad is not None:
         raise FloatingPointError(
             f"non-finite head-mediation value {bad.metric!r} ({bad.part}, layer {bad.layer}, "
             f"head {bad.head}) for task {inputs.task!r}; try dtype float32"

@@ -74,7 +74,7 @@ from ..theory.mhn import (
     well_separated_threshold,
 )
 from ..tokens import TokenBatch
-from .base import ProbeContext, register_probe
+from .base import ProbeContext, first_non_finite, register_probe
 
 BLOCK_NAMES = ("all", "upper_half")
 
@@ -486,8 +486,8 @@ def run_hopfield_heads(config: HopfieldHeadsConfig, ctx: ProbeContext) -> dict[s
                 }
             )
     table = pd.DataFrame(rows)
-    if not np.isfinite(table["value"].to_numpy()).all():
-        bad = table[~np.isfinite(table["value"].to_numpy())].iloc[0]
+    bad = first_non_finite(table)
+    if bad is not None:
         raise FloatingPointError(
             f"non-finite Hopfield-head metric {bad.metric!r} for task {inputs.task!r} at layer "
             f"{bad.layer}, head {bad.head} ({bad.prompt_kind}); try dtype float32"
