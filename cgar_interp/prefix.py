@@ -49,19 +49,16 @@ class LastTokenState:
 def _blocks(
     handle: ModelHandle,
     h: Tensor,
-    start: int,
     cache,
     positions: Tensor,
-    attention_mask: Tensor | None = None,
     record=None,
-    and_mask=None,
 ) -> Tensor:
-    """Run ``h [rows, n, d]`` (row r's tokens at ``positions[r]``) through blocks ``start .. L-1``.
+    """Run ``h [rows, n, d]`` (row r's tokens at ``positions[r]``) through every block.
 
-    ``positions`` is ``[rows | 1, n]``. ``attention_mask [rows, W + n]`` (1 = attend) covers
-    the cache slots and the new tokens; ``None`` attends to every cached slot. ``and_mask``
-    (a mask function ``(batch, head, q, kv) -> bool``) narrows the causal mask. ``record``
-    (a dict) receives the residual after each block at the first new token.
+    ``positions`` is ``[rows | 1, n]``; the new tokens attend causally to every cached slot
+    (the prefill and the capture of a last token: suffix passes over a padded cache use
+    :func:`resume_staggered`). ``record`` (a dict) receives the residual after each block at
+    the first new token.
     """
     from transformers.masking_utils import create_causal_mask
 
@@ -71,13 +68,12 @@ def _blocks(
     mask = create_causal_mask(
         config=handle.backend.hf_model.config,
         inputs_embeds=h,
-        attention_mask=attention_mask,
+        attention_mask=None,
         position_ids=position_ids,
-        and_mask_function=and_mask,
         **cache_kwargs(create_causal_mask, cache),
     )
     shared = PerDevice(attention_mask=mask, position_embeddings=rotary, position_ids=position_ids)
-    for index in range(start, handle.arch.n_layers):
+    for index in range(handle.arch.n_layers):
         block = inner.layers[index]
         device = module_device(block)  # blocks of a device map sit on several GPUs
         h = block(h.to(device), **shared.on(device), **cache_kwargs(block, cache), use_cache=True)
@@ -96,7 +92,7 @@ def _prefill(handle: ModelHandle, ids: Tensor, cache) -> None:
     """
     embed = handle.backend.hf_model.model.embed_tokens
     h = embed(ids.to(module_device(embed)))
-    _blocks(handle, h, 0, cache, torch.arange(ids.shape[1])[None])
+    _blocks(handle, h, cache, torch.arange(ids.shape[1])[None])
 
 
 def last_token_state(handle: ModelHandle, ids: Tensor) -> LastTokenState:
@@ -115,7 +111,7 @@ def last_token_state(handle: ModelHandle, ids: Tensor) -> LastTokenState:
         prefix = copy.deepcopy(cache)  # positions 0..n-2; the last token's pass appends to `cache`
         h = hf.model.embed_tokens(ids[:, -1:])
         resid = {0: h[:, 0]}
-        _blocks(handle, h, 0, cache, torch.full((b, 1), n - 1), record=resid)
+        _blocks(handle, h, cache, torch.full((b, 1), n - 1), record=resid)
     handle.stats.forward_calls += 1
     handle.stats.forward_rows += b
     return LastTokenState(prefix, resid, torch.full((b,), n, dtype=torch.long))
