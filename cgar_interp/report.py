@@ -18,6 +18,7 @@ from plotly.offline import get_plotlyjs
 
 from .figures import figures_for, sweep_shots
 from .results import atomic_write_text
+from .rundir import temp_dir_for
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -313,4 +314,4 @@ def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None
         f"<style>{STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head>"
         f"<body>{''.join(parts)}</body></html>"
     )
-    return atomic_write_text(run_dir / "report.html", page)
+    return atomic_write_text(run_dir / "report.html", page, temp_dir_for(run_dir))

@@ -40,14 +40,20 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
+def temp_dir_for(run_path: Path) -> Path:
+    """Where a run directory's atomic writes keep their temp files: beside the run, not in it,
+    so nothing partial is ever visible inside (a kill mid-write leaves only the sibling)."""
+    run_path = Path(run_path)
+    return run_path.parent / f".{run_path.name}.tmp"
+
+
 class RunDir:
     """An opened, locked run directory. Use :meth:`open`."""
 
     def __init__(self, path: Path, lock_fh):
         self.path = path
         self._lock_fh = lock_fh
-        # temp files live beside the run, not in it: nothing partial is ever visible inside
-        self.tmp = path.parent / f".{path.name}.tmp"
+        self.tmp = temp_dir_for(path)
 
     @classmethod
     def open(

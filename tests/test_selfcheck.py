@@ -1,6 +1,7 @@
 """The run-time self-check: each fast path against a plain forward, and what a failure does."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -312,3 +313,25 @@ def test_bfloat16_passes_within_its_tolerance_and_still_catches_the_bug(
     monkeypatch.setattr(tl, "bridge_attention_sees_cache", bridge_blind_to_cache)
     with pytest.raises(SelfCheckFailed, match="tolerance 0.1 for bfloat16"):
         check_task(SelfCheck("transformer_lens", handle.dtype), handle, cue_inputs(), EVERY_PATH)
+
+
+def test_report_keeps_its_temp_file_beside_the_run(tmp_path, monkeypatch):
+    """A kill while report.html is written leaves no partial file inside the run directory."""
+    import tempfile
+
+    from cgar_interp.report import build_report
+    from cgar_interp.rundir import RunDir
+
+    with RunDir.open(tmp_path / "run", {"config_hash": "x"}) as run:
+        run.write_manifest({"identity": {"config_hash": "x"}, "suite": {"name": "s", "tasks": []}})
+    seen = []
+    real = tempfile.mkstemp
+
+    def spy(*args, **kwargs):
+        seen.append(Path(kwargs["dir"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", spy)
+    build_report(tmp_path / "run")
+    assert seen and all(d == tmp_path / ".run.tmp" for d in seen)
+    assert not list((tmp_path / "run").rglob("*.part"))
