@@ -224,10 +224,17 @@ def run_suite(
         )
         handle.stats.reset()
         for task_name, (k, prepared) in prepared_tasks.items():
-            ctx = ProbeContext(
+            # the shared pass reads what the probes still to run declared (SharedRead): a
+            # probe kept from an earlier session adds no prompt to it
+            ctx = ProbeContext.for_probes(
                 handle,
                 prepared.inputs,
-                layers,
+                [
+                    entry.config
+                    for index, entry in enumerate(suite.probes)
+                    if not run.unit_done(task_name, index, entry.kind)
+                ],
+                layers=layers,
                 seed=suite.seed,
                 n_boot=suite.n_boot,
                 batch_size=suite.batch_size,

@@ -447,7 +447,9 @@ def resample_class_alignment(
         np.add.at(coef[:, k], (np.broadcast_to(rows, idx.shape), idx), member / count)
     coef = coef - coef.mean(1, keepdims=True)  # centred class means
     dots = np.einsum("bki,ik->bk", coef, proj_w)
-    norms = np.sqrt(np.clip(np.einsum("bki,ij,bkj->bk", coef, gram, coef), 0.0, None))
+    # |class mean|^2 = c^T G c, as two matmuls (a three-operand einsum loops in Python's
+    # reference order: 70x slower at 1000 resamples)
+    norms = np.sqrt(np.clip(((coef @ gram) * coef).sum(-1), 0.0, None))
     w_norm = np.linalg.norm(w - w.mean(0), axis=1)
     scale = math.sqrt(float(np.diag(gram).max()))
     den = norms * w_norm

@@ -98,7 +98,7 @@ NOTEBOOKS = {
         new_code_cell(
             'heads = res.tables["hopfield_heads"]\n'
             'heads[heads.metric == "n_eff"].groupby(["layer", "prompt_kind"]).value.mean().unstack()'
-            " if \"prompt_kind\" in heads else heads.head()"
+            ' if "prompt_kind" in heads else heads.head()'
         ),
         new_code_cell("res.figure_names"),
         new_code_cell("res.figure(res.figure_names[0])"),

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..capture import capture_many
 from ..metrics import gold_probability, query_metrics, summarise
-from ..models import ModelHandle
+from ..models import ModelHandle, RunResult
 from ..tokens import TokenBatch
 
 
@@ -128,18 +128,72 @@ class TaskInputs:
     icl_shuffled: TokenBatch | None = None
 
 
+PROMPT_KINDS_SHARED = ("zero", "icl", "icl_shuffled")
+
+
+@dataclass(frozen=True)
+class SharedRead:
+    """Sites a probe reads at the last position of some of a task's prompts.
+
+    A probe declares its reads before any forward pass (its config's ``shared_reads(inputs,
+    n_layers)``); the runner hands them to the :class:`ProbeContext`, whose one capture pass per
+    prompt kind reads them beside the shared residuals, so no prompt runs twice in a suite.
+    :meth:`ProbeContext.read` returns them; a read nobody declared runs its own capture there.
+
+    Attributes:
+        kind: ``"zero"``, ``"icl"`` or ``"icl_shuffled"``.
+        rows: query indices, in the order the probe reads them.
+        sites: site names read at each prompt's last position.
+        keep_states: also keep the prompts' KV caches (``RunResult.states``), for probes that
+            resume them or read their keys.
+    """
+
+    kind: str
+    rows: tuple[int, ...]
+    sites: tuple[str, ...]
+    keep_states: bool = False
+
+    def __post_init__(self):
+        if self.kind not in PROMPT_KINDS_SHARED:
+            raise ValueError(
+                f"shared read of prompt kind {self.kind!r}: valid kinds are "
+                f"{', '.join(PROMPT_KINDS_SHARED)}"
+            )
+        if len(set(self.rows)) != len(self.rows) or not self.rows:
+            raise ValueError(f"a shared read needs distinct query rows; got {self.rows[:8]}...")
+
+    @classmethod
+    def of(cls, kind: str, rows, sites, keep_states: bool = False) -> SharedRead:
+        """From a tensor (or list) of rows and any iterable of sites."""
+        rows = torch.as_tensor(rows).tolist() if not isinstance(rows, tuple) else rows
+        return cls(kind, tuple(int(r) for r in rows), tuple(str(s) for s in sites), keep_states)
+
+
+@dataclass
+class _Group:
+    """Rows of one prompt kind that the shared pass ran together, and what it read."""
+
+    rows: Tensor  # [r] query indices
+    run: RunResult
+
+
 @dataclass
 class TaskCaptures:
     """Last-position residuals at the declared layers and last-position logits, per prompt kind."""
 
     layers: tuple[int, ...]
     resid: dict[str, dict[int, Tensor]]  # kind -> layer -> [n, d_model]
-    logits: dict[str, Tensor | None]  # kind -> [n, vocab] (None where only fit rows ran)
+    logits: dict[str, Tensor | None]  # kind -> [n, vocab] (NaN rows not run; None: none ran)
 
 
 @dataclass
 class ProbeContext:
-    """What a probe receives: the model, the task's inputs, shared captures, run settings."""
+    """What a probe receives: the model, the task's inputs, shared captures, run settings.
+
+    ``reads`` are the :class:`SharedRead` s the suite's probes declared (the runner builds them
+    with :meth:`for_probes`): the shared capture pass reads them too, and :meth:`read` returns
+    them without another forward pass.
+    """
 
     handle: ModelHandle
     inputs: TaskInputs
@@ -155,62 +209,203 @@ class ProbeContext:
     # tables the suite's earlier probes produced for this task (name -> frame), so that a
     # probe can read another's results (head_mediation reads hopfield_heads)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    reads: tuple[SharedRead, ...] = ()
     _captures: TaskCaptures | None = field(default=None, repr=False)
-    _zero_states: list | None = field(default=None, repr=False)
+    _groups: dict[str, list[_Group]] | None = field(default=None, repr=False)
+    _ran_base: bool = field(default=False, repr=False)
+
+    @classmethod
+    def for_probes(cls, handle: ModelHandle, inputs: TaskInputs, configs, **settings):
+        """The context of a suite whose probes have ``configs``: the residual layers they read
+        (``needed_layers``), whether some resumes the zero-shot prompts, and every
+        :class:`SharedRead` they declare. ``settings`` go to the constructor (``layers`` given
+        there wins, e.g. a resumed run that keeps the whole suite's layers)."""
+        n_layers = handle.n_layers
+        layers = sorted({layer for c in configs for layer in c.needed_layers(n_layers)})
+        reads = tuple(
+            read
+            for c in configs
+            if hasattr(c, "shared_reads")
+            for read in c.shared_reads(inputs, n_layers)
+        )
+        settings.setdefault(
+            "keep_states", any(getattr(c, "resumes_zero_shot", False) for c in configs)
+        )
+        return cls(handle, inputs, tuple(settings.pop("layers", layers)), reads=reads, **settings)
+
+    # ----------------------------------------------------------------------------------------
+    # the shared pass
+
+    def _kind_batches(self) -> dict[str, tuple[TokenBatch, Tensor]]:
+        """Prompt kind -> (its batch, the rows the shared residuals cover)."""
+        n = self.inputs.gold.shape[0]
+        kinds = {
+            "zero": (self.inputs.zero, torch.arange(n)),
+            "icl": (self.inputs.icl, torch.arange(n)),
+        }
+        if self.inputs.icl_shuffled is not None:  # only ever averaged over fit queries
+            kinds["icl_shuffled"] = (self.inputs.icl_shuffled, self.inputs.fit)
+        return kinds
+
+    def _all_reads(self) -> list[SharedRead]:
+        reads = list(self.reads)
+        if self.keep_states:  # the eval queries' zero-shot caches (zero_states)
+            reads.append(SharedRead.of("zero", self.inputs.eval, (), keep_states=True))
+        return reads
+
+    def _shared_pass(self, base: bool) -> None:
+        """Run (once) every declared read, and with ``base`` (or declared layers) the shared
+        residuals and logits of every prompt; each prompt kind's rows run in groups of rows
+        that the same reads cover, so a read's kept states cover exactly its rows."""
+        base = base or bool(self.layers)
+        if self._groups is not None and (self._ran_base or not base):
+            return
+        first = self._groups is None
+        if first:
+            self._groups = {kind: [] for kind in PROMPT_KINDS_SHARED}
+        reads = self._all_reads() if first else []
+        resid_sites = tuple(f"resid.{layer}" for layer in self.layers)
+        n = self.inputs.gold.shape[0]
+        covered = {
+            kind: {int(r) for g in self._groups[kind] for r in g.rows} for kind in self._groups
+        }
+        for kind, (batch, base_rows) in self._kind_batches().items():
+            signature: dict[int, tuple] = {}
+            for i, read in enumerate(reads):
+                if read.kind == kind:
+                    for row in read.rows:
+                        signature.setdefault(row, ())
+                        signature[row] += (i,)
+            if base:
+                for row in base_rows.tolist():
+                    if row not in covered[kind]:
+                        signature[row] = signature.get(row, ()) + ("base",)
+            if not signature:
+                continue
+            groups: dict[tuple, list[int]] = {}
+            for row in sorted(signature):
+                groups.setdefault(signature[row], []).append(row)
+            tick = (
+                self.progress(f"{self.inputs.task}: capture {kind}", len(signature))
+                if self.progress
+                else None
+            )
+            for sig, rows in groups.items():
+                sites = list(resid_sites) if "base" in sig else []
+                for i in sig:
+                    if i != "base":
+                        sites += [s for s in reads[i].sites if s not in sites]
+                keep = any(reads[i].keep_states for i in sig if i != "base")
+                rows_t = torch.tensor(rows)
+                run = capture_many(
+                    self.handle,
+                    batch if len(rows) == n else batch.select(rows_t),
+                    sites,
+                    -1,
+                    batch_size=self.batch_size,
+                    progress=tick,
+                    keep_states=keep,
+                )
+                check_finite(run, self.inputs.task, kind, rows_t)
+                self._groups[kind].append(_Group(rows_t, run))
+        self._ran_base = self._ran_base or base
 
     def captures(self) -> TaskCaptures:
         """Capture (once) ``resid.{l}`` at the last position for the declared layers + logits.
 
+        Every prompt runs once: the declared :class:`SharedRead` s are read in the same pass.
         With ``keep_states``, the zero-shot pass over the *eval* queries also keeps its KV
         caches (:meth:`zero_states`), so probes that intervene at the last position of those
         prompts run one-token suffix passes instead of a second forward pass.
         """
         if self._captures is None:
-            sites = [f"resid.{layer}" for layer in self.layers]
+            self._shared_pass(base=True)
+            n, d = self.inputs.gold.shape[0], self.handle.arch.d_model
             resid, logits = {}, {}
-            n = self.inputs.gold.shape[0]
-            every = torch.arange(n)
-            kinds = {"zero": (self.inputs.zero, every), "icl": (self.inputs.icl, every)}
-            if self.inputs.icl_shuffled is not None:  # only ever averaged over fit queries
-                kinds["icl_shuffled"] = (self.inputs.icl_shuffled, self.inputs.fit)
-            for kind, (batch, rows) in kinds.items():
-                parts = [(rows, False)]
-                if kind == "zero" and self.keep_states:
-                    rest = every[~torch.isin(every, self.inputs.eval)]
-                    parts = [(self.inputs.eval, True)] + ([(rest, False)] if len(rest) else [])
-                tick = (
-                    self.progress(f"{self.inputs.task}: capture {kind}", len(rows))
-                    if self.progress
-                    else None
-                )
+            for kind in self._kind_batches():
+                groups = self._groups[kind]
                 # rows not captured stay NaN, so a misuse cannot pass silently
-                resid[kind] = {
-                    layer: torch.full((n, self.handle.arch.d_model), float("nan"))
-                    for layer in self.layers
-                }
+                resid[kind] = {layer: torch.full((n, d), float("nan")) for layer in self.layers}
                 logits[kind] = None
-                for part, keep in parts:
-                    subset = batch if len(part) == n else batch.select(part)
-                    run = capture_many(
-                        self.handle,
-                        subset,
-                        sites,
-                        -1,
-                        batch_size=self.batch_size,
-                        progress=tick,
-                        keep_states=keep,
-                    )
-                    check_finite(run, self.inputs.task, kind, part)
+                for group in groups:
                     for layer in self.layers:
-                        resid[kind][layer][part] = run[f"resid.{layer}"].float()
-                    if len(rows) == n:
-                        if logits[kind] is None:
-                            logits[kind] = torch.full((n, run.logits.shape[-1]), float("nan"))
-                        logits[kind][part] = run.logits.float()
-                    if keep:
-                        self._zero_states = run.states
+                        name = f"resid.{layer}"
+                        if name in group.run.captures:
+                            resid[kind][layer][group.rows] = group.run[name].float()
+                    if logits[kind] is None:
+                        logits[kind] = torch.full((n, group.run.logits.shape[-1]), float("nan"))
+                    logits[kind][group.rows] = group.run.logits.float()
             self._captures = TaskCaptures(self.layers, resid, logits)
         return self._captures
+
+    def read(
+        self,
+        kind: str,
+        rows: Tensor,
+        sites,
+        *,
+        keep_states: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> RunResult:
+        """``sites`` at the last position of prompt ``kind`` for query ``rows`` (and the
+        last-position logits; with ``keep_states`` the KV caches, as ``(indices into rows,
+        LastTokenState)`` pairs covering every row once).
+
+        From the shared pass when a declared :class:`SharedRead` has these rows, these sites
+        (or more) and keeps states if asked; otherwise its own capture pass
+        (:func:`~cgar_interp.capture.capture_many`), with ``progress``.
+
+        Returns:
+            a :class:`RunResult` whose tensors are ``[len(rows), ...]`` in the order of ``rows``.
+        """
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        wanted = SharedRead.of(kind, rows, sites, keep_states)
+        batch = getattr(self.inputs, kind)
+        if batch is None:
+            raise ValueError(f"task {self.inputs.task!r} has no {kind!r} prompts")
+        declared = any(
+            r.kind == kind
+            and r.rows == wanted.rows
+            and set(wanted.sites) <= set(r.sites)
+            and (r.keep_states or not keep_states)
+            for r in self._all_reads()
+        )
+        if not declared:
+            return capture_many(
+                self.handle,
+                batch.select(rows),
+                list(wanted.sites),
+                -1,
+                batch_size=self.batch_size,
+                progress=progress,
+                keep_states=keep_states,
+            )
+        self._shared_pass(base=False)
+        position = torch.full((batch.batch_size,), -1, dtype=torch.long)
+        position[rows] = torch.arange(len(rows))
+        width = int(batch.lengths[rows].max())
+        names = [str(self.handle.site(s)) for s in wanted.sites]
+        parts: dict[str, Tensor] = {}
+        logits, states = None, []
+        for group in self._groups[kind]:
+            at = position[group.rows]
+            if (at < 0).all():
+                continue
+            if (at < 0).any():  # cannot happen: groups are cut along every declared read
+                raise RuntimeError(f"shared group of {kind!r} rows straddles a declared read")
+            for name in names:
+                value = group.run[name]
+                if name.startswith("attn_pattern."):  # key axis: pad to this read's width
+                    value = torch.nn.functional.pad(value, (0, width - value.shape[-1]))
+                if name not in parts:
+                    parts[name] = value.new_zeros((len(rows), *value.shape[1:]))
+                parts[name][at] = value
+            if logits is None:
+                logits = group.run.logits.new_zeros((len(rows), group.run.logits.shape[-1]))
+            logits[at] = group.run.logits
+            if keep_states:
+                states += [(at[idx], state) for idx, state in group.run.states]
+        return RunResult(logits=logits, captures=parts, states=states if keep_states else None)
 
     def zero_states(self) -> list | None:
         """``(index into eval, LastTokenState)`` per batch of the eval queries' zero-shot pass.
@@ -221,7 +416,7 @@ class ProbeContext:
         if not self.keep_states:
             return None
         self.captures()
-        return self._zero_states
+        return self.read("zero", self.inputs.eval, (), keep_states=True).states
 
     def score(self, logits: Tensor, indices: Tensor) -> dict[str, Tensor]:
         """Per-query metrics of ``logits [..., b, vocab]`` for the queries ``indices [b]``."""

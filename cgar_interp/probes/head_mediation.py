@@ -52,9 +52,9 @@ from torch import Tensor
 
 from ..capture import capture_many, resume_variants
 from ..layers import resolve_layers
-from ..models import Patch
+from ..models import Patch, RunResult
 from ..prefix import mlp_half, resume_staggered
-from .base import ProbeContext, first_non_finite, register_probe
+from .base import ProbeContext, SharedRead, TaskInputs, first_non_finite, register_probe
 from .hopfield_heads import check_block_spec, label_positions, resolve_blocks
 
 ABLATION_METRICS = ("label_mass", "vocab_correct", "gold_mass")
@@ -109,6 +109,22 @@ class HeadMediationConfig:
 
     def blocks(self, n_layers: int) -> tuple[int, ...]:
         return resolve_blocks(self.layers, n_layers, "layers")
+
+    def shared_reads(self, inputs: TaskInputs, n_layers: int) -> tuple[SharedRead, ...]:
+        """What the probe reads at the last position, in the suite's shared capture pass:
+        head outputs (and patterns, for label attention without ``hopfield_heads``) of the fit
+        queries' ICL prompts, their zero-shot ``z``, the corrupted prompts of the AIE with their
+        KV caches, and the clean ICL prompts the ablations resume."""
+        blocks = self.blocks(n_layers)
+        fit, ev = inputs.fit, inputs.eval[: self.max_queries]
+        reads = [
+            SharedRead.of("icl", fit, mean_sites(blocks, "head_out", with_patterns=True)),
+            SharedRead.of("zero", fit, mean_sites(blocks, "z")),
+            SharedRead.of("icl", ev, [f"resid.{b}" for b in blocks], keep_states=True),
+        ]
+        if inputs.icl_shuffled is not None:
+            reads.append(SharedRead.of("icl_shuffled", ev, effect_sites(blocks), keep_states=True))
+        return tuple(reads)
 
     @property
     def resumes_zero_shot(self) -> bool:
@@ -186,15 +202,33 @@ def top_overlap(a: np.ndarray, b: np.ndarray, k: int) -> tuple[int, float]:
 # the probe
 
 
+def mean_sites(blocks, kind: str, with_patterns: bool = False) -> list[str]:
+    """The sites :func:`head_means` reads."""
+    return [f"{kind}.{b}" for b in blocks] + (
+        [f"attn_pattern.{b}" for b in blocks] if with_patterns else []
+    )
+
+
+def effect_sites(blocks) -> list[str]:
+    """The sites :func:`head_effects` reads (with the KV caches kept)."""
+    return [f"{kind}.{b}" for b in blocks for kind in ("resid_mid", "head_out")]
+
+
 def head_means(
-    handle, batch, blocks, kind: str, batch_size: int, with_patterns: bool = False
+    handle,
+    batch,
+    blocks,
+    kind: str,
+    batch_size: int,
+    with_patterns: bool = False,
+    run: RunResult | None = None,
 ) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
     """Per block: ``kind`` (``head_out`` or ``z``) at the last position, mean over rows
-    (``[n_heads, ...]``), and (optionally) the attention patterns ``[n, n_heads, width]``."""
-    sites = [f"{kind}.{b}" for b in blocks]
-    if with_patterns:
-        sites += [f"attn_pattern.{b}" for b in blocks]
-    run = capture_many(handle, batch, sites, -1, batch_size=batch_size, with_logits=False)
+    (``[n_heads, ...]``), and (optionally) the attention patterns ``[n, n_heads, width]``.
+    ``run``: :func:`mean_sites` of ``batch`` read already; ``None``: a capture pass here."""
+    if run is None:
+        sites = mean_sites(blocks, kind, with_patterns)
+        run = capture_many(handle, batch, sites, -1, batch_size=batch_size, with_logits=False)
     means = {b: run[f"{kind}.{b}"].float().mean(0) for b in blocks}
     patterns = {b: run[f"attn_pattern.{b}"].float() for b in blocks} if with_patterns else {}
     return means, patterns
@@ -219,16 +253,25 @@ def head_effects(
     score,
     batch_size: int,
     progress=None,
+    run: RunResult | None = None,
 ) -> tuple[dict[int, Tensor], Tensor]:
     """Effect of putting ``means[l][h]`` in place of each head's output at the last position.
 
     ``score(logits [..., b, vocab], query indices [b]) -> [..., b]`` (e.g. gold probability).
+    ``run``: :func:`effect_sites` of ``corrupted`` with logits and KV caches, read already
+    (e.g. in the suite's shared pass); ``None``: a capture pass here.
     Returns ``({block: [n_heads, n]} patched - corrupted, [n] corrupted score)``.
     """
-    sites = [f"{kind}.{b}" for b in blocks for kind in ("resid_mid", "head_out")]
-    run = capture_many(
-        handle, corrupted, sites, -1, batch_size=batch_size, keep_states=True, progress=progress
-    )
+    if run is None:
+        run = capture_many(
+            handle,
+            corrupted,
+            effect_sites(blocks),
+            -1,
+            batch_size=batch_size,
+            keep_states=True,
+            progress=progress,
+        )
     base = score(run.logits.float(), indices)  # [n]
     n_heads, n = handle.arch.n_heads, corrupted.batch_size
     effects = {b: torch.zeros(n_heads, n, dtype=torch.float64) for b in blocks}
@@ -275,12 +318,12 @@ def ablate_sets(
 ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
     """Per-query metrics of ``batch`` clean and with each set of heads mean-ablated at the
     last position: one capture pass (KV cache kept), then every set as a variant of one suffix
-    pass from the lowest ablated block. Returns ``(clean {metric: [n]}, {set: {metric: [n]}})``."""
+    pass from the lowest ablated block. Returns ``(clean {metric: [n]}, {set: {metric: [n]}})``.
+    ``batch`` is the ICL prompts of the queries ``indices``: read from the suite's shared pass
+    where the probe declared them (:meth:`ProbeContext.read`)."""
     names = list(sets)
     start, patches = ablation_patches([sets[n] for n in names], zero_z, ctx.handle.arch.n_heads)
-    run = capture_many(
-        ctx.handle, batch, [f"resid.{start}"], -1, batch_size=ctx.batch_size, keep_states=True
-    )
+    run = ctx.read("icl", indices, [f"resid.{start}"], keep_states=True)
     clean = {m: v.cpu() for m, v in ctx.score(run.logits.float(), indices).items()}
     out = resume_variants(
         ctx.handle,
@@ -343,8 +386,15 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
     icl_fit = inputs.icl.select(fit)
     attention = hopfield_label_attention(ctx.tables, inputs.task, blocks, n_heads)
     source = "hopfield_heads (icl label_mass)"
+    with_patterns = attention is None
     a, patterns = head_means(
-        handle, icl_fit, blocks, "head_out", ctx.batch_size, with_patterns=attention is None
+        handle,
+        icl_fit,
+        blocks,
+        "head_out",
+        ctx.batch_size,
+        with_patterns,
+        run=ctx.read("icl", fit, mean_sites(blocks, "head_out", with_patterns)),
     )
     if attention is None:
         source = f"head_mediation (fit queries, n={len(fit)})"
@@ -352,7 +402,14 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
             b: label_attention(patterns[b], icl_fit, inputs.label_ids, config.label_cue_tokens)
             for b in blocks
         }
-    zero_z, _ = head_means(handle, inputs.zero.select(fit), blocks, "z", ctx.batch_size)
+    zero_z, _ = head_means(
+        handle,
+        inputs.zero.select(fit),
+        blocks,
+        "z",
+        ctx.batch_size,
+        run=ctx.read("zero", fit, mean_sites(blocks, "z")),
+    )
 
     # 2. AIE on the eval queries' shuffled-label prompts
     effects, _ = head_effects(
@@ -363,7 +420,13 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
         a,
         ctx.gold_probability,
         ctx.batch_size,
-        progress=tick("AIE", len(ev)),
+        run=ctx.read(
+            "icl_shuffled",
+            ev,
+            effect_sites(blocks),
+            keep_states=True,
+            progress=tick("AIE", len(ev)),
+        ),
     )
     rows, head_rows = [], []
     for b in blocks:

@@ -48,8 +48,9 @@ of the metrics in :data:`PAIRED`). The second table, ``hopfield_regimes``, has o
 regime), whether it changes under context and in which direction, and the share of queries
 whose own regime changes.
 
-Cost: two forward passes per prompt, batched (one for patterns and queries, with prefix reuse;
-one for the keys at every position, without).
+Cost: none of its own in a suite: the patterns, queries and KV caches (the keys) are read in the
+suite's shared capture pass (:class:`~cgar_interp.probes.base.SharedRead`); run alone, one
+forward pass per prompt.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ import torch
 from torch import Tensor
 
 from ..capture import capture_many
-from ..models import ModelHandle
+from ..models import ModelHandle, RunResult
 from ..theory.mhn import (
     REGIMES,
     classify_softmax,
@@ -74,7 +75,7 @@ from ..theory.mhn import (
     well_separated_threshold,
 )
 from ..tokens import TokenBatch
-from .base import ProbeContext, first_non_finite, register_probe
+from .base import ProbeContext, SharedRead, TaskInputs, first_non_finite, register_probe
 
 BLOCK_NAMES = ("all", "upper_half")
 
@@ -206,6 +207,17 @@ class HopfieldHeadsConfig:
         """The blocks read on a model with ``n_layers`` blocks."""
         return resolve_blocks(self.layers, n_layers, "layers")
 
+    def query_rows(self, inputs: TaskInputs) -> Tensor:
+        """``[n]`` the queries read: the eval set (or all), the first ``max_queries``."""
+        rows = inputs.eval if self.queries == "eval" else torch.arange(inputs.gold.shape[0])
+        return rows[: self.max_queries]
+
+    def shared_reads(self, inputs: TaskInputs, n_layers: int) -> tuple[SharedRead, ...]:
+        """Patterns and queries at the last position of the zero-shot and ICL prompts, with
+        their KV caches (the keys): read in the suite's shared capture pass."""
+        rows, sites = self.query_rows(inputs), head_sites(self.blocks(n_layers))
+        return tuple(SharedRead.of(kind, rows, sites, keep_states=True) for kind in PROMPT_KINDS)
+
 
 # --------------------------------------------------------------------------------------------
 # reads
@@ -237,6 +249,11 @@ def attention_scale(handle: ModelHandle, block: int) -> float:
     return float(getattr(attn, "scaling", handle.arch.d_head**-0.5))
 
 
+def head_sites(blocks: tuple[int, ...]) -> tuple[str, ...]:
+    """The sites :func:`read_heads` reads at the last position (with the KV caches kept)."""
+    return tuple(f"attn_pattern.{b}" for b in blocks) + tuple(f"q.{b}" for b in blocks)
+
+
 def read_heads(
     handle: ModelHandle,
     batch: TokenBatch,
@@ -244,6 +261,7 @@ def read_heads(
     *,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
+    run: RunResult | None = None,
 ) -> dict[int, HeadReads]:
     """Attention patterns and recomputed scores of every head at each prompt's last position.
 
@@ -253,6 +271,9 @@ def read_heads(
         blocks: blocks to read.
         batch_size: rows per forward pass.
         progress: called with rows finished.
+        run: :func:`head_sites` of ``batch``'s rows at the last position with their KV caches
+            (``keep_states``), read already (e.g. :meth:`ProbeContext.read` from the suite's
+            shared pass); ``None``: one capture pass here.
 
     Returns:
         ``{block: HeadReads}``.
@@ -263,15 +284,17 @@ def read_heads(
     # One forward pass: patterns and queries at the last position are captured, and the keys of
     # every position are read from the KV cache that pass fills (RoPE applied, as attention
     # used them). A right-padded row's cache also holds its padding slots: cut off below.
-    last = capture_many(
-        handle,
-        batch,
-        [f"attn_pattern.{b}" for b in blocks] + [f"q.{b}" for b in blocks],
-        -1,
-        batch_size=batch_size,
-        progress=progress,
-        keep_states=True,
-    )
+    last = run
+    if last is None:
+        last = capture_many(
+            handle,
+            batch,
+            list(head_sites(blocks)),
+            -1,
+            batch_size=batch_size,
+            progress=progress,
+            keep_states=True,
+        )
     lengths = batch.lengths.cpu()
     scores = {b: torch.full((n, n_heads, width), float("-inf")) for b in blocks}
     big_m = {b: torch.zeros(n, n_heads) for b in blocks}
@@ -419,8 +442,7 @@ def run_hopfield_heads(config: HopfieldHeadsConfig, ctx: ProbeContext) -> dict[s
     """Hopfield diagnostics of every head, zero-shot vs ICL; tidy rows and regime changes."""
     handle, inputs = ctx.handle, ctx.inputs
     blocks = config.blocks(handle.n_layers)
-    rows_idx = inputs.eval if config.queries == "eval" else torch.arange(inputs.gold.shape[0])
-    rows_idx = rows_idx[: config.max_queries]
+    rows_idx = config.query_rows(inputs)
     gold = inputs.gold[rows_idx]
     group = handle.arch.n_heads // handle.arch.n_kv_heads
     per_kind: dict[str, dict[int, dict[str, np.ndarray]]] = {}
@@ -431,7 +453,8 @@ def run_hopfield_heads(config: HopfieldHeadsConfig, ctx: ProbeContext) -> dict[s
             if ctx.progress
             else None
         )
-        reads = read_heads(handle, batch, blocks, batch_size=ctx.batch_size, progress=tick)
+        run = ctx.read(kind, rows_idx, head_sites(blocks), keep_states=True, progress=tick)
+        reads = read_heads(handle, batch, blocks, run=run)
         per_kind[kind] = {
             b: head_metrics(reads[b], batch, inputs.label_ids, gold, config) for b in blocks
         }
