@@ -63,7 +63,9 @@ def capture_many(
         handle: the model.
         batch: all prompts, right-padded.
         sites: site names.
-        positions: relative positions per row (default ``-1``, each row's last token).
+        positions: relative positions per row (default ``-1``, each row's last token), or
+            ``None``: every position, ``[n, width, ...]`` (beyond a row's length: what its
+            padding computed, or zeros; mask them by the batch's lengths).
         batch_size: rows per forward pass.
         with_logits: also keep logits at the last position, ``[n, vocab]``.
         progress: called with the number of rows finished after each batch.
@@ -74,20 +76,23 @@ def capture_many(
             :class:`~cgar_interp.prefix.LastTokenState` (in ``RunResult.states``), so later
             interventions at the last position run as one-token suffix passes
             (:func:`resume_variants`) without a second forward pass. Needs ``positions=-1``
-            and ``resid.{l}`` sites for the layers to resume from.
+            and ``resid.{l}`` sites for the layers to resume from. A remote model keeps no
+            cache (``LastTokenState.cache`` is None: nothing lives on the server between
+            requests); :func:`resume_variants` then runs its variants as full forward passes.
 
     Returns:
         a :class:`RunResult` whose tensors are ``[n, ...]`` in the order of ``batch``'s rows,
         on the CPU.
     """
-    if isinstance(positions, Tensor) or positions is None:
-        raise ValueError("capture_many takes relative positions (ints); pass e.g. -1 or [-2, -1]")
+    if isinstance(positions, Tensor):
+        raise ValueError(
+            "capture_many takes relative positions (ints) or None (every position); pass e.g. "
+            "-1 or [-2, -1]"
+        )
     from .prefix import LastTokenState, common_prefix_length, repeat_cache, shared_prefix_cache
 
     if keep_states and positions != -1:
         raise ValueError(f"keep_states needs positions=-1 (each row's last token); got {positions}")
-    if keep_states:
-        handle.require_local("capture_many(keep_states=True) (a KV cache kept here)")
     if shared_prefix:
         handle.require_local("capture_many(shared_prefix=True) (a KV cache run here)")
     sites = list(sites)
@@ -95,7 +100,10 @@ def capture_many(
     parts: dict[str, list[Tensor]] = {str(handle.site(s)): [] for s in sites}
     logits: list[Tensor] = []
     order: list[Tensor] = []
-    relative = all(p < 0 for p in ([positions] if isinstance(positions, int) else positions))
+    every = positions is None  # every position: [n, width, ...], masked by lengths
+    relative = not every and all(
+        p < 0 for p in ([positions] if isinstance(positions, int) else positions)
+    )
     prefix_len = common_prefix_length(batch.ids, batch.lengths) if relative else 0
     use_prefix = (
         prefix_len >= min_prefix and not handle.remote
@@ -107,7 +115,7 @@ def capture_many(
         rest = TokenBatch(batch.ids[:, prefix_len:], batch.lengths - prefix_len)
     for sub in iter_batches(rest if use_prefix else batch, batch_size):
         past = repeat_cache(cache, len(sub.indices)) if use_prefix else None
-        if keep_states and past is None:
+        if keep_states and past is None and not handle.remote:
             from transformers import DynamicCache
 
             past = DynamicCache(config=handle.backend.hf_model.config)
@@ -130,6 +138,9 @@ def capture_many(
             lengths = sub.batch.lengths + (prefix_len if use_prefix else 0)
             states.append((sub.indices, LastTokenState(past, resid, lengths)))
         for name, value in run.captures.items():
+            if every:  # position axis: pad to the full batch width
+                pad = [0, 0] * (value.dim() - 2) + [0, batch.ids.shape[1] - value.shape[1]]
+                value = torch.nn.functional.pad(value, pad)
             if name.startswith("attn_pattern."):  # key axis: pad to the full batch width
                 value = torch.nn.functional.pad(value, (0, batch.ids.shape[1] - value.shape[-1]))
             parts[name].append(value.cpu())
@@ -186,10 +197,19 @@ def resume_variants(
     Returns:
         ``{layer: {name: [n_var, n]}}`` in the order of ``batch``'s rows.
     """
-    from .prefix import last_token_state, resume_staggered
+    from .prefix import last_token_state, resume_full, resume_staggered
 
     parts: dict[int, dict[str, list[Tensor]]] = {layer: {} for layer in layers}
     order: list[Tensor] = []
+    if states is None and handle.remote:  # the last residuals; no cache lives on the server
+        states = capture_many(
+            handle,
+            batch,
+            [f"resid.{layer}" for layer in layers],
+            -1,
+            batch_size=batch_size,
+            keep_states=True,
+        ).states
     if states is None:
         groups = (
             (sub.indices, last_token_state(handle, sub.batch.ids))
@@ -211,7 +231,12 @@ def resume_variants(
             layer: variants(layer, state.resid[layer].float(), indices)  # [n_var, b, d]
             for layer in layers
         }
-        if patches:  # patches act on one entry layer's variants: a pass per layer
+        if state.cache is None:  # a remote model's: the same variants as full forward passes
+            rows = batch.select(indices)
+            final = {}
+            for group in [{layer: entries[layer]} for layer in layers] if patches else [entries]:
+                final.update(resume_full(handle, rows, group, patches, max_rows=handle.remote_rows))
+        elif patches:  # patches act on one entry layer's variants: a pass per layer
             final = {
                 layer: resume_staggered(handle, state, {layer: entries[layer]}, patches)[layer]
                 for layer in layers

@@ -17,8 +17,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .devices import resident_weight
-
 
 class ShiftedDecoder:
     """``decode_residual(h + lambda v)`` for fixed residuals ``h [n, d_model]`` and many ``v``.
@@ -28,21 +26,17 @@ class ShiftedDecoder:
     """
 
     def __init__(self, handle, h: Tensor):
-        handle.require_local("ShiftedDecoder (unembeds with the model's weights)")
-        hf = handle.backend.hf_model
-        norm, head = hf.model.norm, hf.lm_head
         if h.dim() != 2 or h.shape[-1] != handle.arch.d_model:
             raise ValueError(
                 f"ShiftedDecoder needs residuals [n, {handle.arch.d_model}]; got {tuple(h.shape)}"
             )
-        w = resident_weight(head, "weight", "ShiftedDecoder")  # an offloaded copy under offload
+        readout = handle.readout()  # resident weights; a remote model's, fetched once
+        w = readout.weight
         self.device = w.device
-        self.w = w.detach()  # [V, d]
-        bias = None if head.bias is None else resident_weight(head, "bias", "ShiftedDecoder")
-        self.bias = None if bias is None else bias.detach().float().to(self.device)
-        gamma = resident_weight(norm, "weight", "ShiftedDecoder")
-        self.gamma = gamma.detach().float().to(self.device)  # [d]
-        self.eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+        self.w = w  # [V, d]
+        self.bias = None if readout.bias is None else readout.bias.float().to(self.device)
+        self.gamma = readout.gamma.float().to(self.device)  # [d]
+        self.eps = readout.eps
         self.h = h.detach().float().to(self.device)  # [n, d]
         self.a = self._unembed(self.h * self.gamma)  # [n, V]
         self.h_ms = self.h.pow(2).mean(-1)  # [n]

@@ -122,6 +122,42 @@ class Patch:
     value: Tensor | Callable[[Tensor], Tensor]
 
 
+@dataclass(frozen=True)
+class Readout:
+    """The model's final norm and unembedding: what decode algebra reads.
+
+    Local: the model's own modules and (resident) weights. Remote: the same module classes
+    rebuilt in this process from the weights fetched once from the server
+    (:meth:`ModelHandle.readout`), so a decode runs the model's own arithmetic either way.
+
+    Attributes:
+        norm: the final norm module (``[..., d_model] -> [..., d_model]``).
+        head: the unembedding module (``[..., d_model] -> [..., vocab]``).
+        weight: ``[vocab, d_model]`` the unembedding's weight; ``bias``: ``[vocab]`` or None.
+        gamma: ``[d_model]`` the norm's weight; ``eps``: its epsilon.
+    """
+
+    norm: torch.nn.Module
+    head: torch.nn.Module
+    weight: Tensor
+    bias: Tensor | None
+    gamma: Tensor
+    eps: float
+
+    @classmethod
+    def of(cls, norm: torch.nn.Module, head: torch.nn.Module, what: str) -> Readout:
+        """From the two modules (offloaded weights are read back to a resident copy)."""
+        bias = None if head.bias is None else resident_weight(head, "bias", what).detach()
+        return cls(
+            norm=norm,
+            head=head,
+            weight=resident_weight(head, "weight", what).detach(),
+            bias=bias,
+            gamma=resident_weight(norm, "weight", what).detach(),
+            eps=float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))),
+        )
+
+
 @dataclass
 class RunResult:
     """What a forward pass returns: logits at the asked positions and the captured sites."""
@@ -345,6 +381,10 @@ class ModelHandle:
         self.dtype = dtype
         self.prepend_bos = prepend_bos
         self.stats = ForwardStats()
+        self._readout: Readout | None = None
+        # most prompt copies per remote request when variants run as full forward passes
+        # (cgar_interp.prefix.resume_full); a local model resumes from its KV cache instead
+        self.remote_rows: int | None = 64
 
     # ----------------------------------------------------------------- description
     def __repr__(self) -> str:
@@ -618,10 +658,17 @@ class ModelHandle:
         capture: Iterable[str | Site] = (),
         capture_positions: Positions = -1,
         logits_positions: Positions = None,
+        with_logits: bool = True,
     ) -> RunResult:
-        """Run with several interventions at once (captures see the patched values)."""
+        """Run with several interventions at once (captures see the patched values).
+        ``with_logits=False`` skips the unembedding (``RunResult.logits`` is None)."""
         return self._run(
-            ids, capture, capture_positions, patches=patches, logits_positions=logits_positions
+            ids,
+            capture,
+            capture_positions,
+            patches=patches,
+            logits_positions=logits_positions,
+            want_logits=with_logits,
         )
 
     def decode_residual(self, h: Tensor) -> Tensor:
@@ -631,11 +678,23 @@ class ModelHandle:
                 f"residual has last dimension {h.shape[-1]}; model {self.name!r} has "
                 f"d_model={self.arch.d_model}"
             )
-        self.require_local("decode_residual")
-        norm, head = self.backend.hf_model.model.norm, self.backend.hf_model.lm_head
+        readout = self.readout()
+        norm, head = readout.norm, readout.head
+        # in the weights' dtype: a remote model's are the server's, whatever this handle assumed
         with torch.no_grad():  # under a device map the two may sit on different devices
-            x = norm(h.to(device=module_device(norm), dtype=self.dtype))
+            x = norm(h.to(device=module_device(norm), dtype=readout.gamma.dtype))
             return head(x.to(module_device(head)))
+
+    def readout(self) -> Readout:
+        """The final norm and unembedding (:class:`Readout`). A remote model's weights are
+        fetched from the server once (one request) and kept for the handle's life."""
+        if self._readout is None:
+            if self.remote:
+                self._readout = self.backend.fetch_readout()
+            else:
+                hf = self.backend.hf_model
+                self._readout = Readout.of(hf.model.norm, hf.lm_head, "the readout")
+        return self._readout
 
     def resume(
         self, resid: Tensor, layer: int, positions: Positions = None, lengths: Tensor | None = None

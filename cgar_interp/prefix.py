@@ -20,6 +20,7 @@ import copy
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -27,6 +28,7 @@ from torch import Tensor
 from .compat import cache_kwargs
 from .devices import PerDevice, module_device
 from .models import ModelHandle, Patch
+from .tokens import TokenBatch
 
 
 @dataclass
@@ -224,20 +226,10 @@ def resume_staggered(
 
     handle.require_local("KV-cache suffix passes (resume_staggered)")
     n_layers = handle.arch.n_layers
-    layers = sorted(entries)
+    layers = _check_entries(handle, entries, patches)
     if not layers:
         return {}
-    if layers[0] < 0 or layers[-1] > n_layers:
-        raise ValueError(f"entry layers {layers} are out of range 0..{n_layers}")
-    if patches and len(layers) > 1:
-        raise ValueError(f"suffix patches need a single entry layer; got layers {layers}")
     b = entries[layers[0]].shape[1]
-    for layer in layers:
-        if entries[layer].dim() != 3 or entries[layer].shape[1] != b:
-            raise ValueError(
-                f"entry at layer {layer} has shape {tuple(entries[layer].shape)}; expected "
-                f"[n_var, {b}, d_model]"
-            )
     counts = [entries[layer].shape[0] for layer in layers]
     cache = fork_cache(state.cache)
     width = cache.get_seq_length()  # before any update: every layer holds the same slots
@@ -301,6 +293,101 @@ def resume_staggered(
         out[layer] = running[:, offset : offset + count].transpose(0, 1)  # [n_var, b, d]
         offset += count
     return out
+
+
+def _check_entries(handle: ModelHandle, entries: dict[int, Tensor], patches) -> list[int]:
+    """The entry layers, sorted, after checking them and the entries' shapes."""
+    n_layers = handle.arch.n_layers
+    layers = sorted(entries)
+    if not layers:
+        return layers
+    if layers[0] < 0 or layers[-1] > n_layers:
+        raise ValueError(f"entry layers {layers} are out of range 0..{n_layers}")
+    if patches and len(layers) > 1:
+        raise ValueError(f"suffix patches need a single entry layer; got layers {layers}")
+    b = entries[layers[0]].shape[1]
+    for layer in layers:
+        if entries[layer].dim() != 3 or entries[layer].shape[1] != b:
+            raise ValueError(
+                f"entry at layer {layer} has shape {tuple(entries[layer].shape)}; expected "
+                f"[n_var, {b}, d_model]"
+            )
+    return layers
+
+
+def _replace_rows(mask: Tensor, values: Tensor, x: Tensor) -> Tensor:
+    """``x [rows, 1, d]`` with the rows of ``mask [rows]`` replaced by ``values [rows, d]``."""
+    mask = mask.to(x.device)[:, None, None]
+    return torch.where(mask, values.to(device=x.device, dtype=x.dtype)[:, None, :], x)
+
+
+def _per_variant(fn, n_var: int, x: Tensor) -> Tensor:
+    """A suffix-pass patch function (``[b, n_var, ...]``) applied to variant-major full-forward
+    rows ``x [n_var * b, 1, ...]``."""
+    b = x.shape[0] // n_var
+    inner = x[:, 0].reshape(n_var, b, *x.shape[2:]).transpose(0, 1)  # [b, n_var, ...]
+    out = fn(inner).transpose(0, 1).reshape(n_var * b, *x.shape[2:])
+    return out[:, None]
+
+
+def resume_full(
+    handle: ModelHandle,
+    batch: TokenBatch,
+    entries: dict[int, Tensor],
+    patches: Sequence[Patch] = (),
+    max_rows: int | None = None,
+) -> dict[int, Tensor]:
+    """What :func:`resume_staggered` computes, as plain full forward passes (no KV cache).
+
+    Each variant is a copy of its prompt in a batch whose residual after ``l`` blocks at the
+    last position is replaced (a ``resid.{l}`` patch); the residual after the last block is
+    read there. Earlier positions cannot see the last one, so this is the same computation as
+    a one-token suffix pass over the prompt's cache. It is what a remote model runs (nothing
+    lives on an NDIF server between requests), and the plain path the KV-cache shortcut is
+    tested against.
+
+    Args:
+        batch: the ``b`` prompts (right-padded).
+        entries: ``{layer 0 .. n_layers: [n_var_l, b, d_model]}`` (variant-major).
+        patches: as in :func:`resume_staggered` (a single entry layer; a function sees
+            ``[b, n_var, ...]``); then every variant goes in one forward pass.
+        max_rows: most prompt copies per forward pass (``None``: all in one).
+
+    Returns:
+        ``{layer: [n_var_l, b, d_model]}`` residuals after the last block, before the norm.
+    """
+    n_layers = handle.arch.n_layers
+    layers = _check_entries(handle, entries, patches)
+    if not layers:
+        return {}
+    b = batch.batch_size
+    if entries[layers[0]].shape[1] != b:
+        raise ValueError(f"entries hold {entries[layers[0]].shape[1]} prompts; the batch {b}")
+    plan = [(layer, v) for layer in layers for v in range(entries[layer].shape[0])]
+    step = len(plan) if patches or max_rows is None else max(1, max_rows // b)
+    parts: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    final_site = f"resid.{n_layers}"
+    for start in range(0, len(plan), step):
+        chunk = plan[start : start + step]
+        copies = TokenBatch(batch.ids.repeat(len(chunk), 1), batch.lengths.repeat(len(chunk)))
+        writes = []
+        for layer in sorted({layer for layer, _ in chunk}):
+            mask = torch.tensor([lay == layer for lay, _ in chunk]).repeat_interleave(b)
+            values = torch.zeros(len(chunk) * b, handle.arch.d_model, dtype=entries[layer].dtype)
+            for i, (lay, v) in enumerate(chunk):
+                if lay == layer:
+                    values[i * b : (i + 1) * b] = entries[layer][v]
+            writes.append(Patch(f"resid.{layer}", -1, partial(_replace_rows, mask, values)))
+        n_var = len(chunk)
+        for patch in patches:  # a suffix patch's function sees [b, n_var, ...]
+            writes.append(Patch(patch.site, -1, partial(_per_variant, patch.value, n_var)))
+        run = handle.run_with_patches(
+            copies, writes, capture=[final_site], capture_positions=-1, with_logits=False
+        )
+        final = run[final_site].reshape(len(chunk), b, -1)
+        for i, (layer, _) in enumerate(chunk):
+            parts[layer].append(final[i])
+    return {layer: torch.stack(parts[layer]) for layer in layers}
 
 
 def resume_last_token(

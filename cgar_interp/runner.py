@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -112,6 +113,7 @@ def run_suite(
     report: bool = True,
     allow_self_check_failure: bool = False,
     self_check_rows: int = 3,
+    remote: bool | None = None,
 ) -> RunResults:
     """Run every (task, probe) unit of ``suite`` into ``out`` and write tables and the report.
 
@@ -130,7 +132,132 @@ def run_suite(
             before its first probe.
         self_check_rows: eval queries per task the self-check compares (``0``: no check;
             recorded, and shown in the report like a failed check).
+        remote: run every forward pass on NDIF (``suite.remote``; True sets it, with backend
+            nnsight). The manifest's ``remote`` records the requests and bytes; an NDIF failure
+            stops the run with a one-line :class:`~cgar_interp.remote.RemoteRunError` and
+            ``--resume`` keeps the finished units. nnsight's global settings are restored after.
     """
+    if remote:
+        suite = replace(suite, remote=True, backend="nnsight")
+    args = (suite, out, resume, force, handle, progress, log, report)
+    if not suite.remote:
+        return _run_suite(*args, allow_self_check_failure, self_check_rows, None)
+    from .remote import remote_session
+
+    with remote_session(suite.model) as ledger:
+        return _run_suite(*args, allow_self_check_failure, self_check_rows, ledger)
+
+
+@dataclass(frozen=True)
+class RemotePlan:
+    """What a remote run of a suite would send: from :func:`plan_remote` (nothing is sent).
+
+    Attributes:
+        model: the model id. ``requests``: NDIF requests, self-check and readout included.
+        bytes_up: payloads, uncompressed (a real run's are at most this size).
+        bytes_down: results. ``units``: the same three per unit (``task/probe``), and
+            ``"setup"`` (readout weights and self-check).
+        local_peak_mib: this process's peak resident memory while planning (the decode
+            weights and the probes' own arithmetic: what a real run needs here too).
+    """
+
+    model: str
+    requests: int
+    bytes_up: int
+    bytes_down: int
+    units: dict
+    local_peak_mib: float
+    seconds: float
+
+    def lines(self) -> list[str]:
+        mb = 1e6
+        out = [
+            f"dry run for {self.model} on NDIF (nothing was sent): {self.requests} requests, "
+            f"{self.bytes_up / mb:,.1f} MB up, {self.bytes_down / mb:,.1f} MB down",
+        ]
+        for unit, figures in self.units.items():
+            out.append(
+                f"  {unit:<32} {figures['requests']:6d} requests  {figures['bytes_up'] / mb:10,.1f} "
+                f"MB up  {figures['bytes_down'] / mb:10,.1f} MB down"
+            )
+        out.append(
+            f"local memory while planning: {self.local_peak_mib:,.0f} MiB peak "
+            f"({self.seconds:.1f} s); payloads measured uncompressed"
+        )
+        return out
+
+
+def plan_remote(
+    suite: SuiteConfig, *, log: Callable[[str], None] | None = None, self_check_rows: int = 3
+) -> RemotePlan:
+    """Count the requests and bytes a remote run of ``suite`` makes, sending nothing.
+
+    The run's own code goes through every step with a :class:`~cgar_interp.remote.DryServer`
+    in place of NDIF: each request is serialized as it would be sent, run against the model
+    built on the meta device (shapes only), and answered with placeholders, so the probes make
+    the requests a real run makes. No run directory is kept; the tables are placeholders.
+    """
+    import tempfile
+
+    from .remote import dry_transport, remote_session
+
+    suite = replace(suite, remote=True, backend="nnsight")
+    started = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        dry_transport() as server,
+        remote_session(suite.model) as ledger,
+    ):
+        handle = load_model(
+            suite.model,
+            backend="nnsight",
+            device=suite.device,
+            dtype=suite.dtype,
+            prepend_bos=suite.prepend_bos,
+            remote=True,
+        )
+        server.meta_model = handle.backend.engine
+        _run_suite(
+            suite,
+            Path(tmp) / "dry",
+            False,
+            False,
+            handle,
+            None,
+            log,
+            False,
+            True,
+            self_check_rows,
+            ledger,
+            probes_only=True,
+        )
+        manifest = json.loads((Path(tmp) / "dry" / "manifest.json").read_text())
+    remote = manifest.get("remote", {})
+    return RemotePlan(
+        model=suite.model,
+        requests=ledger.requests,
+        bytes_up=ledger.bytes_up,
+        bytes_down=ledger.bytes_down,
+        units=remote.get("units", {}),
+        local_peak_mib=peak_rss_mib(),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _run_suite(
+    suite,
+    out,
+    resume,
+    force,
+    handle,
+    progress,
+    log,
+    report,
+    allow_self_check_failure,
+    self_check_rows,
+    ledger,
+    probes_only: bool = False,
+) -> RunResults:
     say = log or (lambda _msg: None)
     started = time.perf_counter()
     clock = StageClock()
@@ -141,7 +268,12 @@ def run_suite(
             device=suite.device,
             dtype=suite.dtype,
             prepend_bos=suite.prepend_bos,
+            remote=suite.remote,
         )
+    if suite.remote:
+        if not handle.remote:
+            raise ValueError("a remote suite needs a model loaded with remote=True")
+        handle.remote_rows = suite.remote_rows
     identity = {
         "config_hash": suite.config_hash(),
         "model_hash": handle.model_hash,
@@ -209,7 +341,7 @@ def run_suite(
         try:
             for prepared in checked:
                 if self_check_rows > 0:
-                    plan = planned_paths(suite, prepared.inputs.icl)
+                    plan = planned_paths(suite, prepared.inputs.icl, remote=handle.remote)
                     check_task(check, handle, prepared.inputs, plan, rows=self_check_rows)
         except SelfCheckFailed:
             record_check("self_check_failed")
@@ -223,6 +355,19 @@ def run_suite(
             + ("" if check.passed else " -- FAILED, going on as asked")
         )
         handle.stats.reset()
+        counted = {"requests": 0, "bytes_up": 0, "bytes_down": 0}
+
+        def record_remote(unit: str) -> None:
+            """The NDIF requests and bytes since the last unit, and the totals."""
+            now = ledger.as_dict()
+            units = manifest.setdefault("remote", {}).setdefault("units", {})
+            units[unit] = {k: now[k] - counted[k] for k in now}
+            counted.update(now)
+            manifest["remote"].update(now)
+            run.write_manifest(manifest)
+
+        if ledger is not None:
+            record_remote("setup (self-check)")
         for task_name, (k, prepared) in prepared_tasks.items():
             # the shared pass reads what the probes still to run declared (SharedRead): a
             # probe kept from an earlier session adds no prompt to it
@@ -262,8 +407,12 @@ def run_suite(
                     tables,
                     {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mib": peak_rss_mib()},
                 )
+                if ledger is not None:  # what went to NDIF so far, kept if the run stops
+                    record_remote(f"{task_name}/{entry.kind}")
                 clock.mark(f"probe:{entry.kind}")
                 say(f"{task_name} / {entry.kind}: {time.perf_counter() - t0:.1f}s")
+        if probes_only:  # a dry run: the requests are counted, the tables are placeholders
+            return RunResults(Path(out), manifest, {})
         run.write_parquet("prompts.parquet", pd.concat(prompt_frames, ignore_index=True))
         tables: dict[str, list[pd.DataFrame]] = {}
         first_k = min(suite.shot_list)
@@ -296,6 +445,8 @@ def run_suite(
             self_check={**check.summary(), "rows_per_task": self_check_rows},
             stages=clock.stages,
         )
+        if ledger is not None:
+            manifest.setdefault("remote", {}).update(ledger.as_dict())
         run.write_manifest(manifest)
         if report:
             from .report import build_report

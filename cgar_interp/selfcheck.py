@@ -200,15 +200,17 @@ class PlannedPaths:
     head_resume: bool = False
 
 
-def planned_paths(suite, icl_batch) -> PlannedPaths:
-    """The shortcuts ``suite`` will take on prompts like ``icl_batch``."""
+def planned_paths(suite, icl_batch, remote: bool = False) -> PlannedPaths:
+    """The shortcuts ``suite`` will take on prompts like ``icl_batch``. A remote model reuses
+    no prefix (no cache lives on the server); its resumes run as full forward passes and its
+    decodes with the readout weights fetched from the server, which the checks compare."""
     from .prefix import common_prefix_length
 
     kinds = {p.kind: p.config for p in suite.probes}
     gate = kinds.get("context_gate")
     prefix = common_prefix_length(icl_batch.ids, icl_batch.lengths)
     return PlannedPaths(
-        shared_prefix=prefix >= 16,  # capture_many's default min_prefix
+        shared_prefix=prefix >= 16 and not remote,  # capture_many's default min_prefix
         resume=bool(suite.resumes_zero_shot),
         task_vectors="task_vectors" in kinds,
         decode=gate is not None and "decode" in gate.modes,

@@ -62,6 +62,10 @@ class SuiteConfig:
     n_eval: int = 48
     batch_size: int = 16
     n_boot: int = 1000
+    # run every forward pass on NDIF (nnsight's remote execution; backend must be nnsight);
+    # remote_rows: most prompt copies per request where variants run as full forward passes
+    remote: bool = False
+    remote_rows: int = 64
     probes: tuple[ProbeEntry, ...] = field(default=())
 
     def __post_init__(self):
@@ -80,6 +84,22 @@ class SuiteConfig:
             raise ConfigError(f"key 'shots' repeats a value: {list(shots)}")
         if self.n_boot < 0:
             raise ConfigError(f"key 'n_boot' must be >= 0; got {self.n_boot}")
+        if not isinstance(self.remote_rows, int) or self.remote_rows < 1:
+            raise ConfigError(f"key 'remote_rows' must be an int >= 1; got {self.remote_rows!r}")
+        if self.remote:
+            if self.backend != "nnsight":
+                raise ConfigError(
+                    f"remote = true runs the model on NDIF through nnsight; backend "
+                    f"{self.backend!r} runs it here. Set backend = 'nnsight' (cgar run --remote "
+                    "does)"
+                )
+            for entry in self.probes:
+                why = getattr(entry.config, "remote_unsupported", None)
+                if why:
+                    raise ConfigError(
+                        f"probe {entry.kind!r} cannot run remotely: {why}. Run the suite without "
+                        f"it (e.g. the shipped heads suite locally), or without remote"
+                    )
         if not self.tasks and not self.task:
             raise ConfigError(
                 "no tasks: name at least one in 'tasks' (e.g. 'sst2-mini') or add a [[task]] table"
@@ -109,6 +129,9 @@ class SuiteConfig:
         out = to_dict(replace(self, probes=()))
         if not self.task:  # keeps the hash of suites written before [[task]] tables existed
             out.pop("task")
+        if not self.remote:  # likewise for suites that run here
+            out.pop("remote")
+            out.pop("remote_rows")
         out["probes"] = [{"kind": p.kind, **to_dict(p.config)} for p in self.probes]
         return out
 

@@ -224,3 +224,44 @@ def test_staggered_entries_equal_full_patched_forwards(tiny_handles, backend):
         resume_staggered(handle, state, {n_layers + 1: entries[0]})
     with pytest.raises(ValueError, match="single entry layer"):
         resume_staggered(handle, state, entries, [Patch("z.0", -1, lambda z: z)])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_full_equals_the_staggered_cache_pass(tiny_handles, backend):
+    """What a remote model runs (every variant a full forward of its prompt, resid patched at
+    the last position) equals the KV-cache suffix pass: entries at several layers, chunked
+    into requests of a few rows, and suffix patches seen per variant."""
+    from cgar_interp.models import Patch
+    from cgar_interp.prefix import resume_full, resume_staggered
+
+    handle = tiny_handles[backend]
+    n_layers = handle.n_layers
+    gen = torch.Generator().manual_seed(11)
+    rows = [[1, *torch.randint(3, 128, (4 + 2 * i,), generator=gen).tolist()] for i in range(3)]
+    batch = TokenBatch.from_sequences(rows)
+    sites = [f"resid.{layer}" for layer in (0, 1, n_layers)]
+    run = capture_many(handle, batch, sites, -1, batch_size=3, keep_states=True)
+    ((idx, state),) = run.states
+    ordered = batch.select(idx)  # the state's rows, in its order
+    d = handle.arch.d_model
+    entries = {
+        layer: state.resid[layer][None].float() + torch.randn(k, 1, d, generator=gen)
+        for layer, k in ((0, 2), (1, 3), (n_layers, 1))
+    }
+    want = resume_staggered(handle, state, entries)
+    for max_rows in (None, 4):  # one forward pass, or chunks of one variant (3 rows) each
+        got = resume_full(handle, ordered, entries, max_rows=max_rows)
+        for layer in entries:
+            assert (got[layer] - want[layer].float()).abs().max() < 1e-4, (backend, layer)
+
+    mask = torch.tensor([[True, False, False, False], [False, True, True, False]])
+    value = torch.randn(4, handle.arch.d_head, generator=gen)
+
+    def ablate(z):  # [b, n_var, n_heads, d_head], as inside a suffix pass
+        return torch.where(mask[None, :, :, None], value.to(z.dtype), z)
+
+    single = {1: entries[1][:2]}
+    patches = [Patch("z.1", -1, ablate)]
+    want = resume_staggered(handle, state, single, patches)[1]
+    got = resume_full(handle, ordered, single, patches, max_rows=3)[1]  # patches: one pass
+    assert (got - want.float()).abs().max() < 1e-4, backend

@@ -30,7 +30,6 @@ import pytest
 import torch
 
 from cgar_interp.capture import capture_many
-from cgar_interp.decoding import ShiftedDecoder
 from cgar_interp.models import load_model
 from cgar_interp.prefix import last_token_state, shared_prefix_cache
 from cgar_interp.remote import RemoteUnsupportedError
@@ -353,16 +352,15 @@ def test_capture_many_runs_remotely_without_prefix_reuse(remote, tiny_handles, n
 
 
 def test_local_only_paths_refuse_a_remote_model(remote, batch):
+    """Paths that need a KV cache or a block's weights in this process refuse; decoding and
+    kept states work remotely (tests/test_remote_probes.py)."""
     resid = torch.zeros(1, 3, 64)
     refused = {
-        "decode_residual": lambda: remote.decode_residual(resid),
         "resume": lambda: remote.resume(resid, 1),
         "last_token_state": lambda: last_token_state(remote, batch.ids[:, :2]),
         "shared_prefix_cache": lambda: shared_prefix_cache(remote, batch.ids[0, :2]),
-        "keep_states": lambda: capture_many(remote, batch, ["resid.1"], keep_states=True),
         "shared_prefix": lambda: capture_many(remote, batch, ["resid.1"], shared_prefix=True),
         "head_out": lambda: remote.capture(batch, ["head_out.1"]),
-        "ShiftedDecoder": lambda: ShiftedDecoder(remote, resid[0]),
         "hf_model": lambda: remote.backend.hf_model,
     }
     for what, call in refused.items():

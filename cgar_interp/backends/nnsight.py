@@ -51,6 +51,41 @@ class NNsightBackend(Backend):
             raise remote_unsupported("code using backend.hf_model", str(self.engine.repo_id))
         return self.engine._module
 
+    def fetch_readout(self):
+        """The final norm's and the unembedding's weights from the server, in one request, as
+        a :class:`~cgar_interp.models.Readout` whose modules are the model's own classes
+        rebuilt here (so decode algebra runs the model's arithmetic on this machine)."""
+        import copy
+
+        import nnsight
+
+        from ..models import Readout
+
+        lm = self.engine
+        with torch.no_grad(), lm.trace(torch.zeros(1, 1, dtype=torch.long), remote=self.remote):
+            weights = nnsight.save(
+                {
+                    "gamma": lm.model.norm.weight,
+                    "weight": lm.lm_head.weight,
+                    "bias": lm.lm_head.bias,
+                }
+            )
+        modules = {}
+        for name, source, weight in (
+            ("norm", lm._module.model.norm, weights["gamma"]),
+            ("head", lm._module.lm_head, weights["weight"]),
+        ):
+            # the meta module's class, in the dtype the server holds the weights in
+            module = copy.deepcopy(source).to_empty(device="cpu").to(weight.dtype)
+            module.requires_grad_(False)
+            modules[name] = module
+        with torch.no_grad():
+            modules["norm"].weight.copy_(weights["gamma"])
+            modules["head"].weight.copy_(weights["weight"])
+            if modules["head"].bias is not None:
+                modules["head"].bias.copy_(weights["bias"])
+        return Readout.of(modules["norm"], modules["head"], "the readout")
+
     def forward(
         self,
         ids: Tensor,

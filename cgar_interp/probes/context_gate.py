@@ -30,7 +30,6 @@ import torch
 
 from ..capture import resume_variants
 from ..decoding import ShiftedDecoder
-from ..devices import resident_weight
 from ..layers import resolve_layers
 from ..metrics import CHUNK_ELEMENTS
 from .base import ProbeContext, register_probe
@@ -234,13 +233,12 @@ def gate_terms(ctx: ProbeContext, q_layers, c_layers, vectors) -> pd.DataFrame:
     """
     handle, inputs = ctx.handle, ctx.inputs
     cap = ctx.captures()
-    handle.require_local("the context_gate probe (reads the unembedding weights)")
-    hf = handle.backend.hf_model
-    w_full = resident_weight(hf.lm_head, "weight", "context_gate").detach().float().cpu()  # [V, d]
+    readout = handle.readout()  # a remote model's weights are fetched once
+    w_full = readout.weight.float().cpu()  # [V, d]
     label_ids = inputs.label_ids.cpu()
     w_u = w_full[label_ids]  # [K, d]
-    gamma = resident_weight(hf.model.norm, "weight", "context_gate").detach().float().cpu()
-    eps = float(getattr(hf.model.norm, "variance_epsilon", getattr(hf.model.norm, "eps", 0.0)))
+    gamma = readout.gamma.float().cpu()
+    eps = readout.eps
     rest = torch.ones(w_full.shape[0], dtype=torch.bool)
     rest[label_ids] = False
     w_rest_mean = (w_full.sum(0) - w_full[label_ids].sum(0)) / int(rest.sum())  # [d]

@@ -132,6 +132,15 @@ class HeadMediationConfig:
         return True
 
     @property
+    def remote_unsupported(self) -> str:
+        """Why the probe cannot run on NDIF (checked when a remote suite is parsed)."""
+        return (
+            "the AIE of every head resumes each head's MLP and the blocks above it from the "
+            "corrupted prompt's KV cache, and head outputs need every block's W_O in this "
+            "process; on a server that is one full forward pass per head and query"
+        )
+
+    @property
     def vectors(self) -> tuple[str, ...]:
         """The corrupted runs are shuffled-label prompts (read by the task preparation)."""
         return ("shuffled",)

@@ -244,8 +244,12 @@ class HeadReads:
 
 
 def attention_scale(handle: ModelHandle, block: int) -> float:
-    """The block's attention scaling (the module's ``scaling``; ``1/sqrt(d_head)`` otherwise)."""
-    attn = handle.backend.hf_model.model.layers[block].self_attn
+    """The block's attention scaling (the module's ``scaling``; ``1/sqrt(d_head)`` otherwise).
+
+    A remote model's modules are built here from its config, so their ``scaling`` is the
+    server's too."""
+    module = handle.backend.engine._module if handle.remote else handle.backend.hf_model
+    attn = module.model.layers[block].self_attn
     return float(getattr(attn, "scaling", handle.arch.d_head**-0.5))
 
 
@@ -298,9 +302,22 @@ def read_heads(
     lengths = batch.lengths.cpu()
     scores = {b: torch.full((n, n_heads, width), float("-inf")) for b in blocks}
     big_m = {b: torch.zeros(n, n_heads) for b in blocks}
+    keys = None
+    if any(state.cache is None for _, state in last.states):  # a remote model keeps no cache:
+        keys = capture_many(  # the keys of every position, read in a pass of their own
+            handle,
+            batch,
+            [f"k.{b}" for b in blocks],
+            None,
+            batch_size=batch_size,
+            with_logits=False,
+        )
     for rows, state in last.states:
         for b in blocks:
-            cached = state.cache.layers[b].keys  # [r, n_kv_heads, slots, d_head]
+            if keys is None:
+                cached = state.cache.layers[b].keys  # [r, n_kv_heads, slots, d_head]
+            else:
+                cached = keys[f"k.{b}"][rows].transpose(1, 2)  # [r, n_kv_heads, width, d_head]
             slots = min(int(cached.shape[2]), width)
             k = cached[:, :, :slots].float().cpu().transpose(1, 2)  # [r, slots, n_kv, d_head]
             k = k.repeat_interleave(group, dim=2)  # [r, slots, n_heads, d_head] (k_rep)

@@ -51,7 +51,6 @@ import pandas as pd
 import torch
 
 from .. import subspace_math as sm
-from ..devices import resident_weight
 from ..layers import NAMED, resolve_layers
 from .base import ProbeContext, register_probe
 
@@ -129,13 +128,11 @@ class SubspaceConfig:
 
 def label_directions(ctx: ProbeContext, readout: str) -> np.ndarray:
     """``[K, d_model]`` label readout directions: ``W_U[label_ids]`` (times gamma if normed)."""
-    ctx.handle.require_local("label_directions (reads the unembedding weights)")
-    hf = ctx.handle.backend.hf_model
-    w_u = resident_weight(hf.lm_head, "weight", "label_directions")  # offloaded: a CPU copy
-    w = w_u.detach()[ctx.inputs.label_ids.to(w_u.device)]
-    w = w.float().cpu()
+    weights = ctx.handle.readout()  # resident copies; a remote model's, fetched once
+    w_u = weights.weight
+    w = w_u[ctx.inputs.label_ids.to(w_u.device)].float().cpu()
     if readout == "unembed_norm":
-        w = w * resident_weight(hf.model.norm, "weight", "label_directions").detach().float().cpu()
+        w = w * weights.gamma.float().cpu()
     return w.double().numpy()
 
 

@@ -1,0 +1,82 @@
+"""Every probe of the paper suite runs on a remote (NDIF) model and gives the local tables.
+
+The remote handle is built without weights; each request goes to the fake server of
+``tests/test_remote.py``, which runs nnsight's serialized payload against the local tiny model
+with ``cgar_interp`` made unimportable, as on NDIF. The probes are the same code: the engine
+runs their interventions as full forward passes (no KV cache lives on a server), decodes with
+the readout weights fetched once, and reads keys at every position instead of from a cache.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cgar_interp.probes import ProbeContext, get_probe
+from cgar_interp.probes.context_gate import ContextGateConfig
+from cgar_interp.probes.hopfield_heads import HopfieldHeadsConfig
+from cgar_interp.probes.subspace import SubspaceConfig
+from cgar_interp.probes.task_vectors import TaskVectorConfig
+from tests.test_head_mediation import labelled_inputs
+from tests.test_remote import (  # noqa: F401  (fixtures)
+    ndif,
+    ndif_env,
+    no_network,
+    remote,
+    weightless_dir,
+)
+
+PAPER_PROBES = {
+    "context_gate": ContextGateConfig(
+        query_layers="last",
+        context_layers=[0, 1, 2],
+        lambdas=[0.0, 0.5, 2.0],
+        modes=["decode", "patch"],
+        vectors=["context", "random", "shuffled"],
+    ),
+    "task_vectors": TaskVectorConfig(layers="all"),
+    "hopfield_heads": HopfieldHeadsConfig(max_queries=4),
+    "subspace": SubspaceConfig(layers="all", n_random=20, n_resamples=20, cv_folds=2),
+}
+NUMERIC = {"value", "ci_low", "ci_high"}
+
+
+def run_probes(handle, inputs, kinds) -> dict[str, pd.DataFrame]:
+    configs = [PAPER_PROBES[k] for k in kinds]
+    ctx = ProbeContext.for_probes(handle, inputs, configs, n_boot=20, batch_size=4)
+    for kind, config in zip(kinds, configs, strict=True):
+        out = get_probe(kind).run(config, ctx)
+        ctx.tables.update(out if isinstance(out, dict) else {kind: out})
+    return ctx.tables
+
+
+def assert_same_tables(local: dict, remote: dict, atol: float = 1e-5, rtol: float = 5e-5) -> None:
+    """Every column equal; numbers within ``atol`` (probabilities, accuracies), or ``rtol`` for
+    metrics above 1 (``n_eff = exp(entropy)`` magnifies float32 rounding: a full forward and a
+    KV-cache suffix pass add in different orders)."""
+    assert set(local) == set(remote)
+    for name, a in local.items():
+        b = remote[name]
+        assert list(a.columns) == list(b.columns) and len(a) == len(b), name
+        for column in a.columns:
+            left, right = a[column].to_numpy(), b[column].to_numpy()
+            if column in NUMERIC or a[column].dtype.kind == "f":
+                np.testing.assert_allclose(
+                    left.astype(float),
+                    right.astype(float),
+                    atol=atol,
+                    rtol=rtol,
+                    err_msg=f"{name}.{column}",
+                )
+            else:
+                assert left.tolist() == right.tolist(), f"{name}.{column}"
+
+
+@pytest.mark.parametrize(
+    "kinds", [("context_gate",), ("task_vectors",), ("hopfield_heads",), ("subspace",)]
+)
+def test_each_paper_probe_gives_the_local_tables_remotely(remote, tiny_handles, ndif, kinds):
+    inputs = labelled_inputs(n=12)
+    local = run_probes(tiny_handles["nnsight"], inputs, kinds)
+    got = run_probes(remote, inputs, kinds)
+    assert ndif.sent, "nothing went to the server"
+    assert_same_tables(local, got)
