@@ -202,6 +202,22 @@ def run(
             "manifest; a red banner in the report).",
         ),
     ] = False,
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote",
+            help="Run every forward pass on NDIF (nnsight's remote execution; the model is a hub "
+            "id NDIF hosts, the API key comes from $NDIF_API_KEY).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="With --remote: print the requests and the bytes up and down a run would "
+            "make, and run nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Run a probe suite into a run directory (tables, figures, report.html).
 
@@ -220,25 +236,37 @@ def run(
 
     from .config import ConfigError
     from .embedded import EmbeddedModelMissing
+    from .remote import RemoteRunError
     from .rundir import RunDirError
-    from .runner import run_suite
+    from .runner import plan_remote, run_suite
     from .selfcheck import SelfCheckFailed
     from .suite import load_suite
 
     _quiet_transformers()
+    if dry_run and not remote:
+        _fail(ValueError("--dry-run counts the requests of a remote run; add --remote"))
     try:
         suite = load_suite(
             suite_file,
             model=model,
-            backend=backend,
+            backend="nnsight" if remote else backend,
             device=device,
             dtype=dtype,
             seed=seed,
             n_eval=n_eval,
+            remote=True if remote else None,
         )
     except ConfigError as err:
         _fail(err)
     out = out or Path("runs") / suite.name
+    if dry_run:
+        try:
+            plan = plan_remote(suite)
+        except (ConfigError, EmbeddedModelMissing, ValueError) as err:
+            _fail(err)
+        for line in plan.lines():
+            print(line)
+        return
 
     def emit(message: str) -> None:
         if jsonl:
@@ -266,7 +294,14 @@ def run(
                 progress=_progress_factory(bar),
                 allow_self_check_failure=allow_self_check_failure,
             )
-    except (ConfigError, RunDirError, EmbeddedModelMissing, ValueError, SelfCheckFailed) as err:
+    except (
+        ConfigError,
+        RunDirError,
+        EmbeddedModelMissing,
+        ValueError,
+        SelfCheckFailed,
+        RemoteRunError,
+    ) as err:
         _fail(err)
     except KeyboardInterrupt:
         console.print(

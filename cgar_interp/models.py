@@ -385,6 +385,9 @@ class ModelHandle:
         # most prompt copies per remote request when variants run as full forward passes
         # (cgar_interp.prefix.resume_full); a local model resumes from its KV cache instead
         self.remote_rows: int | None = 64
+        # a dry run's decodes (cgar_interp.runner.plan_remote): placeholders in, placeholders
+        # out, without the vocabulary-sized matmuls that a real run does here
+        self.placeholder_decode = False
 
     # ----------------------------------------------------------------- description
     def __repr__(self) -> str:
@@ -679,6 +682,8 @@ class ModelHandle:
                 f"d_model={self.arch.d_model}"
             )
         readout = self.readout()
+        if self.placeholder_decode:  # a dry run: its residuals are placeholders too
+            return torch.ones(*h.shape[:-1], readout.weight.shape[0])
         norm, head = readout.norm, readout.head
         # in the weights' dtype: a remote model's are the server's, whatever this handle assumed
         with torch.no_grad():  # under a device map the two may sit on different devices

@@ -222,8 +222,18 @@ class DryServer:
     own code runs on them, so every request a real run makes is made, in the same order.
     """
 
-    def __init__(self, meta_model):
+    def __init__(self, meta_model=None):
+        self.meta_model = None
+        if meta_model is not None:
+            self.attach(meta_model)
+
+    def attach(self, meta_model) -> None:
+        """Answer for ``meta_model`` (a remote handle's ``backend.engine``); its id is taken as
+        canonical (a real run asks the hub once; a dry run looks nothing up)."""
+        from nnsight.modeling import huggingface
+
         self.meta_model = meta_model
+        huggingface._ID_CACHE.setdefault(meta_model.repo_id, meta_model.repo_id)
 
     def __call__(self, backend, request, tracer):
         from nnsight.schema.request import RequestModel
@@ -263,8 +273,8 @@ def _placeholder(value, name: str = ""):
 
 @contextmanager
 def dry_transport():
-    """Every NDIF request made inside goes to a :class:`DryServer` (set its ``meta_model``
-    once the model is built). Nothing is sent, so no API key is needed (a placeholder stands
+    """Every NDIF request made inside goes to a :class:`DryServer` (``attach`` the model
+    once it is built). Nothing is sent, so no API key is needed (a placeholder stands
     in where none is set) and the model id is not looked up on the hub; payloads are measured
     uncompressed (a real run's are zstd-compressed when nnsight's ``COMPRESS`` is on, so they
     are at most this size). nnsight's settings are restored after."""
@@ -272,15 +282,10 @@ def dry_transport():
     from nnsight.intervention.backends.remote import RemoteBackend
     from nnsight.modeling import huggingface
 
-    server = DryServer(None)
+    server = DryServer()
     send, saved_key, compress = RemoteBackend.request, CONFIG.API.APIKEY, CONFIG.API.COMPRESS
     ids = dict(huggingface._ID_CACHE)
-
-    def answer(self, request, tracer):
-        huggingface._ID_CACHE.setdefault(server.meta_model.repo_id, server.meta_model.repo_id)
-        return server(self, request, tracer)
-
-    RemoteBackend.request = answer
+    RemoteBackend.request = lambda self, request, tracer: server(self, request, tracer)
     if not (os.environ.get(API_KEY_ENV) or CONFIG.API.APIKEY):
         CONFIG.API.APIKEY = "dry-run-nothing-is-sent"
     CONFIG.API.COMPRESS = False

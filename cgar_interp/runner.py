@@ -157,8 +157,8 @@ class RemotePlan:
         bytes_up: payloads, uncompressed (a real run's are at most this size).
         bytes_down: results. ``units``: the same three per unit (``task/probe``), and
             ``"setup"`` (readout weights and self-check).
-        local_peak_mib: this process's peak resident memory while planning (the decode
-            weights and the probes' own arithmetic: what a real run needs here too).
+        local_peak_mib: this process's peak resident memory while planning (the readout
+            weights a real run fetches are held as placeholders; its decodes are skipped).
     """
 
     model: str
@@ -175,7 +175,7 @@ class RemotePlan:
             f"dry run for {self.model} on NDIF (nothing was sent): {self.requests} requests, "
             f"{self.bytes_up / mb:,.1f} MB up, {self.bytes_down / mb:,.1f} MB down",
         ]
-        for unit, figures in self.units.items():
+        for unit, figures in sorted(self.units.items(), key=lambda u: not u[0].startswith("setup")):
             out.append(
                 f"  {unit:<32} {figures['requests']:6d} requests  {figures['bytes_up'] / mb:10,.1f} "
                 f"MB up  {figures['bytes_down'] / mb:10,.1f} MB down"
@@ -216,7 +216,8 @@ def plan_remote(
             prepend_bos=suite.prepend_bos,
             remote=True,
         )
-        server.meta_model = handle.backend.engine
+        server.attach(handle.backend.engine)
+        handle.placeholder_decode = True
         _run_suite(
             suite,
             Path(tmp) / "dry",

@@ -8,6 +8,7 @@ vectors, Hopfield heads, subspace) and the theory comparison. The fake server of
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,3 +265,56 @@ def test_remote_tables_are_numbers(local_run):
     """Guard for the comparisons above: the reference run has real, finite measurements."""
     gate = local_run.tables["context_gate"]
     assert np.isfinite(gate.value).all() and gate.value.abs().sum() > 0
+
+
+def test_cli_dry_run_prints_the_cost_and_sends_nothing(tmp_path, server, weightless_embedded):
+    from typer.testing import CliRunner
+
+    from cgar_interp.cli import app
+
+    suite = tmp_path / "tiny_remote.toml"
+    suite.write_text(
+        "\n".join(
+            [
+                'name = "tiny_remote"',
+                f'model = "{weightless_embedded}"',
+                'backend = "nnsight"',
+                'tasks = ["sst2-mini"]',
+                "n_fit = 4",
+                "n_eval = 4",
+                "n_boot = 10",
+                "[[probe]]",
+                'kind = "task_vectors"',
+                "layers = [10, 20]",
+            ]
+        )
+    )
+    runner = CliRunner()
+    done = runner.invoke(app, ["run", str(suite), "--dry-run"])
+    assert done.exit_code == 2 and "add --remote" in done.output
+    done = runner.invoke(app, ["run", str(suite), "--remote", "--dry-run", "--dtype", "float32"])
+    assert done.exit_code == 0, done.output
+    assert "nothing was sent" in done.output and "sst2-mini/task_vectors" in done.output
+    assert not server.sent
+    assert not Path("runs", "tiny_remote").exists()  # no run directory either
+
+
+@pytest.mark.slow
+def test_the_paper_suite_remotely_is_a_small_multiple_of_the_local_passes(
+    tmp_path, weightless_embedded, embedded_handles
+):
+    """``probes/paper_ndif.toml`` (3 tasks x 64 queries) at the embedded model's shape: the
+    dry run's requests against the forward and suffix passes of the same suite run here."""
+    from dataclasses import replace
+
+    from cgar_interp.suite import load_suite
+
+    remote = load_suite("paper_ndif", model=str(weightless_embedded), dtype="float32")
+    plan = plan_remote(remote)
+    local = replace(remote, model="embedded", remote=False)
+    done = run_suite(local, tmp_path / "local", handle=embedded_handles["nnsight"], report=False)
+    stats = done.manifest["forward_stats"]
+    calls = stats["forward_calls"] + stats["resume_calls"]
+    print(f"paper_ndif: {plan.requests} requests remotely, {calls} passes locally")
+    assert plan.requests <= 3 * calls
+    assert all(plan.units[f"{t}/subspace"]["requests"] == 0 for t in local.tasks)

@@ -471,7 +471,7 @@ def run_hopfield_heads(config: HopfieldHeadsConfig, ctx: ProbeContext) -> dict[s
             else None
         )
         run = ctx.read(kind, rows_idx, head_sites(blocks), keep_states=True, progress=tick)
-        reads = read_heads(handle, batch, blocks, run=run)
+        reads = read_heads(handle, batch, blocks, batch_size=ctx.batch_size, run=run)
         per_kind[kind] = {
             b: head_metrics(reads[b], batch, inputs.label_ids, gold, config) for b in blocks
         }
