@@ -384,7 +384,7 @@ class ModelHandle:
         self._readout: Readout | None = None
         # most prompt copies per remote request when variants run as full forward passes
         # (cgar_interp.prefix.resume_full); a local model resumes from its KV cache instead
-        self.remote_rows: int | None = 64
+        self.remote_rows: int | None = 256
         # a dry run's decodes (cgar_interp.runner.plan_remote): placeholders in, placeholders
         # out, without the vocabulary-sized matmuls that a real run does here
         self.placeholder_decode = False

@@ -315,10 +315,11 @@ def _check_entries(handle: ModelHandle, entries: dict[int, Tensor], patches) -> 
     return layers
 
 
-def _replace_rows(mask: Tensor, values: Tensor, x: Tensor) -> Tensor:
-    """``x [rows, 1, d]`` with the rows of ``mask [rows]`` replaced by ``values [rows, d]``."""
-    mask = mask.to(x.device)[:, None, None]
-    return torch.where(mask, values.to(device=x.device, dtype=x.dtype)[:, None, :], x)
+def _replace_rows(index: Tensor, values: Tensor, x: Tensor) -> Tensor:
+    """``x [rows, 1, d]`` with rows ``index [k]`` replaced by ``values [k, d]`` (only the
+    replaced rows travel with a remote request)."""
+    value = values.to(device=x.device, dtype=x.dtype)[:, None, :]
+    return x.index_put((index.to(x.device),), value)
 
 
 def _per_variant(fn, n_var: int, x: Tensor) -> Tensor:
@@ -372,12 +373,10 @@ def resume_full(
         copies = TokenBatch(batch.ids.repeat(len(chunk), 1), batch.lengths.repeat(len(chunk)))
         writes = []
         for layer in sorted({layer for layer, _ in chunk}):
-            mask = torch.tensor([lay == layer for lay, _ in chunk]).repeat_interleave(b)
-            values = torch.zeros(len(chunk) * b, handle.arch.d_model, dtype=entries[layer].dtype)
-            for i, (lay, v) in enumerate(chunk):
-                if lay == layer:
-                    values[i * b : (i + 1) * b] = entries[layer][v]
-            writes.append(Patch(f"resid.{layer}", -1, partial(_replace_rows, mask, values)))
+            mine = [(i, v) for i, (lay, v) in enumerate(chunk) if lay == layer]
+            index = torch.cat([torch.arange(i * b, (i + 1) * b) for i, _ in mine])
+            values = torch.cat([entries[layer][v] for _, v in mine])  # [len(mine) * b, d]
+            writes.append(Patch(f"resid.{layer}", -1, partial(_replace_rows, index, values)))
         n_var = len(chunk)
         for patch in patches:  # a suffix patch's function sees [b, n_var, ...]
             writes.append(Patch(patch.site, -1, partial(_per_variant, patch.value, n_var)))

@@ -65,7 +65,7 @@ class SuiteConfig:
     # run every forward pass on NDIF (nnsight's remote execution; backend must be nnsight);
     # remote_rows: most prompt copies per request where variants run as full forward passes
     remote: bool = False
-    remote_rows: int = 64
+    remote_rows: int = 256
     probes: tuple[ProbeEntry, ...] = field(default=())
 
     def __post_init__(self):
