@@ -187,6 +187,19 @@ def test_suffix_patches_refuse_other_sites_and_positions(tiny_handles):
     ).abs().max() < 1e-5
 
 
+def _kept_state(handle, gen, first: int, step: int):
+    """Three padded prompts of unequal length (BOS + random tokens), captured at layers 0, 1
+    and n_layers with their KV cache kept: ``(batch, the state's row order, state)``."""
+    rows = [
+        [1, *torch.randint(3, 128, (first + step * i,), generator=gen).tolist()] for i in range(3)
+    ]
+    batch = TokenBatch.from_sequences(rows)
+    sites = [f"resid.{layer}" for layer in (0, 1, handle.n_layers)]
+    run = capture_many(handle, batch, sites, -1, batch_size=3, keep_states=True)
+    ((idx, state),) = run.states
+    return batch, idx, state
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_staggered_entries_equal_full_patched_forwards(tiny_handles, backend):
     """Variants joining one pass at layers 0, 1 and n_layers (decode only), unequal counts,
@@ -197,11 +210,7 @@ def test_staggered_entries_equal_full_patched_forwards(tiny_handles, backend):
     handle = tiny_handles[backend]
     n_layers = handle.n_layers
     gen = torch.Generator().manual_seed(7)
-    rows = [[1, *torch.randint(3, 128, (6 + 3 * i,), generator=gen).tolist()] for i in range(3)]
-    batch = TokenBatch.from_sequences(rows)
-    sites = [f"resid.{layer}" for layer in (0, 1, n_layers)]
-    run = capture_many(handle, batch, sites, -1, batch_size=3, keep_states=True)
-    ((idx, state),) = run.states
+    batch, idx, state = _kept_state(handle, gen, first=6, step=3)
     d = handle.arch.d_model
     shifts = {0: torch.randn(2, d, generator=gen), 1: torch.randn(3, d, generator=gen)}
     shifts[n_layers] = torch.randn(1, d, generator=gen)
@@ -237,11 +246,7 @@ def test_resume_full_equals_the_staggered_cache_pass(tiny_handles, backend):
     handle = tiny_handles[backend]
     n_layers = handle.n_layers
     gen = torch.Generator().manual_seed(11)
-    rows = [[1, *torch.randint(3, 128, (4 + 2 * i,), generator=gen).tolist()] for i in range(3)]
-    batch = TokenBatch.from_sequences(rows)
-    sites = [f"resid.{layer}" for layer in (0, 1, n_layers)]
-    run = capture_many(handle, batch, sites, -1, batch_size=3, keep_states=True)
-    ((idx, state),) = run.states
+    batch, idx, state = _kept_state(handle, gen, first=4, step=2)
     ordered = batch.select(idx)  # the state's rows, in its order
     d = handle.arch.d_model
     entries = {
