@@ -97,8 +97,9 @@ class SuiteConfig:
                 why = getattr(entry.config, "remote_unsupported", None)
                 if why:
                     raise ConfigError(
-                        f"probe {entry.kind!r} cannot run remotely: {why}. Run the suite without "
-                        f"it (e.g. the shipped heads suite locally), or without remote"
+                        f"probe {entry.kind!r} cannot run remotely: {why}. Leave it out (the "
+                        "shipped paper_ndif suite is the paper suite without head_mediation), or "
+                        "run this suite locally"
                     )
         if not self.tasks and not self.task:
             raise ConfigError(
