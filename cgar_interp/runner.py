@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -139,13 +138,22 @@ def run_suite(
     """
     if remote:
         suite = replace(suite, remote=True, backend="nnsight")
-    args = (suite, out, resume, force, handle, progress, log, report)
+    settings = dict(
+        resume=resume,
+        force=force,
+        handle=handle,
+        progress=progress,
+        log=log,
+        report=report,
+        allow_self_check_failure=allow_self_check_failure,
+        self_check_rows=self_check_rows,
+    )
     if not suite.remote:
-        return _run_suite(*args, allow_self_check_failure, self_check_rows, None)
+        return _run_suite(suite, out, ledger=None, **settings)
     from .remote import remote_session
 
     with remote_session(suite.model) as ledger:
-        return _run_suite(*args, allow_self_check_failure, self_check_rows, ledger)
+        return _run_suite(suite, out, ledger=ledger, **settings)
 
 
 @dataclass(frozen=True)
@@ -218,22 +226,21 @@ def plan_remote(
         )
         server.attach(handle.backend.engine)
         handle.placeholder_decode = True
-        _run_suite(
+        done = _run_suite(
             suite,
             Path(tmp) / "dry",
-            False,
-            False,
-            handle,
-            None,
-            log,
-            False,
-            True,
-            self_check_rows,
-            ledger,
+            resume=False,
+            force=False,
+            handle=handle,
+            progress=None,
+            log=log,
+            report=False,
+            allow_self_check_failure=True,  # placeholders disagree with everything
+            self_check_rows=self_check_rows,
+            ledger=ledger,
             probes_only=True,
         )
-        manifest = json.loads((Path(tmp) / "dry" / "manifest.json").read_text())
-    remote = manifest.get("remote", {})
+    remote = done.manifest.get("remote", {})
     return RemotePlan(
         model=suite.model,
         requests=ledger.requests,
@@ -246,19 +253,22 @@ def plan_remote(
 
 
 def _run_suite(
-    suite,
-    out,
-    resume,
-    force,
-    handle,
+    suite: SuiteConfig,
+    out: str | Path,
+    *,
+    resume: bool,
+    force: bool,
+    handle: ModelHandle | None,
     progress,
     log,
-    report,
-    allow_self_check_failure,
-    self_check_rows,
+    report: bool,
+    allow_self_check_failure: bool,
+    self_check_rows: int,
     ledger,
     probes_only: bool = False,
 ) -> RunResults:
+    """:func:`run_suite`'s body; ``ledger`` meters a remote run's requests (None: local), and
+    ``probes_only`` stops after the probes (a dry run: :func:`plan_remote`)."""
     say = log or (lambda _msg: None)
     started = time.perf_counter()
     clock = StageClock()
