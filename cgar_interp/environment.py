@@ -32,17 +32,36 @@ from typing import Any
 
 LOCK_NAME = "requirements.lock"
 
-_PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)\s*(?:;.*)?$")
+_PIN = re.compile(
+    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)\s*(?:;\s*(?P<marker>.*?))?\s*$"
+)
 _HASH = re.compile(r"^--hash=(?P<algo>[a-z0-9]+):(?P<digest>[0-9a-f]+)$")
 
 
 @dataclass(frozen=True)
 class LockEntry:
-    """One pinned package of a lock file: ``name==version`` and its ``--hash`` values."""
+    """One pinned package of a lock file: ``name==version``, its ``--hash`` values, the
+    environment marker it applies under (``None``: everywhere) and the packages that need it
+    (uv's ``# via`` annotation; canonical names, ``()`` where the lock does not say)."""
 
     name: str
     version: str
     hashes: tuple[str, ...]
+    marker: str | None = None
+    via: tuple[str, ...] = ()
+
+    def requirement_line(self) -> str:
+        """The entry as a hash-pinned requirements line (what ``pip -r`` reads)."""
+        head = f"{self.name}=={self.version}" + (f" ; {self.marker}" if self.marker else "")
+        return " \\\n    ".join([head] + [f"--hash={h}" for h in self.hashes]) + "\n"
+
+    def applies(self, environment: Mapping[str, str] | None = None) -> bool:
+        """Whether the marker holds here (or in ``environment``, a PEP 508 marker mapping)."""
+        if not self.marker:
+            return True
+        from packaging.markers import Marker  # packaging comes with transformers
+
+        return Marker(self.marker).evaluate(dict(environment) if environment else None)
 
 
 def canonical_name(name: str) -> str:
@@ -57,28 +76,34 @@ def default_lock_path() -> Path | None:
 
 
 def parse_lock(text: str) -> list[LockEntry]:
-    """The pinned entries of a hash-pinned requirements file.
+    """The pinned entries of a hash-pinned requirements file (uv's universal output included:
+    ``name==version ; marker``, the same name twice under disjoint markers).
 
     Raises:
         ValueError: an entry that is not ``name==version`` (a range, an option line, a URL),
             or a malformed ``--hash``, naming the line.
     """
-    logical: list[str] = []
+    blocks: list[tuple[str, list[str]]] = []  # (logical requirement line, its comment lines)
     pending = ""
     for raw in text.splitlines():
-        line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        stripped = raw.strip()
+        if stripped.startswith("#"):
+            if blocks and not pending and raw[:1].isspace():
+                blocks[-1][1].append(stripped[1:].strip())
+            continue
+        line = raw.split(" #", 1)[0].strip()
         if line.endswith("\\"):
             pending += line[:-1] + " "
             continue
         pending += line
         if pending.strip():
-            logical.append(pending.strip())
+            blocks.append((pending.strip(), []))
         pending = ""
     if pending.strip():
-        logical.append(pending.strip())
+        blocks.append((pending.strip(), []))
 
     entries = []
-    for line in logical:
+    for line, comments in blocks:
         head, *options = line.split(" --")
         match = _PIN.match(head.strip())
         if match is None:
@@ -90,8 +115,99 @@ def parse_lock(text: str) -> list[LockEntry]:
             if hashed is None:
                 raise ValueError(f"lock entry {match['name']!r} has an unexpected {option!r}")
             hashes.append(f"{hashed['algo']}:{hashed['digest']}")
-        entries.append(LockEntry(canonical_name(match["name"]), match["version"], tuple(hashes)))
+        entries.append(
+            LockEntry(
+                canonical_name(match["name"]),
+                match["version"],
+                tuple(hashes),
+                match["marker"] or None,
+                _via(comments),
+            )
+        )
     return entries
+
+
+def _via(comments: list[str]) -> tuple[str, ...]:
+    """Package names of uv's ``# via`` annotation (``via a`` or ``via`` then one name a line);
+    ``-r file`` and ``name (pyproject.toml)`` sources keep their first word."""
+    names: list[str] = []
+    reading = False
+    for comment in comments:
+        if comment.startswith("via"):
+            reading = True
+            comment = comment[3:].strip()
+        if reading and comment:
+            word = comment.split()[0]
+            names.append(comment if word == "-r" else canonical_name(word))
+    return tuple(names)
+
+
+# The package whose own runtime (CUDA libraries, triton) depends on which build is installed.
+TORCH = "torch"
+
+
+def torch_runtime(entries: list[LockEntry], torch_requires: list[str] | None) -> set[str]:
+    r"""Lock entries that only the installed torch build can ask for, and that this one does not.
+
+    A universal lock carries the CUDA build's runtime (``nvidia-*``, ``triton``, ...), pinned
+    for Linux. A CPU build of the same version (``torch==2.13.0+cpu``) requires none of them.
+    The packages reached *only* through torch (uv's ``# via``) are torch's runtime; of those,
+    the ones the installed torch names in its metadata, and what they in turn need, are kept.
+
+    Args:
+        entries: the lock's entries (:func:`parse_lock`).
+        torch_requires: the installed torch's ``Requires-Dist`` lines
+            (``importlib.metadata.requires("torch")``), or None where torch is not installed
+            (then nothing is left out).
+
+    Returns:
+        Canonical names that need not be installed (and whose absence is no mismatch).
+
+    >>> def pin(name, via):
+    ...     return f"{name}==1.0 \\\n    --hash=sha256:{'a' * 64}\n    # via {via}\n"
+    >>> lock = parse_lock(
+    ...     pin("torch", "x") + pin("sympy", "torch") + pin("nvidia-a", "nvidia-b")
+    ...     + pin("nvidia-b", "torch"))
+    >>> sorted(torch_runtime(lock, ["sympy>=1"]))  # a CPU build
+    ['nvidia-a', 'nvidia-b']
+    >>> sorted(torch_runtime(lock, ["sympy>=1", "nvidia-b==1.0; sys_platform == 'linux'"]))
+    []
+    """
+    if torch_requires is None:
+        return set()
+    by_name: dict[str, set[str]] = {}
+    for entry in entries:
+        by_name.setdefault(entry.name, set()).update(entry.via)
+    only_torch = {TORCH}
+    changed = True
+    while changed:
+        changed = False
+        for name, via in by_name.items():
+            if name not in only_torch and via and via <= only_torch:
+                only_torch.add(name)
+                changed = True
+    wanted = {
+        canonical_name(re.split(r"[\s;<>=!~\[(]", req, maxsplit=1)[0]) for req in torch_requires
+    }
+    needed = wanted & only_torch
+    changed = True
+    while changed:
+        changed = False
+        for name in only_torch - needed - {TORCH}:
+            if by_name[name] & (needed - {TORCH}):
+                needed.add(name)
+                changed = True
+    return only_torch - needed - {TORCH}
+
+
+def installed_torch_requires() -> list[str] | None:
+    """The installed torch's ``Requires-Dist`` lines, or None where torch is not installed."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        return list(requires(TORCH) or [])
+    except PackageNotFoundError:
+        return None
 
 
 def installed_versions() -> dict[str, str]:
@@ -105,15 +221,18 @@ def installed_versions() -> dict[str, str]:
 
 
 def _same_version(installed: str, locked: str) -> bool:
+    """``installed`` satisfies ``==locked`` as pip reads it: a pin without a local label
+    (``torch==2.13.0``) admits any local build of that version (``2.13.0+cpu``, ``+cu126``)."""
     if installed == locked:
         return True
     try:
-        from packaging.version import InvalidVersion, Version
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+        from packaging.version import InvalidVersion
     except ImportError:  # pragma: no cover - packaging comes with transformers
         return False
     try:
-        return Version(installed) == Version(locked)
-    except InvalidVersion:
+        return SpecifierSet(f"=={locked}").contains(installed, prereleases=True)
+    except (InvalidVersion, InvalidSpecifier):
         return False
 
 
@@ -150,9 +269,15 @@ def lock_info(
         if installed is None
         else {canonical_name(k): v for k, v in installed.items()}
     )
+    # the CUDA build's runtime, where the installed torch does not ask for it, is no mismatch
+    left_out = torch_runtime(entries, installed_torch_requires()) if installed is None else set()
     mismatches = []
     for entry in sorted(entries, key=lambda e: e.name):
+        if not entry.applies():
+            continue  # another platform's or another Python's pin
         got = have.get(entry.name)
+        if got is None and entry.name in left_out:
+            continue
         if got is None:
             mismatches.append(f"{entry.name}: not installed, lock {entry.version}")
         elif not _same_version(got, entry.version):
@@ -165,7 +290,9 @@ def _drift_report(names: list[str]) -> str:
     info = lock_info()
     have = installed_versions()
     path = default_lock_path()
-    locked = {e.name: e.version for e in parse_lock(path.read_text())} if path else {}
+    locked = (
+        {e.name: e.version for e in parse_lock(path.read_text()) if e.applies()} if path else {}
+    )
     lines = [f"{'package':<20} {'installed':<16} lock"]
     for name in names:
         key = canonical_name(name)
