@@ -12,6 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .shots import at_shots, sweep_shots
+
 PANELS = (
     ("vocab_correct", "Accuracy (full vocab)"),
     ("label_mass", "Concentration mass on label tokens"),
@@ -561,22 +563,6 @@ FIGURES = {
 }
 
 
-def sweep_shots(tables: dict[str, pd.DataFrame]) -> list[int]:
-    """The k >= 1 of a k-shot sweep (empty unless the run has more than one)."""
-    gate = tables.get("context_gate")
-    if gate is None or "shots" not in gate.columns:
-        return []
-    ks = sorted(int(k) for k in gate["shots"].unique() if k >= 1)
-    return ks if len(ks) > 1 else []
-
-
-def _at_shots(table: pd.DataFrame, k: int) -> pd.DataFrame:
-    """One k of a sweep (and the zero-shot rows every k shares)."""
-    if "shots" not in table.columns:
-        return table
-    return table[table["shots"].isin([0, k])]
-
-
 def shots_figure(tables: dict[str, pd.DataFrame], task: str) -> go.Figure:
     """A k-shot sweep of one task: accuracy and label mass, |cbar| and the theory's gate.
 
@@ -676,7 +662,7 @@ def figures_for(tables: dict[str, pd.DataFrame]) -> dict[str, go.Figure]:
         if table is None or table.empty:
             continue
         if ks:
-            table = _at_shots(table, ks[-1])
+            table = at_shots(table, ks[-1])
         for task in table.task.unique():
             out[f"{probe}-{task}"] = builder(table, task)
     if ks:

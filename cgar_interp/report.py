@@ -16,9 +16,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from .figures import figures_for, sweep_shots
+from .figures import figures_for
 from .results import atomic_write_text
 from .rundir import temp_dir_for
+from .shots import at_shots, sweep_shots
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -246,10 +247,7 @@ def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None
     figures.update(extra_figures or {})
     ks = sweep_shots(tables)
     if ks:  # a k-shot sweep: the key numbers are those of the largest k (figures show all)
-        tables = {
-            name: frame[frame["shots"].isin([0, ks[-1]])] if "shots" in frame else frame
-            for name, frame in tables.items()
-        }
+        tables = {name: at_shots(frame, ks[-1]) for name, frame in tables.items()}
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
     for name, fig in figures.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..shots import at_largest_k
 from .ledger import Claim, register_claim
 
 GATE = "context_gate"
@@ -24,9 +25,7 @@ def gate_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
     gate = tables.get(GATE)
     if gate is None or gate.empty:
         return None
-    if "shots" in gate.columns:
-        k = int(gate["shots"].max())
-        gate = gate[gate["shots"].isin([0, k])]
+    gate = at_largest_k(gate)
     return gate
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..shots import at_largest_k
 from .ledger import PENDING, Claim, register_claim
 
 CLAIM = "The label-reading heads carry the task (causally necessary)"
@@ -38,8 +39,7 @@ def heads_are_necessary(tables: dict[str, pd.DataFrame], manifest: dict) -> list
             )
         ]
     ablation = mediation[mediation["part"] == "ablation"]
-    if "shots" in ablation.columns and len(ablation):
-        ablation = ablation[ablation["shots"] == ablation["shots"].max()]
+    ablation = at_largest_k(ablation, keep_zero=False)
     rows = []
     for task in sorted(ablation.task.unique()):
         for metric, name in (("label_mass_drop", "label mass"), ("vocab_correct_drop", "accuracy")):

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..compare import GateTerms, r_squared
+from ..shots import at_largest_k
 from ..theory import GatedMemory
 from .ledger import CONSISTENCY, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, register_claim
 
@@ -78,10 +79,7 @@ def _largest_shots(frame: pd.DataFrame | None, keep_zero: bool = False) -> pd.Da
     """The rows of the largest k of a k-shot sweep (with the k = 0 rows if ``keep_zero``)."""
     if frame is None or frame.empty:
         return None
-    if "shots" in frame.columns:
-        k = int(frame["shots"].max())
-        frame = frame[frame["shots"].isin([0, k] if keep_zero else [k])]
-    return frame
+    return at_largest_k(frame, keep_zero=keep_zero)
 
 
 def _n_layers(manifest: dict, *frames: pd.DataFrame | None) -> int | None:

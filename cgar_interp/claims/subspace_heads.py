@@ -46,6 +46,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..shots import at_shots, largest_k
 from .ledger import Z95, Claim, register_claim, se_from_ci
 
 ANGLE_MARGIN_DEG = 5.0
@@ -64,12 +65,8 @@ CLAIM_7 = "Heads read the demonstrations like Hopfield retrieval"
 
 def _at_largest_k(table: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
     """In a k-shot sweep, the largest k (and the zero-shot rows it shares), as the figures."""
-    if "shots" not in table.columns:
-        return table, None
-    ks = sorted(int(k) for k in table["shots"].unique() if k >= 1)
-    if not ks:
-        return table, None
-    return table[table["shots"].isin([0, ks[-1]])], ks[-1]
+    k = largest_k(table)
+    return at_shots(table, k), k
 
 
 def _shots_note(k: int | None) -> str:
