@@ -18,7 +18,7 @@ from plotly.offline import get_plotlyjs
 
 from .figures import figures_for
 from .results import atomic_write_text
-from .rundir import temp_dir_for
+from .rundir import discard_temp_dir, temp_dir_for
 from .shots import at_shots, sweep_shots
 
 STYLE = """
@@ -312,4 +312,6 @@ def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None
         f"<style>{STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head>"
         f"<body>{''.join(parts)}</body></html>"
     )
-    return atomic_write_text(run_dir / "report.html", page, temp_dir_for(run_dir))
+    written = atomic_write_text(run_dir / "report.html", page, temp_dir_for(run_dir))
+    discard_temp_dir(run_dir)  # `cgar report` on a finished run leaves nothing beside it
+    return written

@@ -16,6 +16,7 @@ second process out of a directory in use.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import json
@@ -45,6 +46,15 @@ def temp_dir_for(run_path: Path) -> Path:
     so nothing partial is ever visible inside (a kill mid-write leaves only the sibling)."""
     run_path = Path(run_path)
     return run_path.parent / f".{run_path.name}.tmp"
+
+
+def discard_temp_dir(run_path: Path) -> None:
+    """Remove the run's sibling temp directory if it is empty: nothing of a finished write is
+    left outside the run directory. One that still holds a killed writer's part file stays
+    until the next :meth:`RunDir.open` removes the part and then the directory."""
+    # absent, or not empty (a killed writer's part file, or a writer of the same run mid-write)
+    with contextlib.suppress(OSError):
+        temp_dir_for(run_path).rmdir()
 
 
 class RunDir:
@@ -90,6 +100,7 @@ class RunDir:
             remove_stale_parts(path)  # a killed writer's temp files; we hold the lock
             if run.tmp.exists():
                 remove_stale_parts(run.tmp)
+                discard_temp_dir(path)
             run._check_identity(identity, resume=resume, force=force)
             if not os.access(path, os.W_OK):
                 raise RunDirError(f"run directory {str(path)!r} is not writable")
@@ -138,6 +149,7 @@ class RunDir:
 
     def close(self) -> None:
         if self._lock_fh is not None:
+            discard_temp_dir(self.path)  # still under the lock: no writer of this run is left
             fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
             self._lock_fh.close()
             self._lock_fh = None

@@ -5,7 +5,8 @@ import os
 import pandas as pd
 import pytest
 
-from cgar_interp.rundir import RunDir, RunDirError
+from cgar_interp.results import PART_SUFFIX
+from cgar_interp.rundir import RunDir, RunDirError, discard_temp_dir, temp_dir_for
 
 ID = {"config_hash": "abc", "model_hash": "m1"}
 
@@ -69,3 +70,22 @@ def test_unwritable_location_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(RunDirError, match=r"cannot write to run directory .*file/run"):
         RunDir.open(blocker / "run", ID)
+
+
+def test_closing_a_run_leaves_nothing_beside_it(tmp_path):
+    """Atomic writes keep their temp files in a sibling directory; once the run closes, the
+    sibling is gone (and a killed writer's leftover is cleaned by the next open)."""
+    path = tmp_path / "r"
+    with RunDir.open(path, ID) as run:
+        run.write_manifest({"identity": ID})
+        run.write_table("t", pd.DataFrame({"a": [1]}))
+        assert run.tmp.is_dir()  # the writes used it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    # a writer killed mid-write leaves a part file: the sibling stays until the next open
+    stale = temp_dir_for(path) / f".t.parquet.abc{PART_SUFFIX}"
+    stale.parent.mkdir()
+    stale.write_bytes(b"partial")
+    discard_temp_dir(path)
+    assert stale.is_file()
+    RunDir.open(path, ID, resume=True).close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
