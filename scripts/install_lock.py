@@ -6,8 +6,9 @@ Run by the venv's own python: ``.venv/bin/python scripts/install_lock.py require
    pinned version where pip's find-links folder has one (it satisfies ``torch==2.13.0`` and its
    hash is in the lock); elsewhere the package index's build for this platform: CUDA on Linux,
    Metal on macOS. With ``--torch-index URL`` (``make install TORCH_INDEX=URL``) torch comes from
-   that index instead, e.g. a specific CUDA build for an older driver; it is then the one package
-   not checked against the lock's hashes, and the run's manifest records its local version.
+   that index instead, with the CUDA libraries that build asks for, e.g. a specific CUDA build for
+   an older driver; they are then the packages not checked against the lock's hashes, and the
+   run's manifest records torch's local version (``2.13.0+cu126``).
 2. Every other entry whose environment marker holds here, hash-checked, with ``--no-deps``
    (the lock is the whole closure), except the CUDA runtime (``nvidia-*``, ``triton``, ...) that
    the installed torch build does not ask for: a CPU build asks for none of it.
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"install_lock: torch=={torch[0].version} from {args.torch_index} (no hash check)"
             )
-            _pip("--no-deps", "--index-url", args.torch_index, f"torch=={torch[0].version}")
+            # with its own dependencies: that build's CUDA libraries live on its index
+            _pip("--index-url", args.torch_index, f"torch=={torch[0].version}")
         else:
             only_torch = Path(tmp) / "torch.txt"
             only_torch.write_text(torch[0].requirement_line())
