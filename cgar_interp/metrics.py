@@ -1,6 +1,6 @@
 """Per-query read-out metrics from logits, and their means with bootstrap intervals.
 
-Every probe scores logits the same way (SCIENCE.md section 3/4):
+Every probe scores logits the same way (docs/science.md, "Label mass and accuracy metrics"):
 
 - ``vocab_correct``: argmax over the *whole vocabulary* is the gold label's first token
   (the paper's "Accuracy (full vocab)");

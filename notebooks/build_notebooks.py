@@ -106,7 +106,7 @@ NOTEBOOKS = {
     "03_theory_vs_measurement": [
         new_markdown_cell(
             "# Theory vs measurement\n\n"
-            "The context-gated Hopfield model (SCIENCE.md section 2) in code: its regimes and fixed "
+            "The context-gated Hopfield model (docs/science.md#context-gated-hopfield-model) in code: its regimes and fixed "
             "points, the paper's simulation setting, and its predictions set beside a measured run."
         ),
         new_code_cell(SETUP),

@@ -1,4 +1,5 @@
-"""The context-gated Hopfield model in code (SCIENCE.md sections 1 and 2).
+"""The context-gated Hopfield model in code (docs/science.md#modern-hopfield-networks and
+#context-gated-hopfield-model).
 
 - :mod:`.mhn`: modern Hopfield network (energy, update, separation, well-separated condition,
   storage capacity) and softmax diagnostics for attention probes (entropy, ``n_eff``,

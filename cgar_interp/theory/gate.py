@@ -1,4 +1,4 @@
-"""Context-gated associative memory (the paper, section 3; SCIENCE.md section 2).
+"""Context-gated associative memory (the paper, section 3; docs/science.md#context-gated-hopfield-model).
 
 ``N`` memories; raw retrieval scores ``b = X^T xi`` (``[N]``), contextual drive ``u`` (``[N]``),
 gate competition ``A(alpha) = (1 - alpha) I + alpha G`` (``G`` symmetric ``[N, N]``), gate

@@ -1,4 +1,5 @@
-"""Modern Hopfield network (Ramsauer et al. 2020; the paper's appendix B; SCIENCE.md section 1).
+"""Modern Hopfield network (Ramsauer et al. 2020; the paper's appendix B;
+docs/science.md#modern-hopfield-networks).
 
 Conventions: stored patterns are the *columns* of ``X`` with shape ``[d, N]`` (``d`` the pattern
 dimension, ``N`` the number of patterns); a state (query) ``xi`` has shape ``[d]`` or ``[..., d]``

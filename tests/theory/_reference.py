@@ -1,4 +1,5 @@
-"""Independent reference formulas for the theory tests (written from SCIENCE.md, not from the code)."""
+"""Independent reference formulas for the theory tests (written from the
+paper's formulas, as docs/science.md states them, not from the code)."""
 
 from __future__ import annotations
 
