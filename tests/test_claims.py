@@ -14,7 +14,7 @@ from cgar_interp.claims import (
     Claim,
     build_ledger,
 )
-from cgar_interp.claims.ledger import Z95, decide_difference, difference_interval
+from cgar_interp.claims.base import Z95, decide_difference, difference_interval
 
 L = 4  # layers of the synthetic model
 
@@ -111,7 +111,7 @@ def test_claims_wait_for_probes_the_run_does_not_have():
     gate = synthetic_gate({"t": 0.5}, shuffled_gap=0.0)
     ledger = build_ledger({"context_gate": gate}, {"architecture": {"n_layers": L}})
     assert "8" not in set(ledger.claim_id)  # no Hopfield probe: no head claims at all
-    from cgar_interp.claims.mediation import heads_are_necessary
+    from cgar_interp.claims.head_necessity import heads_are_necessary
 
     (row,) = heads_are_necessary({"context_gate": gate, "hopfield_heads": pd.DataFrame()}, {})
     assert row.verdict == PENDING and "head_mediation" in row.note
@@ -222,7 +222,7 @@ def test_ledger_of_the_paper_suite(tmp_path):
 
 
 def test_claim_8_reads_the_ablation_once_head_mediation_has_run():
-    from cgar_interp.claims.mediation import heads_are_necessary
+    from cgar_interp.claims.head_necessity import heads_are_necessary
 
     def ablation(task, set_name, metric, change, half=0.02):
         return {"task": task, "part": "ablation", "set": set_name, "metric": metric,

@@ -1,5 +1,6 @@
-"""Claims 5-6 of the ledger (cgar_interp.claims.regime) on synthetic tables with known verdicts,
-against independent computations with the theory functions, and on runs/demo when present.
+"""Claims 5-6 of the ledger (cgar_interp.claims.theory_fit, .gate_regime) on synthetic tables
+with known verdicts, against independent computations with the theory functions, and on
+runs/demo when present.
 
 Fast: no model; the only numerics are R^2 and the fixed-point search on 2-6 memories.
 """
@@ -16,20 +17,15 @@ import pandas as pd
 import pytest
 from scipy.special import expit
 
-from cgar_interp.claims.ledger import (
+from cgar_interp.claims.base import (
     CONSISTENCY,
     INCONCLUSIVE,
     NOT_SUPPORTED,
     SUPPORTED,
     VERDICTS,
 )
-from cgar_interp.claims.regime import (
-    fixed_point_counts,
-    gate_regime,
-    icl_verdict,
-    r2_verdict,
-    theory_predicts,
-)
+from cgar_interp.claims.gate_regime import fixed_point_counts, gate_regime
+from cgar_interp.claims.theory_fit import icl_verdict, r2_verdict, theory_predicts
 from cgar_interp.theory import GatedMemory
 
 L = 4  # layers of the synthetic model: patch rows have q = L, c = L is the decode

@@ -10,20 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cgar_interp.claims.ledger import (
+from cgar_interp.claims.base import (
     INCONCLUSIVE,
     NOT_SUPPORTED,
     SUPPORTED,
     Z95,
     decide_difference,
 )
-from cgar_interp.claims.subspace_heads import (
+from cgar_interp.claims.hopfield_reading import (
     claim_heads,
-    claim_subspace,
     gold_share,
     label_reading_heads,
     n_classes,
 )
+from cgar_interp.claims.subspace import claim_subspace
 
 DEMO = Path(__file__).resolve().parents[1] / "runs" / "demo"
 

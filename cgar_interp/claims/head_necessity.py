@@ -11,12 +11,11 @@ from __future__ import annotations
 import pandas as pd
 
 from ..shots import at_largest_k
-from .ledger import PENDING, Claim, register_claim
+from .base import PENDING, Claim, ClaimDefinition
 
-CLAIM = "The label-reading heads carry the task (causally necessary)"
+TITLE = "The label-reading heads carry the task (causally necessary)"
 
 
-@register_claim("8")
 def heads_are_necessary(tables: dict[str, pd.DataFrame], manifest: dict) -> list[Claim]:
     """Claim 8: a drop when the label-reading heads are ablated, beyond random heads'."""
     mediation = tables.get("head_mediation")
@@ -26,7 +25,7 @@ def heads_are_necessary(tables: dict[str, pd.DataFrame], manifest: dict) -> list
         return [
             Claim(
                 claim_id="8",
-                claim=CLAIM,
+                claim=TITLE,
                 test="mean-ablate the top-k label-reading heads; drop in ICL label mass and "
                 "accuracy against k random heads",
                 reads="head_mediation (ablation rows)",
@@ -52,7 +51,7 @@ def heads_are_necessary(tables: dict[str, pd.DataFrame], manifest: dict) -> list
             rows.append(
                 Claim(
                     claim_id="8",
-                    claim=CLAIM,
+                    claim=TITLE,
                     test=f"drop in ICL {name} when the top label-reading heads are mean-ablated "
                     "(zero-shot mean, last token)",
                     reads=f"head_mediation: part=ablation, metric={metric}, set in (top_label, "
@@ -72,3 +71,8 @@ def heads_are_necessary(tables: dict[str, pd.DataFrame], manifest: dict) -> list
                 )
             )
     return rows
+
+
+HEAD_NECESSITY_CLAIM = ClaimDefinition(
+    "8", TITLE, ("head_mediation", "hopfield_heads"), heads_are_necessary
+)
