@@ -6,7 +6,8 @@ interval over queries.
 
 - 7a: the share of (head, query) pairs in a retrieval regime (single-pattern or metastable,
   i.e. ``1 - frac_global``), averaged over every head read, under ICL against zero-shot. The
-  Hopfield reading of context gating is that context sharpens retrieval (SCIENCE.md 2:
+  Hopfield reading of context gating is that context sharpens retrieval
+  (docs/science.md#first-order-retrieval-bound:
   "context gating both separates and sparsifies"), so the share must rise.
 - 7b: for the label-reading heads (the 10 heads with the largest ICL ``label_mass``), the
   share of their label-token attention that lands on the query's own class,
