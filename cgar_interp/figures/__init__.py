@@ -43,12 +43,15 @@ from .registry import (
     section_title,
 )
 from .simulations import simulation_figures
-from .style import ci_error_y
+from .style import DASH, HOVER, PALETTE, ci_error_y
 from .subspace import subspace_figure
 from .theory import theory_compare_figure
 
 __all__ = [
+    "DASH",
     "FIGURES",
+    "HOVER",
+    "PALETTE",
     "FigureKey",
     "FigureSpec",
     "build_figures",

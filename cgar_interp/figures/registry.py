@@ -102,6 +102,11 @@ class FigureSpec:
     rank: int = 1
     sweep: bool = False
 
+    def __call__(self, table, task: str) -> go.Figure:
+        """Build one figure (``FIGURES[name](table, task)``, as when the registry held bare
+        builders)."""
+        return self.build(table, task)
+
 
 FIGURES: dict[str, FigureSpec] = {}
 """The registry: table name -> its figure spec, in registration order."""
