@@ -444,9 +444,10 @@ def theory_simulate(
     from plotly.offline import get_plotlyjs
 
     from .compare import simulation_summary
+    from .figures.simulations import simulation_figures
     from .results import atomic_write_bytes, atomic_write_json, atomic_write_text
     from .rundir import parquet_bytes
-    from .theory import SimulationConfig, run_simulations, simulation_figures
+    from .theory import SimulationConfig, run_simulations
 
     if plotlyjs not in ("directory", "inline"):
         _fail(ValueError(f"--plotlyjs {plotlyjs!r} is not valid: 'directory' or 'inline'"))

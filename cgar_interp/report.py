@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from .figures import figures_for
+from .figures import FigureKey, build_figures, section_rank, section_title
 from .results import atomic_write_text
 from .rundir import discard_temp_dir, temp_dir_for
 from .shots import at_shots, sweep_shots
@@ -72,9 +72,10 @@ def _cell(row) -> str:
     return f"{row.value:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
 
 
-def key_numbers(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Compact tables of the numbers a reader looks for first (value [95% CI])."""
-    out = {}
+def key_numbers(tables: dict[str, pd.DataFrame]) -> dict[str, dict[str, pd.DataFrame]]:
+    """Compact tables of the numbers a reader looks for first (value [95% CI]), by the table
+    whose report section they follow: ``{table: {title: frame}}``."""
+    out: dict[str, dict[str, pd.DataFrame]] = {}
     gate = tables.get("context_gate")
     if gate is not None and not gate.empty:
         last_q, last_c = gate.q_layer.max(), gate.c_layer.max()
@@ -104,12 +105,16 @@ def key_numbers(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
                     row.update({f"lambda={r.lam:g}": _cell(r) for r in cur.itertuples()})
                     row["n"] = int(cur.n.iloc[0])
                     rows.append(row)
-            out[f"Context gate, {title}, q = c = {last_c} (value [95% CI])"] = pd.DataFrame(rows)
+            out.setdefault("context_gate", {})[
+                f"Context gate, {title}, q = c = {last_c} (value [95% CI])"
+            ] = pd.DataFrame(rows)
     tv = tables.get("task_vectors")
     if tv is not None and not tv.empty:
         acc = tv[tv.metric == "vocab_correct"]
         best = acc.loc[acc.groupby("task").value.idxmax()]
-        out["Task vectors: best layer per task (full-vocab accuracy)"] = pd.DataFrame(
+        out.setdefault("task_vectors", {})[
+            "Task vectors: best layer per task (full-vocab accuracy)"
+        ] = pd.DataFrame(
             [
                 {"task": r.task, "layer": int(r.layer), "accuracy": _cell(r), "n": int(r.n)}
                 for r in best.itertuples()
@@ -238,22 +243,29 @@ def ledger_html(ledger: pd.DataFrame | None, figure_names) -> str:
     )
 
 
-def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None = None) -> Path:
-    """Write ``report.html`` (and ``figures/*.html``) for a run directory; returns the report path."""
+def build_report(
+    run_dir: str | Path, extra_figures: dict[str | FigureKey, go.Figure] | None = None
+) -> Path:
+    """Write ``report.html`` (and ``figures/*.html``) for a run directory; returns the report path.
+
+    ``extra_figures`` (named ``<table>-<task>`` or by :class:`FigureKey`) join the run's own.
+    """
     run_dir = Path(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     tables = {p.stem: pd.read_parquet(p) for p in sorted((run_dir / "tables").glob("*.parquet"))}
-    figures = figures_for(tables)
-    figures.update(extra_figures or {})
+    figures = build_figures(tables)
+    figures.update({FigureKey.parse(name): fig for name, fig in (extra_figures or {}).items()})
     ks = sweep_shots(tables)
     if ks:  # a k-shot sweep: the key numbers are those of the largest k (figures show all)
         tables = {name: at_shots(frame, ks[-1]) for name, frame in tables.items()}
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
-    for name, fig in figures.items():
+    for key, fig in figures.items():
         # "directory": one plotly.min.js beside the figures, referenced relatively (offline)
         fig.write_html(
-            fig_dir / f"{safe_filename(name)}.html", include_plotlyjs="directory", full_html=True
+            fig_dir / f"{safe_filename(str(key))}.html",
+            include_plotlyjs="directory",
+            full_html=True,
         )
 
     ledger = tables.get("claims")
@@ -282,29 +294,33 @@ def build_report(run_dir: str | Path, extra_figures: dict[str, go.Figure] | None
     parts = [
         f"<h1>cgar_interp report — {_e(suite.get('name', run_dir.name))}</h1>",
         self_check_banner_html(manifest),
-        ledger_html(ledger, set(figures)),
+        ledger_html(ledger, {str(key) for key in figures}),
         self_check_html(manifest, banner=False),
         f'<table class="prov">{prov_rows}</table>',
         f'<p class="muted">tasks: {_e(", ".join(suite.get("tasks", [])))}; shots per class: '
         f"{_e(suite.get('shots'))}; fit/eval queries: {_e(suite.get('n_fit'))}/{_e(suite.get('n_eval'))}; "
         f"intervals: bootstrap 95% over queries ({_e(suite.get('n_boot'))} resamples).</p>",
     ]
-    sections: dict[str, list[str]] = {}
-    for name in sorted(figures, key=lambda n: (n.split("-")[0] != "context_gate", n)):
-        sections.setdefault(name.split("-")[0], []).append(name)
+    # one section per registered section title, in (rank, name) order of their first figure;
+    # each table's key numbers follow its section's figures
+    sections: dict[str, list[FigureKey]] = {}
+    for key in sorted(figures, key=lambda k: (section_rank(k.table), str(k))):
+        sections.setdefault(section_title(key.table), []).append(key)
     numbers = key_numbers(tables)
-    for probe, names in sections.items():
-        parts.append(f"<h2>{_e(probe.replace('_', ' '))}</h2>")
-        for name in names:
+    for title, keys in sections.items():
+        parts.append(f"<h2>{_e(title)}</h2>")
+        for key in keys:
             parts.append(
-                figures[name].to_html(
-                    full_html=False, include_plotlyjs=False, div_id=f"fig-{safe_filename(name)}"
+                figures[key].to_html(
+                    full_html=False,
+                    include_plotlyjs=False,
+                    div_id=f"fig-{safe_filename(str(key))}",
                 )
             )
-        for title, frame in numbers.items():
-            if title.lower().startswith(probe.replace("_", " ")):
+        for table in dict.fromkeys(key.table for key in keys):
+            for number_title, frame in numbers.get(table, {}).items():
                 parts.append(
-                    f"<h3>{_e(title)}</h3>" + _table_html(frame, left=tuple(frame.columns))
+                    f"<h3>{_e(number_title)}</h3>" + _table_html(frame, left=tuple(frame.columns))
                 )
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"

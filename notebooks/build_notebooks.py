@@ -121,7 +121,8 @@ NOTEBOOKS = {
             "    print(lam, mem.regime(), [(np.round(fp.p, 3).tolist(), fp.stable) for fp in points])"
         ),
         new_code_cell(
-            "from cgar_interp.theory.simulate import SimulationConfig, run_simulations, simulation_figures\n"
+            "from cgar_interp.figures.simulations import simulation_figures\n"
+            "from cgar_interp.theory.simulate import SimulationConfig, run_simulations\n"
             "tables = run_simulations(SimulationConfig(seed=0))\n"
             "figs = simulation_figures(tables)\n"
             "list(figs)"

@@ -56,9 +56,11 @@ Tables written to ``RUN_DIR/tables`` (atomically): ``theory_terms`` (per query m
 vs measured rows, with per-lambda residuals and regime diagnostics, plus a dense lambda grid of
 predictions), ``theory_bound`` (Theorem 3.1 per lambda and model) and ``theory_summary`` (R^2,
 RMSE, worst lambda and a diagnosis per curve, per c and pooled over c).
+
+This package draws nothing: the figure of ``theory_compare`` is
+:func:`cgar_interp.figures.theory.theory_compare_figure`.
 """
 
-from .figure import theory_compare_figure
 from .predict import BetaFit, Prediction, fit_beta, label_margin, predict, r_squared
 from .tables import compare_run, compare_tables, simulation_summary
 from .terms import INF_COLUMNS, METRICS, MODELS, TABLES, CompareConfig, GateTerms
@@ -79,5 +81,4 @@ __all__ = [
     "predict",
     "r_squared",
     "simulation_summary",
-    "theory_compare_figure",
 ]

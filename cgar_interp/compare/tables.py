@@ -518,7 +518,3 @@ def simulation_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         )
         agg = agg.merge(fp.reset_index(), on="lam", how="outer").sort_values("lam")
     return agg.reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------------------------
-# figure

@@ -8,7 +8,8 @@
   energy, the self-consistent map ``Phi``, all its fixed points with stability, the uniqueness
   and ``alpha_crit`` conditions, the Theorem 3.1 margin and bound, the label log-odds slope.
 - :mod:`.iteration`: batched ``Phi`` and its fixed-point iteration (many starts or trials).
-- :mod:`.simulate`: seeded simulations on random memories (tables and plotly figures).
+- :mod:`.simulate`: seeded simulations on random memories (tables; their figures are
+  :mod:`cgar_interp.figures.simulations`).
 
 This package imports no model code.
 """
@@ -45,7 +46,7 @@ from .mhn import (
     well_separated,
     well_separated_threshold,
 )
-from .simulate import SimulationConfig, run_simulations, simulation_figures
+from .simulate import SimulationConfig, run_simulations
 
 __all__ = [
     "FirstOrderMargin",
@@ -72,7 +73,6 @@ __all__ = [
     "run_simulations",
     "score_margin",
     "separation",
-    "simulation_figures",
     "softmax",
     "softmax_error_bound",
     "storage_capacity",

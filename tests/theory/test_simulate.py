@@ -10,12 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cgar_interp.theory.simulate import (
-    TABLES,
-    SimulationConfig,
-    run_simulations,
-    simulation_figures,
-)
+from cgar_interp.figures.simulations import simulation_figures
+from cgar_interp.theory.simulate import TABLES, SimulationConfig, run_simulations
 
 SMALL = SimulationConfig(
     n_memories=12,

@@ -1,12 +1,19 @@
-"""The theory-vs-measurement figure."""
+"""The theory-vs-measurement figure: measured decode points against the section-2 models'
+predicted curves (from the ``theory_compare`` table of :mod:`cgar_interp.compare`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
-from .predict import r_squared
-from .terms import LABELS
+from ..compare.predict import r_squared
+from ..compare.terms import LABELS
+from .registry import register_figure
+from .style import ci_error_y
+
+__all__ = ["MODEL_STYLE", "PANEL_METRICS", "theory_compare_figure"]
 
 PANEL_METRICS = ("label_correct", "label_mass", "label_entropy")
 MODEL_STYLE = {
@@ -16,7 +23,7 @@ MODEL_STYLE = {
 }
 
 
-def theory_compare_figure(table: pd.DataFrame, task: str, c_layers: str = "all"):
+def theory_compare_figure(table: pd.DataFrame, task: str, c_layers: str = "all") -> go.Figure:
     """Measured decode points (95% CI) and the predicted curves of every model, per c.
 
     Rows: context layers (last first; ``c_layers="last"`` keeps only the last); columns:
@@ -32,11 +39,6 @@ def theory_compare_figure(table: pd.DataFrame, task: str, c_layers: str = "all")
     Returns:
         a plotly Figure.
     """
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    from ..figures import ci_error_y
-
     data = table[table.task == task]
     if data.empty:
         raise ValueError(f"no theory_compare rows for task {task!r}")
@@ -162,3 +164,6 @@ def theory_compare_figure(table: pd.DataFrame, task: str, c_layers: str = "all")
         legend={"font": {"size": 10}},
     )
     return fig
+
+
+register_figure("theory_compare", theory_compare_figure)

@@ -1,5 +1,5 @@
 """Figures of the head-mediation probe: AIE per head, AIE against label attention, the
-function vector per layer and the ablations (registered in :data:`cgar_interp.figures.FIGURES`)."""
+function vector per layer and the ablations."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .figures import HOVER, PALETTE, _ci_text, _grid, ci_error_y
+from .registry import register_figure
+from .style import HOVER, PALETTE, ci_error_y, ci_text, grid
+
+__all__ = ["head_mediation_figure", "head_mediation_heads_figure"]
 
 
 def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
@@ -25,7 +28,7 @@ def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
 
     def text(r) -> str:
         return (
-            f"{r.name_}<br>AIE={_ci_text(r.aie, r.aie_ci_low, r.aie_ci_high)} (rank {r.rank_aie})"
+            f"{r.name_}<br>AIE={ci_text(r.aie, r.aie_ci_low, r.aie_ci_high)} (rank {r.rank_aie})"
             f"<br>label attention={r.label_attention:.3f} (rank {r.rank_label})<br>n={r.n}"
         )
 
@@ -42,7 +45,7 @@ def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
     )
     fig.add_trace(
         go.Heatmap(
-            z=_grid(sel, layers, heads, "aie"),
+            z=grid(sel, layers, heads, "aie"),
             x=[f"H{h}" for h in heads],
             y=[f"L{layer}" for layer in layers],
             text=[[texts.get((layer, h), "") for h in heads] for layer in layers],
@@ -113,7 +116,7 @@ def head_mediation_figure(table: pd.DataFrame, task: str) -> go.Figure:
                     error_y=ci_error_y(sel.value, sel.ci_low, sel.ci_high),
                     text=[
                         f"{label}, layer {r.layer}<br>{metric}="
-                        f"{_ci_text(r.value, r.ci_low, r.ci_high)}<br>n={r.n}"
+                        f"{ci_text(r.value, r.ci_low, r.ci_high)}<br>n={r.n}"
                         for r in sel.itertuples()
                     ],
                     hovertemplate=HOVER,
@@ -145,7 +148,7 @@ def head_mediation_figure(table: pd.DataFrame, task: str) -> go.Figure:
                 marker_color=PALETTE[(i + 4) % len(PALETTE)],
                 error_y=ci_error_y(sel.value, sel.ci_low, sel.ci_high),
                 text=[
-                    f"{r.set}<br>{metric}={_ci_text(r.value, r.ci_low, r.ci_high)}<br>n={r.n}"
+                    f"{r.set}<br>{metric}={ci_text(r.value, r.ci_low, r.ci_high)}<br>n={r.n}"
                     for r in sel.itertuples()
                 ],
                 hovertemplate=HOVER,
@@ -158,3 +161,7 @@ def head_mediation_figure(table: pd.DataFrame, task: str) -> go.Figure:
     fig.update_xaxes(title_text="residual layer", row=1, col=2)
     fig.update_layout(title=f"Function vector and head ablation — {task}", height=420)
     return fig
+
+
+register_figure("head_mediation", head_mediation_figure)
+register_figure("head_mediation_heads", head_mediation_heads_figure)
