@@ -2,10 +2,12 @@
 
 Run by the venv's own python: ``.venv/bin/python scripts/install_lock.py requirements.lock``.
 
-1. torch first, alone, from its lock entry (hash-checked). pip takes a local CPU wheel of the
-   pinned version where pip's find-links folder has one (it satisfies ``torch==2.13.0`` and its
-   hash is in the lock); elsewhere the package index's build for this platform: CUDA on Linux,
-   Metal on macOS. With ``--torch-index URL`` (``make install TORCH_INDEX=URL``) torch comes from
+1. torch first, alone, from its lock entry (hash-checked). Where a folder of pip's find-links
+   holds a local build of the pinned version for this interpreter whose sha256 is among the
+   lock's torch hashes (``torch-2.13.0+cpu-cp311-...whl`` on our machines), that file is
+   installed: pip itself would rank the index's build above it, since the index's links carry
+   hashes and a folder's do not. Elsewhere pip takes the index's build for this platform: CUDA
+   on Linux, Metal on macOS. With ``--torch-index URL`` (``make install TORCH_INDEX=URL``) torch comes from
    that index instead, with the CUDA libraries that build asks for, e.g. a specific CUDA build for
    an older driver; they are then the packages not checked against the lock's hashes, and the
    run's manifest records torch's local version (``2.13.0+cu126``).
@@ -21,7 +23,9 @@ manifest judges the environment by the same rules that installed it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
+import os
 import subprocess
 import sys
 import tempfile
@@ -45,6 +49,50 @@ def _pip(*args: str) -> None:
     result = subprocess.run(cmd)
     if result.returncode != 0:
         raise SystemExit(f"install_lock: `{' '.join(cmd)}` failed ({result.returncode})")
+
+
+def _find_links() -> list[Path]:
+    """Local folders among pip's find-links (``PIP_FIND_LINKS`` and ``pip config``)."""
+    values = os.environ.get("PIP_FIND_LINKS", "").split()
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True
+    )
+    for line in listed.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.endswith("find-links"):
+            values += value.strip().strip("'\"").split()
+    folders = []
+    for value in values:
+        if "://" in value and not value.startswith("file://"):
+            continue  # an index page, not a folder
+        path = Path(value.removeprefix("file://"))
+        if path.is_dir() and path not in folders:
+            folders.append(path)
+    return folders
+
+
+def local_wheel(name: str, version: str, hashes: tuple[str, ...]) -> tuple[Path, str] | None:
+    """A wheel of ``name==version`` (any local build label) in pip's find-links folders that
+    installs on this interpreter and whose sha256 is one of ``hashes``: ``(path, hash)``."""
+    from pip._vendor.packaging.tags import sys_tags
+    from pip._vendor.packaging.utils import InvalidWheelFilename, parse_wheel_filename
+    from pip._vendor.packaging.version import Version
+
+    supported = set(sys_tags())
+    for folder in _find_links():
+        for wheel in sorted(folder.glob("*.whl")):
+            try:
+                wheel_name, wheel_version, _, tags = parse_wheel_filename(wheel.name)
+            except InvalidWheelFilename:
+                continue
+            if wheel_name != name or wheel_version.public != Version(version).public:
+                continue
+            if not tags & supported:
+                continue
+            digest = "sha256:" + hashlib.sha256(wheel.read_bytes()).hexdigest()
+            if digest in hashes:
+                return wheel, digest
+    return None
 
 
 def _pip_marker_environment() -> dict[str, str]:
@@ -81,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             _pip("--index-url", args.torch_index, f"torch=={torch[0].version}")
         else:
             only_torch = Path(tmp) / "torch.txt"
-            only_torch.write_text(torch[0].requirement_line())
+            local = local_wheel(env.TORCH, torch[0].version, torch[0].hashes)
+            if local is not None:
+                print(f"install_lock: torch from the local wheel {local[0]} (hash in the lock)")
+                only_torch.write_text(f"{local[0]} --hash={local[1]}\n")
+            else:
+                only_torch.write_text(torch[0].requirement_line())
             _pip("--require-hashes", "--no-deps", "-r", str(only_torch))
 
         left_out = env.torch_runtime(entries, env.installed_torch_requires())

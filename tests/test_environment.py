@@ -225,3 +225,29 @@ def test_find_python_names_the_supported_versions(tmp_path):
         text=True,
     )
     assert ok.returncode == 0 and ok.stdout.strip() == sys.executable, ok
+
+
+def test_installer_takes_a_local_build_only_when_the_lock_has_its_hash(tmp_path, monkeypatch):
+    """pip ranks an index's build above a find-links folder's (the index's links carry hashes):
+    the installer picks the folder's build of the pinned version itself, by the lock's hash."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "install_lock", ROOT / "scripts" / "install_lock.py"
+    )
+    installer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(installer)
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    wheel = folder / "toypkg-1.2.0+cpu-py3-none-any.whl"
+    wheel.write_bytes(b"not really a wheel")
+    (folder / "toypkg-1.3.0+cpu-py3-none-any.whl").write_bytes(b"another version")
+    (folder / "toypkg-1.2.0+cpu-cp27-cp27m-win32.whl").write_bytes(b"another platform")
+    digest = "sha256:" + hashlib.sha256(wheel.read_bytes()).hexdigest()
+    monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
+    assert installer.local_wheel("toypkg", "1.2.0", (f"sha256:{'0' * 64}", digest)) == (
+        wheel,
+        digest,
+    )
+    assert installer.local_wheel("toypkg", "1.2.0", (f"sha256:{'0' * 64}",)) is None
+    assert installer.local_wheel("toypkg", "1.4.0", (digest,)) is None
