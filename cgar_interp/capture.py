@@ -118,7 +118,7 @@ def capture_many(
         if keep_states and past is None and not handle.remote:
             from transformers import DynamicCache
 
-            past = DynamicCache(config=handle.backend.hf_model.config)
+            past = DynamicCache(config=handle.backend.config)
         run = handle.capture(
             sub.batch,
             sites,

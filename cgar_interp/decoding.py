@@ -10,12 +10,57 @@ The final RMSNorm is linear up to one scalar per row: ``norm(x) = gamma * x / s(
 ``(v, lambda)`` of the grid then costs a few elementwise operations per vocabulary entry instead
 of a ``d_model x vocab`` matmul per query. On SmolLM2 the all-layers grid (31 context layers x
 5 lambdas) would otherwise spend more time unembedding than both forward passes together.
+
+:class:`Readout` (the final norm and the unembedding) lives here too: every backend builds one
+(:meth:`cgar_interp.backends.base.Backend.readout`), so this module sits below the backends
+and the model handle, and imports neither.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+from .devices import resident_weight
+
+
+@dataclass(frozen=True)
+class Readout:
+    """The model's final norm and unembedding: what decode algebra reads.
+
+    Local: the model's own modules and (resident) weights. Remote: the same module classes
+    rebuilt in this process from the weights fetched once from the server
+    (:meth:`cgar_interp.models.ModelHandle.readout`), so a decode runs the model's own
+    arithmetic either way.
+
+    Attributes:
+        norm: the final norm module (``[..., d_model] -> [..., d_model]``).
+        head: the unembedding module (``[..., d_model] -> [..., vocab]``).
+        weight: ``[vocab, d_model]`` the unembedding's weight; ``bias``: ``[vocab]`` or None.
+        gamma: ``[d_model]`` the norm's weight; ``eps``: its epsilon.
+    """
+
+    norm: torch.nn.Module
+    head: torch.nn.Module
+    weight: Tensor
+    bias: Tensor | None
+    gamma: Tensor
+    eps: float
+
+    @classmethod
+    def of(cls, norm: torch.nn.Module, head: torch.nn.Module, what: str) -> Readout:
+        """From the two modules (offloaded weights are read back to a resident copy)."""
+        bias = None if head.bias is None else resident_weight(head, "bias", what).detach()
+        return cls(
+            norm=norm,
+            head=head,
+            weight=resident_weight(head, "weight", what).detach(),
+            bias=bias,
+            gamma=resident_weight(norm, "weight", what).detach(),
+            eps=float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))),
+        )
 
 
 class ShiftedDecoder:

@@ -12,22 +12,23 @@ ids. Batches are right-padded (see :mod:`cgar_interp.tokens`), so positions are 
 
 from __future__ import annotations
 
-import json
+import copy
 import os
 import platform
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .backends import BACKENDS, Backend, Dims, load_backend
+from .backends import BACKENDS, Backend, Dims, load_backend, remote_backends, supports_remote
+from .checkpoints import resolve_remote_source, resolve_source
 from .compat import cache_keyword
+from .decoding import Readout
 from .devices import PerDevice, module_device, resident_weight
-from .embedded import EMBEDDED_NAME, cache_dir, ensure_embedded, sha256_file
+from .embedded import EMBEDDED_NAME
 from .remote import remote_unsupported
 from .sites import Site, parse_site
 from .tokens import (
@@ -122,42 +123,6 @@ class Patch:
     value: Tensor | Callable[[Tensor], Tensor]
 
 
-@dataclass(frozen=True)
-class Readout:
-    """The model's final norm and unembedding: what decode algebra reads.
-
-    Local: the model's own modules and (resident) weights. Remote: the same module classes
-    rebuilt in this process from the weights fetched once from the server
-    (:meth:`ModelHandle.readout`), so a decode runs the model's own arithmetic either way.
-
-    Attributes:
-        norm: the final norm module (``[..., d_model] -> [..., d_model]``).
-        head: the unembedding module (``[..., d_model] -> [..., vocab]``).
-        weight: ``[vocab, d_model]`` the unembedding's weight; ``bias``: ``[vocab]`` or None.
-        gamma: ``[d_model]`` the norm's weight; ``eps``: its epsilon.
-    """
-
-    norm: torch.nn.Module
-    head: torch.nn.Module
-    weight: Tensor
-    bias: Tensor | None
-    gamma: Tensor
-    eps: float
-
-    @classmethod
-    def of(cls, norm: torch.nn.Module, head: torch.nn.Module, what: str) -> Readout:
-        """From the two modules (offloaded weights are read back to a resident copy)."""
-        bias = None if head.bias is None else resident_weight(head, "bias", what).detach()
-        return cls(
-            norm=norm,
-            head=head,
-            weight=resident_weight(head, "weight", what).detach(),
-            bias=bias,
-            gamma=resident_weight(norm, "weight", what).detach(),
-            eps=float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))),
-        )
-
-
 @dataclass
 class RunResult:
     """What a forward pass returns: logits at the asked positions and the captured sites."""
@@ -192,161 +157,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def weights_hash(directory: Path) -> str:
-    """SHA-256 over a checkpoint's weight files, cached by (path, size, mtime) in the cache dir.
-
-    Hashing 16 GB of Llama-3-8B takes a while, so it is done once per file version.
-    """
-    files = sorted(
-        p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".gguf")
-    )
-    if not files:
-        raise ValueError(f"no weight files (*.safetensors, *.bin) in {directory}")
-    index_path = cache_dir() / "weight_hashes.json"
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        index = {}
-    import hashlib
-
-    combined = hashlib.sha256()
-    changed = False
-    for path in files:
-        stat = path.stat()
-        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        if key not in index:
-            index[key] = sha256_file(path)
-            changed = True
-        combined.update(f"{path.name}:{index[key]}\n".encode())
-    if changed:
-        # forget entries of files that no longer exist (temporary checkpoints of tests)
-        index = {k: v for k, v in index.items() if Path(k.split("|")[0]).exists()}
-        index_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = index_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(index, indent=1))
-        os.replace(tmp, index_path)
-    return combined.hexdigest()
-
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-def check_weights_format(directory: Path, allow_pickle: bool) -> None:
-    """Refuse pickle-based checkpoints (they can run code when loaded) unless opted in."""
-    safetensors = list(directory.glob("*.safetensors"))
-    pickles = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
-    if not safetensors and pickles and not allow_pickle:
-        raise ValueError(
-            f"checkpoint {str(directory)!r} holds pickle-based weights ({', '.join(sorted(pickles))}); "
-            "loading pickle can execute code. Convert it to safetensors, or pass "
-            "allow_pickle=True (--allow-pickle) only for a checkpoint you trust"
-        )
-    if not safetensors and not pickles:
-        raise ValueError(f"checkpoint {str(directory)!r} has no weight files (*.safetensors)")
-
-
-def check_config_json(directory: Path) -> None:
-    """Refuse a checkpoint whose ``config.json`` is not a JSON object, in one line naming it.
-
-    (transformers would raise from deep inside ``AutoConfig`` with a full traceback.)
-    """
-    config_path = Path(directory) / "config.json"
-    if not config_path.is_file():
-        return  # a hub snapshot without one: AutoConfig says so
-    try:
-        config = json.loads(config_path.read_bytes())
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{config_path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}; "
-            "repair or re-download the checkpoint's config.json"
-        ) from None
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"{config_path} is not valid JSON: not UTF-8 text ({err.reason} at byte {err.start}); "
-            "repair or re-download the checkpoint's config.json"
-        ) from None
-    if not isinstance(config, dict):
-        raise ValueError(
-            f"{config_path} is not a model config: a JSON {type(config).__name__} where an "
-            "object ({...}) belongs; repair or re-download the checkpoint's config.json"
-        )
-
-
-def _resolve_source(
-    name_or_path: str | os.PathLike, allow_pickle: bool = False
-) -> tuple[str, str, str]:
-    """``(name, path or hub id, hash)`` for ``"embedded"``, a local directory, or a hub id."""
-    text = str(name_or_path)
-    if text == EMBEDDED_NAME:
-        checkpoint = ensure_embedded()
-        return "SmolLM2-135M-Instruct (embedded)", str(checkpoint.path), checkpoint.weights_sha256
-    path = Path(text).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(
-                f"model directory {str(path)!r} has no config.json; pass a Hugging Face "
-                "checkpoint directory, a hub id, or 'embedded'"
-            )
-        check_config_json(path)
-        check_weights_format(path, allow_pickle)
-        return path.name, str(path.resolve()), weights_hash(path)
-    local = _hub_snapshot(text, ["*.json", "*.safetensors", "*.model"])
-    check_config_json(Path(local))
-    check_weights_format(Path(local), allow_pickle)
-    return text, local, weights_hash(Path(local))
-
-
-def _hub_snapshot(text: str, patterns: list[str]) -> str:
-    """Local directory of hub repo ``text``'s files matching ``patterns`` (downloaded once)."""
-    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
-        raise ValueError(
-            f"unknown model {text!r}: not a local directory, not a hub id of the form "
-            f"'org/name', and not {EMBEDDED_NAME!r}. Valid: 'embedded', a checkpoint directory "
-            "holding config.json, or a hub id such as 'meta-llama/Meta-Llama-3-8B'"
-        )
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(text, allow_patterns=patterns)
-    except Exception as err:  # offline, unknown id, gated repo: say what to do instead
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise ValueError(
-            f"could not load model {text!r} from the Hugging Face hub"
-            f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}: {type(err).__name__}: {err}. "
-            "Download it where a hub is reachable and pass the local directory instead, "
-            f"or use {EMBEDDED_NAME!r}."
-        ) from err
-
-
-def _resolve_remote_source(name_or_path: str | os.PathLike) -> tuple[str, str, str]:
-    """``(name, directory with config and tokenizer, model id)`` for ``remote=True``.
-
-    No weight file is read or downloaded: the server holds the weights. The model id names
-    the model in the request; NDIF knows models by hub id. A local directory (config and
-    tokenizer only suffice) is named by its path, which only a server holding the same
-    path can serve: it is for offline tests.
-    """
-    text = str(name_or_path)
-    if text == EMBEDDED_NAME:
-        raise ValueError(
-            f"remote=True needs a model the NDIF server hosts, named by its hub id (such as "
-            f"'meta-llama/Meta-Llama-3.1-70B'); {EMBEDDED_NAME!r} exists only on this machine"
-        )
-    path = Path(text).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(
-                f"model directory {str(path)!r} has no config.json; remote=True needs the "
-                "model's config and tokenizer, or its hub id"
-            )
-        check_config_json(path)
-        return path.name, str(path.resolve()), str(path.resolve())
-    local = _hub_snapshot(text, ["*.json", "*.model"])
-    check_config_json(Path(local))
-    return text, local, text
-
-
 class ModelHandle:
     """One checkpoint loaded behind one backend.
 
@@ -355,6 +165,15 @@ class ModelHandle:
         backend_name: ``transformer_lens``, ``nnsight`` or ``hf``.
         arch: :class:`Architecture`. ``tokenizer``: the HF tokenizer (None for id-only models).
         prepend_bos: whether :meth:`tokenize` puts the BOS token first (recorded in manifests).
+        remote_rows: most prompt copies per remote request when variants run as full forward
+            passes (:func:`cgar_interp.prefix.resume_full`); a local model resumes from its
+            KV cache instead.
+        placeholder_decode: a dry run's decodes (:func:`cgar_interp.runner.plan_remote`):
+            placeholders in, placeholders out, without the vocabulary-sized matmuls a real
+            run does here.
+
+    The two knobs are set when the handle is built (:func:`load_model`); :meth:`with_options`
+    gives a handle over the same loaded model with other values.
     """
 
     def __init__(
@@ -369,6 +188,8 @@ class ModelHandle:
         device: str,
         dtype: torch.dtype,
         prepend_bos: bool,
+        remote_rows: int | None = 256,
+        placeholder_decode: bool = False,
     ):
         self.name = name
         self.path = path
@@ -381,13 +202,36 @@ class ModelHandle:
         self.dtype = dtype
         self.prepend_bos = prepend_bos
         self.stats = ForwardStats()
-        self._readout: Readout | None = None
-        # most prompt copies per remote request when variants run as full forward passes
-        # (cgar_interp.prefix.resume_full); a local model resumes from its KV cache instead
-        self.remote_rows: int | None = 256
-        # a dry run's decodes (cgar_interp.runner.plan_remote): placeholders in, placeholders
-        # out, without the vocabulary-sized matmuls that a real run does here
-        self.placeholder_decode = False
+        # the readout, once made: shared with the handles with_options derives (one model)
+        self._readout: dict[str, Readout] = {}
+        self._remote_rows = remote_rows
+        self._placeholder_decode = placeholder_decode
+
+    @property
+    def remote_rows(self) -> int | None:
+        """Most prompt copies per remote request (``None``: all in one)."""
+        return self._remote_rows
+
+    @property
+    def placeholder_decode(self) -> bool:
+        """Whether decodes are placeholders (a dry run: :func:`~cgar_interp.runner.plan_remote`)."""
+        return self._placeholder_decode
+
+    def with_options(
+        self, *, remote_rows: int | None = None, placeholder_decode: bool | None = None
+    ) -> ModelHandle:
+        """This handle with other knob values (``None``: keep this one's).
+
+        The new handle shares the loaded model, its counters (:attr:`stats`) and its readout
+        (fetched once for both); nothing is loaded again. ``self`` itself when nothing changes.
+        """
+        rows = self._remote_rows if remote_rows is None else remote_rows
+        placeholder = self._placeholder_decode if placeholder_decode is None else placeholder_decode
+        if rows == self._remote_rows and placeholder == self._placeholder_decode:
+            return self
+        other = copy.copy(self)
+        other._remote_rows, other._placeholder_decode = rows, placeholder
+        return other
 
     # ----------------------------------------------------------------- description
     def __repr__(self) -> str:
@@ -405,7 +249,7 @@ class ModelHandle:
     @property
     def remote(self) -> bool:
         """Whether forward passes run on NDIF (``load_model(..., remote=True)``)."""
-        return bool(getattr(self.backend, "remote", False))
+        return self.backend.remote
 
     def require_local(self, what: str) -> None:
         """Raise :class:`~cgar_interp.remote.RemoteUnsupportedError` if the model is remote.
@@ -421,9 +265,7 @@ class ModelHandle:
 
         The CPU for a remote model (its ids travel with the request).
         """
-        if self.remote:
-            return torch.device("cpu")
-        return module_device(self.backend.hf_model.get_input_embeddings())
+        return self.backend.input_device()
 
     def provenance(self) -> dict[str, Any]:
         """Everything a manifest records about the model and how it is run."""
@@ -494,7 +336,7 @@ class ModelHandle:
             group = self.arch.n_heads // self.arch.n_kv_heads
             return base_value.repeat_interleave(group, dim=-2)
         if kind == "head_out":  # [..., n_heads, d_head] -> [..., n_heads, d_model]
-            o_proj = self.backend.hf_model.model.layers[site.layer].self_attn.o_proj
+            o_proj = self.backend.block(site.layer).self_attn.o_proj
             w_o = resident_weight(o_proj, "weight", f"site {site}")
             w_o = w_o.view(self.arch.d_model, self.arch.n_heads, self.arch.d_head)
             w_o = w_o.to(device=base_value.device, dtype=base_value.dtype)
@@ -693,13 +535,9 @@ class ModelHandle:
     def readout(self) -> Readout:
         """The final norm and unembedding (:class:`Readout`). A remote model's weights are
         fetched from the server once (one request) and kept for the handle's life."""
-        if self._readout is None:
-            if self.remote:
-                self._readout = self.backend.fetch_readout()
-            else:
-                hf = self.backend.hf_model
-                self._readout = Readout.of(hf.model.norm, hf.lm_head, "the readout")
-        return self._readout
+        if "readout" not in self._readout:
+            self._readout["readout"] = self.backend.readout()
+        return self._readout["readout"]
 
     def resume(
         self, resid: Tensor, layer: int, positions: Positions = None, lengths: Tensor | None = None
@@ -728,14 +566,13 @@ class ModelHandle:
                 f"resume needs the residual at every position, [batch, pos, "
                 f"{self.arch.d_model}]; got {tuple(resid.shape)}"
             )
-        hf = self.backend.hf_model
-        inner = hf.model
+        backend = self.backend
         h = resid.to(device=self.input_device, dtype=self.dtype)
         with torch.no_grad():
             position_ids = torch.arange(h.shape[1], device=h.device)[None]
-            rotary = inner.rotary_emb(h, position_ids=position_ids)
+            rotary = backend.rotary_embedding()(h, position_ids=position_ids)
             mask = create_causal_mask(
-                config=hf.config,
+                config=backend.config,
                 inputs_embeds=h,
                 attention_mask=None,
                 position_ids=position_ids,
@@ -747,7 +584,7 @@ class ModelHandle:
             shared = PerDevice(
                 attention_mask=mask, position_embeddings=rotary, position_ids=position_ids
             )
-            for block in inner.layers[layer : self.arch.n_layers]:
+            for block in backend.blocks()[layer : self.arch.n_layers]:
                 device = module_device(block)  # blocks of a device map sit on several GPUs
                 h = block(h.to(device), **shared.on(device))
                 if isinstance(h, tuple):
@@ -784,10 +621,12 @@ def _load_weights(
 
 
 def _check_remote_options(backend: str, device: str) -> None:
-    if backend != "nnsight":
+    if not supports_remote(backend):
+        usable = " or ".join(f"backend={name!r}" for name in remote_backends())
         raise ValueError(
-            f"remote=True runs the model on NDIF through nnsight; backend {backend!r} runs it "
-            "in this process. Use backend='nnsight' with remote=True, or remote=False"
+            f"remote=True runs the model on NDIF through {' or '.join(remote_backends())}; "
+            f"backend {backend!r} runs it in this process. Use {usable} with remote=True, or "
+            "remote=False"
         )
     if device != "cpu":
         raise ValueError(
@@ -804,6 +643,8 @@ def load_model(
     prepend_bos: bool = True,
     allow_pickle: bool = False,
     remote: bool = False,
+    remote_rows: int | None = 256,
+    placeholder_decode: bool = False,
 ) -> ModelHandle:
     """Load a Llama-family checkpoint behind one backend.
 
@@ -824,6 +665,10 @@ def load_model(
             Paths that run modules locally raise :class:`~cgar_interp.remote.RemoteUnsupportedError`
             (see ``docs/scale_out.md``). ``dtype`` then only sets the meta model's dtype
             (default bfloat16); the server runs its deployment's dtype.
+        remote_rows: most prompt copies per remote request where variants run as full
+            forward passes (:attr:`ModelHandle.remote_rows`).
+        placeholder_decode: decodes return placeholders (a dry run's; see
+            :func:`cgar_interp.runner.plan_remote`).
 
     Raises:
         ValueError: unknown backend, model, dtype or unsupported architecture, naming it;
@@ -840,11 +685,11 @@ def load_model(
     if remote:
         _check_remote_options(backend, device)
         torch_dtype = resolve_dtype(dtype, "auto")
-        name, path, model_id = _resolve_remote_source(name_or_path)
+        name, path, model_id = resolve_remote_source(name_or_path)
         model_hash = f"remote:{model_id}"  # the weights are the server's, not hashed here
     else:
         torch_dtype = resolve_dtype(dtype, device)
-        name, path, model_hash = _resolve_source(name_or_path, allow_pickle)
+        name, path, model_hash = resolve_source(name_or_path, allow_pickle)
 
     from transformers import AutoConfig, AutoTokenizer
 
@@ -882,6 +727,8 @@ def load_model(
         device=device,
         dtype=torch_dtype,
         prepend_bos=prepend_bos,
+        remote_rows=remote_rows,
+        placeholder_decode=placeholder_decode,
     )
 
 

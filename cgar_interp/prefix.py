@@ -8,7 +8,9 @@ the cached keys and values. This is exact (the same arithmetic as the full forwa
 positions), and the suffix costs one token per variant instead of the whole prompt.
 
 Everything runs on the HF module tree that every backend wraps (TransformerBridge's blocks or
-nnsight's module), with rotary embeddings and the causal mask computed as the model does. Blocks
+nnsight's module), reached through the backend's methods (:meth:`Backend.blocks
+<cgar_interp.backends.base.Backend.blocks>` and its kin), with rotary embeddings and the causal
+mask computed as the model does. Blocks
 are called one by one, each with its inputs moved to its own device, so a model split over
 several GPUs by ``device="auto"`` works too. A remote model (``remote=True``) has no modules
 here: these paths raise :class:`~cgar_interp.remote.RemoteUnsupportedError` for it.
@@ -64,11 +66,12 @@ def _blocks(
     """
     from transformers.masking_utils import create_causal_mask
 
-    inner = handle.backend.hf_model.model
+    backend = handle.backend
+    blocks = backend.blocks()
     position_ids = positions.to(device=h.device, dtype=torch.long)
-    rotary = inner.rotary_emb(h, position_ids=position_ids)
+    rotary = backend.rotary_embedding()(h, position_ids=position_ids)
     mask = create_causal_mask(
-        config=handle.backend.hf_model.config,
+        config=backend.config,
         inputs_embeds=h,
         attention_mask=None,
         position_ids=position_ids,
@@ -76,7 +79,7 @@ def _blocks(
     )
     shared = PerDevice(attention_mask=mask, position_embeddings=rotary, position_ids=position_ids)
     for index in range(handle.arch.n_layers):
-        block = inner.layers[index]
+        block = blocks[index]
         device = module_device(block)  # blocks of a device map sit on several GPUs
         h = block(h.to(device), **shared.on(device), **cache_kwargs(block, cache), use_cache=True)
         if isinstance(h, tuple):
@@ -92,7 +95,7 @@ def _prefill(handle: ModelHandle, ids: Tensor, cache) -> None:
     The model's own forward pass (embedding, then every block), block by block as in
     :func:`_blocks`, so that each block gets its inputs on its own device.
     """
-    embed = handle.backend.hf_model.model.embed_tokens
+    embed = handle.backend.embedding()
     h = embed(ids.to(module_device(embed)))
     _blocks(handle, h, cache, torch.arange(ids.shape[1])[None])
 
@@ -104,14 +107,13 @@ def last_token_state(handle: ModelHandle, ids: Tensor) -> LastTokenState:
     handle.require_local("KV-cache prefix reuse (last_token_state)")
     if ids.dim() != 2 or ids.shape[1] < 2:
         raise ValueError(f"last_token_state needs [batch, n >= 2] ids; got {tuple(ids.shape)}")
-    hf = handle.backend.hf_model
     ids = ids.to(handle.input_device)
     b, n = ids.shape
-    cache = DynamicCache(config=hf.config)
+    cache = DynamicCache(config=handle.backend.config)
     with torch.no_grad():
         _prefill(handle, ids[:, :-1], cache)
         prefix = copy.deepcopy(cache)  # positions 0..n-2; the last token's pass appends to `cache`
-        h = hf.model.embed_tokens(ids[:, -1:])
+        h = handle.backend.embedding()(ids[:, -1:])
         resid = {0: h[:, 0]}
         _blocks(handle, h, cache, torch.full((b, 1), n - 1), record=resid)
     handle.stats.forward_calls += 1
@@ -132,7 +134,7 @@ def suffix_patches(handle: ModelHandle, patches: Sequence[Patch]):
     added. Hooks sit on the HF module tree the suffix runs on (the site registry's
     ``hf_module``), for ``z``, ``attn_out`` and ``mlp_out``.
     """
-    from .backends.base import get_module, hf_from_canonical, hf_to_canonical
+    from .backends.base import hf_from_canonical, hf_to_canonical
 
     dims = handle.arch
     hooks = []
@@ -149,7 +151,7 @@ def suffix_patches(handle: ModelHandle, patches: Sequence[Patch]):
                     f"a suffix pass holds only the last position; patch at {site} asks for "
                     f"positions {patch.positions!r} (valid: -1)"
                 )
-            module = get_module(handle.backend.hf_model, site.spec.hf_module.format(l=site.layer))
+            module = handle.backend.module(site.spec.hf_module.format(l=site.layer))
 
             def change(raw: Tensor, site=site, value=patch.value) -> Tensor:
                 canonical = hf_to_canonical(site, raw, dims, None)
@@ -236,11 +238,14 @@ def resume_staggered(
     last = state.lengths.cpu() - 1  # [b]: the last token's position, = the visible cache slots
     visible = torch.arange(width)[None] < last[:, None]  # [b, W]
     device, dtype = handle.input_device, handle.dtype
-    inner = handle.backend.hf_model.model
+    backend = handle.backend
+    blocks = backend.blocks()
     total = sum(counts)
     position_ids = last[:, None].expand(b, total).to(device=device, dtype=torch.long)
     probe = torch.zeros(b, total, handle.arch.d_model, device=device, dtype=dtype)
-    cos, sin = inner.rotary_emb(probe, position_ids=position_ids)  # equal rows: slice by count
+    cos, sin = backend.rotary_embedding()(
+        probe, position_ids=position_ids
+    )  # equal rows: slice by count
 
     def own_slot(batch_idx, head_idx, q_idx, kv_idx, width=width):
         return (kv_idx < width) | (kv_idx == q_idx)
@@ -251,7 +256,7 @@ def resume_staggered(
         if n not in masks:
             attend = torch.cat([visible, torch.ones(b, n, dtype=torch.bool)], dim=1)
             masks[n] = create_causal_mask(
-                config=handle.backend.hf_model.config,
+                config=backend.config,
                 inputs_embeds=probe[:, :n],
                 attention_mask=attend.long().to(device),
                 position_ids=position_ids[:, :n],
@@ -271,7 +276,7 @@ def resume_staggered(
             if index == n_layers:
                 break
             n = running.shape[1]
-            block = inner.layers[index]
+            block = blocks[index]
             on = module_device(block)  # blocks of a device map sit on several GPUs
             shared = PerDevice(
                 attention_mask=mask_for(n),
@@ -440,7 +445,7 @@ def resume_from_mid(
     n_layers = handle.arch.n_layers
     if not 0 <= layer < n_layers:
         raise ValueError(f"resume_from_mid: block {layer} is out of range 0..{n_layers - 1}")
-    x = mlp_half(handle.backend.hf_model.model.layers[layer], h_mid, handle.dtype)
+    x = mlp_half(handle.backend.block(layer), h_mid, handle.dtype)
     if layer + 1 == n_layers:  # nothing left to run: the final residual
         handle.stats.resume_calls += 1
         handle.stats.resume_rows += x.shape[0] * x.shape[1]
@@ -472,7 +477,7 @@ def shared_prefix_cache(handle: ModelHandle, prefix_ids: Tensor):
     from transformers import DynamicCache
 
     handle.require_local("KV-cache prefix reuse (shared_prefix_cache)")
-    cache = DynamicCache(config=handle.backend.hf_model.config)
+    cache = DynamicCache(config=handle.backend.config)
     with torch.no_grad():
         _prefill(handle, prefix_ids[None], cache)
     handle.stats.prefix_calls += 1

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .backends import remote_backend
 from .models import ModelHandle, load_model
 from .probes import ProbeContext, get_probe
 from .probes.base import tag_shots
@@ -137,7 +138,7 @@ def run_suite(
             ``--resume`` keeps the finished units. nnsight's global settings are restored after.
     """
     if remote:
-        suite = replace(suite, remote=True, backend="nnsight")
+        suite = replace(suite, remote=True, backend=remote_backend())
     settings = dict(
         resume=resume,
         force=force,
@@ -209,7 +210,7 @@ def plan_remote(
 
     from .remote import dry_transport, remote_session
 
-    suite = replace(suite, remote=True, backend="nnsight")
+    suite = replace(suite, remote=True, backend=remote_backend())
     started = time.perf_counter()
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -218,14 +219,15 @@ def plan_remote(
     ):
         handle = load_model(
             suite.model,
-            backend="nnsight",
+            backend=suite.backend,
             device=suite.device,
             dtype=suite.dtype,
             prepend_bos=suite.prepend_bos,
             remote=True,
+            remote_rows=suite.remote_rows,
+            placeholder_decode=True,
         )
         server.attach(handle.backend.engine)
-        handle.placeholder_decode = True
         done = _run_suite(
             suite,
             Path(tmp) / "dry",
@@ -280,11 +282,12 @@ def _run_suite(
             dtype=suite.dtype,
             prepend_bos=suite.prepend_bos,
             remote=suite.remote,
+            remote_rows=suite.remote_rows,
         )
     if suite.remote:
         if not handle.remote:
             raise ValueError("a remote suite needs a model loaded with remote=True")
-        handle.remote_rows = suite.remote_rows
+        handle = handle.with_options(remote_rows=suite.remote_rows)  # a handle passed in
     identity = {
         "config_hash": suite.config_hash(),
         "model_hash": handle.model_hash,

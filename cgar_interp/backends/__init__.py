@@ -18,8 +18,28 @@ BACKENDS: dict[str, str] = {
 }
 
 
-# Backends that can run the model on a remote server (``load_model(..., remote=True)``).
-REMOTE_BACKENDS = ("nnsight",)
+def backend_class(name: str) -> type[Backend]:
+    """The :class:`Backend` subclass of backend ``name`` (imports its module, not its engine)."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
+    module = importlib.import_module(f"{__name__}.{BACKENDS[name]}")
+    return module.BACKEND
+
+
+def supports_remote(name: str) -> bool:
+    """Whether backend ``name`` can run the model on a remote server
+    (:attr:`Backend.supports_remote`)."""
+    return backend_class(name).supports_remote
+
+
+def remote_backends() -> tuple[str, ...]:
+    """The backends that can run the model on a remote server (``load_model(..., remote=True)``)."""
+    return tuple(name for name in BACKENDS if supports_remote(name))
+
+
+def remote_backend() -> str:
+    """The backend a remote run uses (the first of :func:`remote_backends`)."""
+    return remote_backends()[0]
 
 
 def load_backend(
@@ -29,15 +49,25 @@ def load_backend(
 
     With ``remote``, ``path`` is the model id the server knows, and no weights are loaded.
     """
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
-    if remote and name not in REMOTE_BACKENDS:
+    cls = backend_class(name)
+    if remote and not cls.supports_remote:
         raise ValueError(
-            f"backend {name!r} cannot run remotely; remote backends: {', '.join(REMOTE_BACKENDS)}"
+            f"backend {name!r} cannot run remotely; remote backends: {', '.join(remote_backends())}"
         )
-    module = importlib.import_module(f"{__name__}.{BACKENDS[name]}")
+    module = importlib.import_module(cls.__module__)
     options = {"remote": True} if remote else {}
     return module.load(path, device=device, dtype=dtype, tokenizer=tokenizer, dims=dims, **options)
 
 
-__all__ = ["BACKENDS", "REMOTE_BACKENDS", "Backend", "Dims", "Reader", "Writer", "load_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "Dims",
+    "Reader",
+    "Writer",
+    "backend_class",
+    "load_backend",
+    "remote_backend",
+    "remote_backends",
+    "supports_remote",
+]

@@ -9,6 +9,11 @@ A backend runs *one* forward pass over a right-padded batch of token ids and, in
 Everything else (position selection, derived sites, validation, batching) lives once in
 :mod:`cgar_interp.models` and :mod:`cgar_interp.capture`, identical for every backend. Canonical
 shapes are defined in :mod:`cgar_interp.sites`.
+
+Engine paths that run HF modules themselves (KV-cache prefix reuse, resume, decode algebra,
+probes that read a block's weights) reach them through the backend's methods only
+(:meth:`Backend.blocks`, :meth:`Backend.module`, :meth:`Backend.readout`, ...), never through
+an engine's own object: how each engine holds the HF module tree stays in its backend.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ..decoding import Readout
+from ..devices import module_device
 from ..sites import Site
 
 Reader = Callable[[Tensor], Tensor]
@@ -45,13 +53,83 @@ class Backend(ABC):
 
     Attributes:
         name: backend name as users spell it.
+        supports_remote: whether this engine can run the model on a remote server
+            (``load_model(..., remote=True)``); the one place that is decided.
+        remote: whether *this* model runs remotely (its modules here are then on the meta
+            device: built from the config, without weights).
         hf_model: the underlying ``LlamaForCausalLM`` module tree (shared by decode and resume).
+            Code outside the backends uses the methods below instead.
         engine: the engine's own object (TransformerBridge, nnsight model, or the HF model).
+        dims: the head geometry (:class:`Dims`).
     """
 
     name: str
+    supports_remote: ClassVar[bool] = False
+    remote: bool = False
+    dims: Dims
     hf_model: torch.nn.Module
     engine: object
+
+    # ------------------------------------------------------------ the HF module tree
+    def _structure(self) -> torch.nn.Module:
+        """The module tree for what needs no weights (config, module attributes). A remote
+        model's is on the meta device; locally it is :attr:`hf_model`."""
+        return self.hf_model
+
+    @property
+    def config(self):
+        """The model's HF config (for caches and causal masks built as the model builds them)."""
+        return self._structure().config
+
+    def module(self, path: str) -> torch.nn.Module:
+        """The HF submodule at ``path`` (``"model.layers.3.mlp"``), to run or hook here."""
+        return get_module(self.hf_model, path)
+
+    def blocks(self) -> torch.nn.ModuleList:
+        """The decoder layers, in order (each runs whole on one device)."""
+        return self.hf_model.model.layers
+
+    def block(self, layer: int) -> torch.nn.Module:
+        """Decoder layer ``layer``."""
+        return self.blocks()[layer]
+
+    def embedding(self) -> torch.nn.Module:
+        """The token embedding."""
+        return self.hf_model.get_input_embeddings()
+
+    def rotary_embedding(self) -> torch.nn.Module:
+        """The rotary embedding (``(h, position_ids) -> (cos, sin)``)."""
+        return self.hf_model.model.rotary_emb
+
+    def final_norm(self) -> torch.nn.Module:
+        """The norm after the last block."""
+        return self.hf_model.model.norm
+
+    def lm_head(self) -> torch.nn.Module:
+        """The unembedding."""
+        return self.hf_model.lm_head
+
+    def input_device(self) -> torch.device:
+        """Where token ids go: the embedding's device (the first device of a device map);
+        the CPU for a remote model (its ids travel with the request)."""
+        if self.remote:
+            return torch.device("cpu")
+        return module_device(self.embedding())
+
+    def attention_scale(self, layer: int) -> float:
+        """Block ``layer``'s attention scaling ``beta``: its module's ``scaling``, else
+        ``1/sqrt(d_head)``. Read from the module tree's attributes, so a remote model (whose
+        modules are built here from its config) answers with the server's value too."""
+        attn = self._structure().model.layers[layer].self_attn
+        return float(getattr(attn, "scaling", self.dims.d_head**-0.5))
+
+    def readout(self) -> Readout:
+        """The final norm and the unembedding as a :class:`~cgar_interp.decoding.Readout`.
+
+        Locally the model's own modules; a remote backend fetches the weights (one request)
+        and the caller keeps the result.
+        """
+        return Readout.of(self.final_norm(), self.lm_head(), "the readout")
 
     @abstractmethod
     def forward(

@@ -115,3 +115,6 @@ def load(path: str, *, device: str, dtype: torch.dtype, tokenizer, dims: Dims) -
     if device != "auto":
         model = model.to(device)
     return HFBackend(model.eval(), dims)
+
+
+BACKEND = HFBackend

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..compat import cache_kwargs
+from ..decoding import Readout
 from ..remote import remote_unsupported
 from ..sites import Site
 from .base import (
@@ -34,10 +35,17 @@ from .base import (
 )
 
 
+def module_tree(lm) -> torch.nn.Module:
+    """The HF module tree an nnsight model wraps (nnsight 0.8 has no public accessor for it:
+    this is the one place that reads the envoy's private ``_module``)."""
+    return lm._module
+
+
 class NNsightBackend(Backend):
     """Module paths are the HF ones (the envoy tree mirrors the model)."""
 
     name = "nnsight"
+    supports_remote = True
 
     def __init__(self, lm, dims: Dims, remote: bool = False):
         self.engine = lm
@@ -49,17 +57,22 @@ class NNsightBackend(Backend):
         """The HF module tree; a remote model's is on the meta device, so it is refused."""
         if self.remote:
             raise remote_unsupported("code using backend.hf_model", str(self.engine.repo_id))
-        return self.engine._module
+        return module_tree(self.engine)
 
-    def fetch_readout(self):
+    def _structure(self) -> torch.nn.Module:
+        return module_tree(self.engine)  # a remote model's too: its attributes come from the config
+
+    def readout(self) -> Readout:
+        """Locally the model's own modules; remotely :meth:`fetch_readout` (one request)."""
+        return self.fetch_readout() if self.remote else super().readout()
+
+    def fetch_readout(self) -> Readout:
         """The final norm's and the unembedding's weights from the server, in one request, as
-        a :class:`~cgar_interp.models.Readout` whose modules are the model's own classes
+        a :class:`~cgar_interp.decoding.Readout` whose modules are the model's own classes
         rebuilt here (so decode algebra runs the model's arithmetic on this machine)."""
         import copy
 
         import nnsight
-
-        from ..models import Readout
 
         lm = self.engine
         with torch.no_grad(), lm.trace(torch.zeros(1, 1, dtype=torch.long), remote=self.remote):
@@ -72,8 +85,8 @@ class NNsightBackend(Backend):
             )
         modules = {}
         for name, source, weight in (
-            ("norm", lm._module.model.norm, weights["gamma"]),
-            ("head", lm._module.lm_head, weights["weight"]),
+            ("norm", self._structure().model.norm, weights["gamma"]),
+            ("head", self._structure().lm_head, weights["weight"]),
         ):
             # the meta module's class, in the dtype the server holds the weights in
             module = copy.deepcopy(source).to_empty(device="cpu").to(weight.dtype)
@@ -114,7 +127,7 @@ class NNsightBackend(Backend):
             # model then attends to none of the cache (see cgar_interp.compat).
             width = past_key_values.get_seq_length() + ids.shape[1]
             extra = {
-                **cache_kwargs(lm._module.forward, past_key_values),
+                **cache_kwargs(module_tree(lm).forward, past_key_values),
                 "attention_mask": torch.ones(
                     ids.shape[0], width, dtype=torch.long, device=ids.device
                 ),
@@ -170,7 +183,7 @@ def load(
     lm = TransformersModel(
         path, task="text-generation", tokenizer=tokenizer, dispatch=True, **kwargs
     )
-    lm._module.eval()
+    module_tree(lm).eval()
     return NNsightBackend(lm, dims)
 
 
@@ -191,3 +204,6 @@ def load_remote(model_id: str, *, tokenizer, dims: Dims, **kwargs) -> NNsightBac
         model_id, task="text-generation", tokenizer=tokenizer, dispatch=False, **kwargs
     )
     return NNsightBackend(lm, dims, remote=True)
+
+
+BACKEND = NNsightBackend

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..compat import bridge_attention_sees_cache, cache_kwargs
 from ..sites import Site
-from .base import Backend, Reader, Writer, unembed_only_at
+from .base import Backend, Dims, Reader, Writer, unembed_only_at
 
 
 def tl_to_canonical(site: Site, raw: Tensor) -> Tensor:
@@ -68,10 +68,15 @@ class TransformerLensBackend(Backend):
 
     name = "transformer_lens"
 
-    def __init__(self, bridge, n_layers: int):
+    def __init__(self, bridge, n_layers: int, dims: Dims | None = None):
         self.engine = bridge
         self.hf_model = plain_view(bridge.original_model)
         self.n_layers = n_layers
+        if dims is None:  # the bridge's own config says the same
+            cfg = bridge.cfg
+            kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+            dims = Dims(cfg.n_heads, kv, cfg.d_head)
+        self.dims = dims
 
     def forward(
         self,
@@ -109,7 +114,9 @@ class TransformerLensBackend(Backend):
         return logits, results
 
 
-def load(path: str, *, device: str, dtype: torch.dtype, tokenizer, dims) -> TransformerLensBackend:
+def load(
+    path: str, *, device: str, dtype: torch.dtype, tokenizer, dims: Dims
+) -> TransformerLensBackend:
     from transformer_lens.model_bridge import TransformerBridge
 
     placement = {"device_map": "auto"} if device == "auto" else {"device": device}
@@ -117,4 +124,7 @@ def load(path: str, *, device: str, dtype: torch.dtype, tokenizer, dims) -> Tran
         path, dtype=dtype, tokenizer=tokenizer, **placement
     )
     bridge.eval()
-    return TransformerLensBackend(bridge, bridge.cfg.n_layers)
+    return TransformerLensBackend(bridge, bridge.cfg.n_layers, dims)
+
+
+BACKEND = TransformerLensBackend

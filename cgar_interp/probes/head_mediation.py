@@ -284,14 +284,14 @@ def head_effects(
     base = score(run.logits.float(), indices)  # [n]
     n_heads, n = handle.arch.n_heads, corrupted.batch_size
     effects = {b: torch.zeros(n_heads, n, dtype=torch.float64) for b in blocks}
-    hf_layers = handle.backend.hf_model.model.layers
+    decoder_layers = handle.backend.blocks()
     for rows, state in run.states:
         entries = {}  # after block b's MLP the variants of block b join the pass at layer b + 1
         for b in blocks:
             mid = run[f"resid_mid.{b}"][rows].float()  # [r, d]
             out = run[f"head_out.{b}"][rows].float().transpose(0, 1)  # [H, r, d]
             h_mid = mid[None] + (means[b][:, None, :] - out)  # [H, r, d]
-            entries[b + 1] = mlp_half(hf_layers[b], h_mid, handle.dtype)
+            entries[b + 1] = mlp_half(decoder_layers[b], h_mid, handle.dtype)
         final = resume_staggered(handle, state, entries)
         for b in blocks:
             logits = handle.decode_residual(final.pop(b + 1))  # [H, r, vocab]

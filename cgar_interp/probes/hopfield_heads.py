@@ -248,9 +248,7 @@ def attention_scale(handle: ModelHandle, block: int) -> float:
 
     A remote model's modules are built here from its config, so their ``scaling`` is the
     server's too."""
-    module = handle.backend.engine._module if handle.remote else handle.backend.hf_model
-    attn = module.model.layers[block].self_attn
-    return float(getattr(attn, "scaling", handle.arch.d_head**-0.5))
+    return handle.backend.attention_scale(block)
 
 
 def head_sites(blocks: tuple[int, ...]) -> tuple[str, ...]:
