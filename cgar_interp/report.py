@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from .figures import FigureKey, build_figures, section_rank, section_title
+from .probes import PROBES
 from .results import atomic_write_text
 from .rundir import discard_temp_dir, temp_dir_for
 from .shots import at_shots, sweep_shots
@@ -68,59 +69,23 @@ def _table_html(frame: pd.DataFrame, left: tuple[str, ...] = ()) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def _cell(row) -> str:
-    return f"{row.value:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
+def key_numbers_by_probe(tables: dict[str, pd.DataFrame]) -> dict[str, dict[str, pd.DataFrame]]:
+    """Per probe kind, the compact tables of its headline numbers (title -> frame), as the
+    probe computes them from the run's tables
+    (:meth:`~cgar_interp.probes.protocol.ProbeConfig.key_numbers`); probes with none left out."""
+    out = {}
+    for kind, spec in PROBES.items():
+        numbers = spec.config_cls.key_numbers(tables)
+        if numbers:
+            out[kind] = numbers
+    return out
 
 
 def key_numbers(tables: dict[str, pd.DataFrame]) -> dict[str, dict[str, pd.DataFrame]]:
     """Compact tables of the numbers a reader looks for first (value [95% CI]), by the table
-    whose report section they follow: ``{table: {title: frame}}``."""
-    out: dict[str, dict[str, pd.DataFrame]] = {}
-    gate = tables.get("context_gate")
-    if gate is not None and not gate.empty:
-        last_q, last_c = gate.q_layer.max(), gate.c_layer.max()
-        for metric, title in (
-            ("label_mass", "label-token mass"),
-            ("vocab_correct", "full-vocab accuracy"),
-        ):
-            rows = []
-            for task in gate.task.unique():
-                sel = gate[(gate.task == task) & (gate.metric == metric)]
-                base = {r.vector: _cell(r) for r in sel[sel["mode"] == "baseline"].itertuples()}
-                for mode in ("decode", "patch"):
-                    cur = sel[
-                        (sel["mode"] == mode)
-                        & (sel.vector == "context")
-                        & (sel.c_layer == last_c)
-                        & ((sel.q_layer == last_q) | (sel["mode"] == "patch"))
-                    ].sort_values("lam")
-                    if cur.empty:
-                        continue
-                    row = {
-                        "task": task,
-                        "mode": mode,
-                        "zero-shot": base.get("zero_shot", ""),
-                        "full ICL": base.get("icl", ""),
-                    }
-                    row.update({f"lambda={r.lam:g}": _cell(r) for r in cur.itertuples()})
-                    row["n"] = int(cur.n.iloc[0])
-                    rows.append(row)
-            out.setdefault("context_gate", {})[
-                f"Context gate, {title}, q = c = {last_c} (value [95% CI])"
-            ] = pd.DataFrame(rows)
-    tv = tables.get("task_vectors")
-    if tv is not None and not tv.empty:
-        acc = tv[tv.metric == "vocab_correct"]
-        best = acc.loc[acc.groupby("task").value.idxmax()]
-        out.setdefault("task_vectors", {})[
-            "Task vectors: best layer per task (full-vocab accuracy)"
-        ] = pd.DataFrame(
-            [
-                {"task": r.task, "layer": int(r.layer), "accuracy": _cell(r), "n": int(r.n)}
-                for r in best.itertuples()
-            ]
-        )
-    return out
+    whose report section they follow: ``{table: {title: frame}}``. A probe's numbers
+    (:func:`key_numbers_by_probe`) follow the section of the table it writes under its kind."""
+    return key_numbers_by_probe(tables)
 
 
 def self_check_banner_html(manifest: dict) -> str:

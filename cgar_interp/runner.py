@@ -440,7 +440,7 @@ def _run_suite(
         for name, frame in merged.items():
             run.write_table(name, frame)
         clock.mark("tables")
-        if any(entry.kind == "context_gate" for entry in suite.probes):
+        if any(entry.config.compares_with_theory() for entry in suite.probes):
             from .compare import compare_run  # theory vs measurement: tables/theory_*.parquet
 
             merged.update(compare_run(run.path))

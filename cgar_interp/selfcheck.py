@@ -47,6 +47,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
+from .sites import site_name, site_names
+
 # Largest allowed |delta p| by dtype, set from the rounding of each dtype and checked against
 # measurements on the embedded model (paper suite, 3 rows per task, CPU; the transformers 5.24
 # bug staged on the same rows moved p by 0.40-0.54 in every dtype):
@@ -190,7 +192,13 @@ class SelfCheck:
 
 @dataclass(frozen=True)
 class PlannedPaths:
-    """Which fast paths a suite uses (only those are checked)."""
+    """Which fast paths a suite uses (only those are checked).
+
+    Attributes:
+        shared_prefix: ``shared_prefix``. resume: ``kv_resume`` and ``patch_lambda0``.
+        task_vectors: ``task_vector_layer0``. decode: ``decode_algebra``.
+        head_patterns: ``head_patterns``. head_resume: ``head_resume`` and ``suffix_patch``.
+    """
 
     shared_prefix: bool
     resume: bool
@@ -199,23 +207,34 @@ class PlannedPaths:
     head_patterns: bool
     head_resume: bool = False
 
+    @classmethod
+    def of(cls, paths: frozenset[str], shared_prefix: bool) -> PlannedPaths:
+        """The plan of the paths a suite's probes declare (names of :data:`PATHS`)."""
+        unknown = sorted(set(paths) - set(PATHS))
+        if unknown:
+            raise ValueError(f"unknown self-check paths {unknown}; known: {', '.join(PATHS)}")
+        return cls(
+            shared_prefix=shared_prefix,
+            resume="kv_resume" in paths,
+            task_vectors="task_vector_layer0" in paths,
+            decode="decode_algebra" in paths,
+            head_patterns="head_patterns" in paths,
+            head_resume="head_resume" in paths,
+        )
+
 
 def planned_paths(suite, icl_batch, remote: bool = False) -> PlannedPaths:
-    """The shortcuts ``suite`` will take on prompts like ``icl_batch``. A remote model reuses
-    no prefix (no cache lives on the server); its resumes run as full forward passes and its
-    decodes with the readout weights fetched from the server, which the checks compare."""
+    """The shortcuts ``suite`` will take on prompts like ``icl_batch``: the paths its probes
+    declare (:meth:`~cgar_interp.probes.protocol.ProbeConfig.self_check_paths`), and the shared
+    prefix where the prompts have one. A remote model reuses no prefix (no cache lives on the
+    server); its resumes run as full forward passes and its decodes with the readout weights
+    fetched from the server, which the checks compare."""
     from .prefix import common_prefix_length
 
-    kinds = {p.kind: p.config for p in suite.probes}
-    gate = kinds.get("context_gate")
     prefix = common_prefix_length(icl_batch.ids, icl_batch.lengths)
-    return PlannedPaths(
+    return PlannedPaths.of(
+        suite.self_check_paths(),
         shared_prefix=prefix >= 16 and not remote,  # capture_many's default min_prefix
-        resume=bool(suite.resumes_zero_shot),
-        task_vectors="task_vectors" in kinds,
-        decode=gate is not None and "decode" in gate.modes,
-        head_patterns="hopfield_heads" in kinds,
-        head_resume="head_mediation" in kinds,
     )
 
 
@@ -240,7 +259,7 @@ def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: in
     n = len(idx)
     n_layers = handle.n_layers
     resume_layers = sorted({0, n_layers // 2})  # layer 0 runs every block over the cache
-    sites = [f"resid.{layer}" for layer in sorted({*resume_layers, n_layers})]
+    sites = list(site_names("resid", sorted({*resume_layers, n_layers})))
     try:
         # the plain path: whole prompts, no cache
         zero_plain = capture_many(handle, zero, sites, -1, batch_size=n, shared_prefix=False)
@@ -249,14 +268,14 @@ def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: in
         gen = torch.Generator().manual_seed(12345)
         shift = {}
         for layer in resume_layers:
-            h = zero_plain[f"resid.{layer}"].float()
+            h = zero_plain[site_name("resid", layer)].float()
             direction = torch.randn(h.shape[-1], generator=gen)
             shift[layer] = direction * (h.norm(dim=-1).mean() / direction.norm())
             # representable in the model's dtype, so that both paths round the sum h + shift
             # once (the suffix path adds in float32, the full forward in the model's dtype)
             shift[layer] = shift[layer].to(handle.dtype).float()
         if plan.shared_prefix:
-            icl_sites = [f"resid.{n_layers // 2}", f"resid.{n_layers}"]
+            icl_sites = list(site_names("resid", (n_layers // 2, n_layers)))
             plain = capture_many(handle, icl, icl_sites, -1, batch_size=n, shared_prefix=False)
             fast = capture_many(handle, icl, icl_sites, -1, batch_size=n, shared_prefix=True)
             dp, dl = prob_diff(fast.logits, plain.logits)
@@ -276,7 +295,7 @@ def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: in
             kept = capture_many(handle, zero, sites, -1, batch_size=n, keep_states=True)
             # a task vector at layer 0: the mean last-position residual of prompts that end
             # in the same token is that token's embedding, so replacing it changes nothing
-            theta0 = zero_plain["resid.0"].float().mean(0)
+            theta0 = zero_plain[site_name("resid", 0)].float().mean(0)
             last = zero.ids[torch.arange(n), zero.lengths - 1]
             same_last = bool((last == last[0]).all())
 
@@ -303,7 +322,7 @@ def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: in
             for k, layer in enumerate(resume_layers):
                 value = torch.zeros(m * n, shift[layer].shape[0])
                 value[k * n : (k + 1) * n] = shift[layer]
-                patches.append(Patch(f"resid.{layer}", -1, value))
+                patches.append(Patch(site_name("resid", layer), -1, value))
             full = handle.run_with_patches(copies, patches, logits_positions=-1).logits
             worst_patch, worst_zero, dl_patch, dl_zero = 0.0, 0.0, 0.0, 0.0
             for k, layer in enumerate(resume_layers):
@@ -327,7 +346,7 @@ def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: in
         if plan.decode:
             from .decoding import ShiftedDecoder
 
-            h = zero_plain[f"resid.{n_layers}"].float()
+            h = zero_plain[site_name("resid", n_layers)].float()
             v = torch.randn(h.shape[-1], generator=gen)
             v = v * (h.norm(dim=-1).mean() / v.norm())
             lambdas = torch.tensor([0.0, 0.1, 1.0, 10.0])
@@ -375,14 +394,17 @@ def check_head_resume(check: SelfCheck, handle, batch, task: str) -> None:
     from .prefix import resume_from_mid
 
     layer, head, n = handle.n_layers // 2, 0, batch.batch_size
-    sites = ["resid.0", f"resid_mid.{layer}", f"z.{layer}", f"head_out.{layer}"]
-    kept = capture_many(handle, batch, sites, -1, batch_size=n, keep_states=True)
-    mean_z = kept[f"z.{layer}"].float().mean(0)[head]  # [d_head]
-    mean_out = kept[f"head_out.{layer}"].float().mean(0)[head]  # [d_model]
+    resid0, mid_site = site_name("resid", 0), site_name("resid_mid", layer)
+    z_site, out_site = site_name("z", layer), site_name("head_out", layer)
+    kept = capture_many(
+        handle, batch, [resid0, mid_site, z_site, out_site], -1, batch_size=n, keep_states=True
+    )
+    mean_z = kept[z_site].float().mean(0)[head]  # [d_head]
+    mean_out = kept[out_site].float().mean(0)[head]  # [d_model]
     fast = torch.zeros(n, handle.arch.vocab_size)
     for rows, state in kept.states:
-        mid = kept[f"resid_mid.{layer}"][rows].float()
-        out = kept[f"head_out.{layer}"][rows].float()[:, head]
+        mid = kept[mid_site][rows].float()
+        out = kept[out_site][rows].float()[:, head]
         fast[rows] = resume_from_mid(handle, state, layer, (mid + mean_out - out)[None])[0].float()
 
     def replace(z):  # z: [batch, n_pos, n_heads, d_head] at the last position
@@ -390,7 +412,7 @@ def check_head_resume(check: SelfCheck, handle, batch, task: str) -> None:
         z[:, :, head] = mean_z.to(z.dtype)
         return z
 
-    full = handle.run_with_patches(batch, [Patch(f"z.{layer}", -1, replace)], logits_positions=-1)
+    full = handle.run_with_patches(batch, [Patch(z_site, -1, replace)], logits_positions=-1)
     dp, dl = prob_diff(fast, full.logits)
     check.record("head_resume", task, dp, rows=n, logit_diff=dl, detail=f"block {layer}, head 0")
 
@@ -407,7 +429,7 @@ def check_head_resume(check: SelfCheck, handle, batch, task: str) -> None:
         lambda logits, i: {"logits": logits.float()},
         batch_size=n,
         states=kept.states,
-        patches=[Patch(f"z.{layer}", -1, replace_second)],
+        patches=[Patch(z_site, -1, replace_second)],
     )[0]["logits"]
     dp, dl = prob_diff(got[1], full.logits)
     dp0, dl0 = prob_diff(got[0], kept.logits)
@@ -417,5 +439,5 @@ def check_head_resume(check: SelfCheck, handle, batch, task: str) -> None:
         max(dp, dp0),
         rows=n,
         logit_diff=max(dl, dl0),
-        detail=f"from layer 0, z.{layer} head 0 in variant 1 of 2",
+        detail=f"from layer 0, {z_site} head 0 in variant 1 of 2",
     )

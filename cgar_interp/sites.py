@@ -41,6 +41,21 @@ from dataclasses import dataclass
 from typing import Literal
 
 HFPart = Literal["output", "output0", "output1", "input0"]
+# the registered kinds' names, for type checkers (the registry below is the runtime truth)
+SiteKindName = Literal[
+    "resid",
+    "resid_mid",
+    "attn_out",
+    "mlp_out",
+    "attn_pattern",
+    "q",
+    "k",
+    "v",
+    "k_rep",
+    "v_rep",
+    "z",
+    "head_out",
+]
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,8 @@ class SiteKind:
         hf_module: module path under the HF ``LlamaForCausalLM`` with ``{l}`` (shared by the
             plain-transformers and nnsight backends: nnsight's envoy tree mirrors the model).
         hf_part: which part of that module's call holds the tensor.
+        tl_final_hook: TransformerLens hook template of the kind at ``layer == n_layers``
+            (``final_layer`` kinds: the output of the last block, ``{l}`` its index).
     """
 
     name: str
@@ -71,6 +88,7 @@ class SiteKind:
     tl_hook: str | None = None
     hf_module: str | None = None
     hf_part: HFPart = "output"
+    tl_final_hook: str | None = None
 
 
 _KINDS: dict[str, SiteKind] = {}
@@ -82,6 +100,8 @@ def register_kind(kind: SiteKind) -> SiteKind:
         raise ValueError(f"site kind {kind.name!r} is already registered")
     if kind.derived_from is None and (kind.tl_hook is None or kind.hf_module is None):
         raise ValueError(f"site kind {kind.name!r} needs a TL hook and an HF module path")
+    if kind.final_layer and kind.derived_from is None and kind.tl_final_hook is None:
+        raise ValueError(f"site kind {kind.name!r} exists at n_layers: it needs a tl_final_hook")
     _KINDS[kind.name] = kind
     return kind
 
@@ -94,7 +114,8 @@ for _kind in (
         final_layer=True,
         stage=9,
         patchable=True,
-        tl_hook="blocks.{l}.hook_resid_pre",  # resid.n_layers is special-cased in tl_hook_name
+        tl_hook="blocks.{l}.hook_resid_pre",
+        tl_final_hook="blocks.{l}.hook_resid_post",  # resid.n_layers: after the last block
         hf_module="model.layers.{l}",  # output of block l-1; resid.0 is special-cased
     ),
     SiteKind(
@@ -251,8 +272,8 @@ class Site:
         spec = self.spec
         if spec.tl_hook is None:
             raise ValueError(f"site {self} is derived from {spec.derived_from!r}; no TL hook")
-        if self.kind == "resid" and self.layer == n_layers:
-            return f"blocks.{n_layers - 1}.hook_resid_post"
+        if spec.final_layer and self.layer == n_layers:
+            return spec.tl_final_hook.format(l=n_layers - 1)
         return spec.tl_hook.format(l=self.layer)
 
     def hf_module_path(self) -> str:
@@ -270,6 +291,26 @@ class Site:
         """The site actually captured: itself, or the base of a derived kind."""
         derived = self.spec.derived_from
         return Site(derived, self.layer) if derived else self
+
+
+def site_name(kind: SiteKindName, layer: int) -> str:
+    """The one name of the site ``kind`` at ``layer`` (``str(Site(kind, layer))``): how the
+    engine and the probes spell a site, e.g. as a capture's key. An unknown kind is refused.
+
+    >>> site_name("resid", 12), site_name("head_out", 3)
+    ('resid.12', 'head_out.3')
+    """
+    get_kind(kind)
+    return str(Site(kind, int(layer)))
+
+
+def site_names(kind: SiteKindName, layers) -> tuple[str, ...]:
+    """:func:`site_name` of ``kind`` at each of ``layers``, in their order.
+
+    >>> site_names("q", (0, 2))
+    ('q.0', 'q.2')
+    """
+    return tuple(site_name(kind, layer) for layer in layers)
 
 
 def parse_site(name: str | Site, n_layers: int | None = None) -> Site:

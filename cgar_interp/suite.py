@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, build, to_dict
-from .probes import get_probe
+from .probes import ProbeConfig, get_probe
 from .task_spec import TaskSpec
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "probes"
@@ -37,7 +37,7 @@ class ProbeEntry:
     """One ``[[probe]]`` table: its kind and its built config."""
 
     kind: str
-    config: Any
+    config: ProbeConfig
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class SuiteConfig:
                     "does)"
                 )
             for entry in self.probes:
-                why = getattr(entry.config, "remote_unsupported", None)
+                why = entry.config.remote_unsupported()
                 if why:
                     raise ConfigError(
                         f"probe {entry.kind!r} cannot run remotely: {why}. Leave it out (the "
@@ -150,7 +150,15 @@ class SuiteConfig:
     @property
     def resumes_zero_shot(self) -> bool:
         """Some probe resumes the zero-shot eval prompts: keep their KV caches from the capture."""
-        return any(getattr(p.config, "resumes_zero_shot", False) for p in self.probes)
+        return any(p.config.resumes_zero_shot for p in self.probes)
+
+    def prompt_kinds(self) -> frozenset[str]:
+        """Every prompt kind some probe reads (``icl_shuffled``: build shuffled-label prompts)."""
+        return frozenset().union(*(p.config.prompt_kinds() for p in self.probes))
+
+    def self_check_paths(self) -> frozenset[str]:
+        """Every fast path some probe declares it uses (the self-check plans from these)."""
+        return frozenset().union(*(p.config.self_check_paths() for p in self.probes))
 
 
 def confine_task_path(task: str, base: Path, where: str) -> str:
@@ -252,12 +260,10 @@ def parse_suite(
     if not probes:
         raise ConfigError(f"{where} has no [[probe]] tables; add at least one")
     for i, entry in enumerate(probes):  # probes that read another probe's table of the run
-        check = getattr(entry.config, "check_suite", None)
-        if check is not None:
-            try:
-                check(i, probes)
-            except ValueError as err:
-                raise ConfigError(f"[[probe]] {i + 1} ({entry.kind}) in {where}: {err}") from None
+        try:
+            entry.config.check_suite(i, probes)
+        except ValueError as err:
+            raise ConfigError(f"[[probe]] {i + 1} ({entry.kind}) in {where}: {err}") from None
     return replace(suite, probes=tuple(probes))
 
 

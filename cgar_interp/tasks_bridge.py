@@ -16,6 +16,7 @@ import torch
 from .data import PromptConfig, build_prompts, label_tokens, load_task
 from .models import ModelHandle
 from .probes import TaskInputs
+from .probes.protocol import SHUFFLED
 from .task_spec import TaskSpec
 
 
@@ -77,10 +78,9 @@ def prepare_task(
     """
     spec = task_name if isinstance(task_name, TaskSpec) else TaskSpec.parse(task_name, "tasks")
     task = task if task is not None else load_spec(spec)
-    needs_shuffled = any("shuffled" in getattr(p.config, "vectors", ()) for p in suite.probes)
     prompts = build_prompts(
         task,
-        prompt_config(suite, needs_shuffled, spec, shots),
+        prompt_config(suite, SHUFFLED in suite.prompt_kinds(), spec, shots),
         tokenizer=handle.tokenizer,
         n_ctx=handle.arch.n_ctx,
         add_bos=handle.prepend_bos,

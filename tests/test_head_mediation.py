@@ -317,7 +317,7 @@ def test_config_errors(kwargs, match):
 
 def test_config_asks_for_shuffled_prompts_and_kept_states():
     config = HeadMediationConfig()
-    assert "shuffled" in config.vectors and config.resumes_zero_shot
+    assert "icl_shuffled" in config.prompt_kinds() and config.resumes_zero_shot
     assert config.needed_layers(30) == tuple(range(31))
     with pytest.raises(ValueError, match="out of range"):
         HeadMediationConfig(layers=(40,)).blocks(30)

@@ -1,4 +1,5 @@
-"""Probes, one module each, registered under their TOML ``kind`` (see :mod:`.base`)."""
+"""Probes, one module each, registered under their TOML ``kind`` (see :mod:`.base`); each
+config declares what the engine needs to know through :class:`.protocol.ProbeConfig`."""
 
 from . import (  # noqa: F401  (registration)
     context_gate,
@@ -8,5 +9,6 @@ from . import (  # noqa: F401  (registration)
     task_vectors,
 )
 from .base import PROBES, ProbeContext, TaskInputs, get_probe, register_probe
+from .protocol import ProbeConfig
 
-__all__ = ["PROBES", "ProbeContext", "TaskInputs", "get_probe", "register_probe"]
+__all__ = ["PROBES", "ProbeConfig", "ProbeContext", "TaskInputs", "get_probe", "register_probe"]

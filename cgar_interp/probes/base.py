@@ -1,9 +1,10 @@
-"""The probe contract, the probe registry and the per-task inputs every probe shares.
+"""The probe registry, the per-task inputs every probe shares and the context it runs in.
 
-A probe is a frozen config dataclass registered under its TOML ``kind`` plus a ``run`` function
-``(config, ProbeContext) -> tidy DataFrame``. It declares the residual layers it reads; the engine
-captures them once per task for all probes (:meth:`ProbeContext.captures`), and interventions go
-through :func:`cgar_interp.capture.resume_variants`. Rows are tidy:
+A probe is a frozen config dataclass (a :class:`~cgar_interp.probes.protocol.ProbeConfig`)
+registered under its TOML ``kind`` plus a ``run`` function ``(config, ProbeContext) -> tidy
+DataFrame``. Its config declares the residual layers it reads; the engine captures them once
+per task for all probes (:meth:`ProbeContext.captures`), and interventions go through
+:func:`cgar_interp.capture.resume_variants`. Rows are tidy:
 ``task, probe, ..., metric, value, n, ci_low, ci_high``.
 """
 
@@ -20,7 +21,9 @@ from torch import Tensor
 from ..capture import capture_many
 from ..metrics import gold_probability, query_metrics, summarise
 from ..models import ModelHandle, RunResult
+from ..sites import site_name, site_names
 from ..tokens import TokenBatch
+from .protocol import ProbeConfig
 
 
 class NonFiniteActivation(FloatingPointError):
@@ -61,7 +64,7 @@ class ProbeSpec:
     """
 
     kind: str
-    config_cls: type
+    config_cls: type[ProbeConfig]
     run: Callable[..., pd.DataFrame]
     doc: str
     zero_shot_rows: ZeroShotRows | None = None
@@ -71,11 +74,21 @@ PROBES: dict[str, ProbeSpec] = {}
 
 
 def register_probe(
-    kind: str, config_cls: type, doc: str = "", zero_shot_rows: ZeroShotRows | None = None
+    kind: str,
+    config_cls: type[ProbeConfig],
+    doc: str = "",
+    zero_shot_rows: ZeroShotRows | None = None,
 ):
-    """Decorator: register ``run(config, ctx)`` as probe ``kind``; duplicates are refused."""
+    """Decorator: register ``run(config, ctx)`` as probe ``kind``; duplicates are refused, and
+    so is a config class that does not inherit :class:`ProbeConfig` (the engine reads a
+    probe's declarations through its methods)."""
 
     def decorate(run):
+        if not (isinstance(config_cls, type) and issubclass(config_cls, ProbeConfig)):
+            raise TypeError(
+                f"probe {kind!r}: config class {config_cls!r} must inherit "
+                "cgar_interp.probes.protocol.ProbeConfig"
+            )
         if kind in PROBES:
             raise ValueError(f"probe kind {kind!r} is already registered")
         PROBES[kind] = ProbeSpec(
@@ -215,22 +228,17 @@ class ProbeContext:
     _ran_base: bool = field(default=False, repr=False)
 
     @classmethod
-    def for_probes(cls, handle: ModelHandle, inputs: TaskInputs, configs, **settings):
+    def for_probes(
+        cls, handle: ModelHandle, inputs: TaskInputs, configs: list[ProbeConfig], **settings
+    ):
         """The context of a suite whose probes have ``configs``: the residual layers they read
         (``needed_layers``), whether some resumes the zero-shot prompts, and every
         :class:`SharedRead` they declare. ``settings`` go to the constructor (``layers`` given
         there wins, e.g. a resumed run that keeps the whole suite's layers)."""
         n_layers = handle.n_layers
         layers = sorted({layer for c in configs for layer in c.needed_layers(n_layers)})
-        reads = tuple(
-            read
-            for c in configs
-            if hasattr(c, "shared_reads")
-            for read in c.shared_reads(inputs, n_layers)
-        )
-        settings.setdefault(
-            "keep_states", any(getattr(c, "resumes_zero_shot", False) for c in configs)
-        )
+        reads = tuple(read for c in configs for read in c.shared_reads(inputs, n_layers))
+        settings.setdefault("keep_states", any(c.resumes_zero_shot for c in configs))
         return cls(handle, inputs, tuple(settings.pop("layers", layers)), reads=reads, **settings)
 
     # ----------------------------------------------------------------------------------------
@@ -264,7 +272,7 @@ class ProbeContext:
         if first:
             self._groups = {kind: [] for kind in PROMPT_KINDS_SHARED}
         reads = self._all_reads() if first else []
-        resid_sites = tuple(f"resid.{layer}" for layer in self.layers)
+        resid_sites = site_names("resid", self.layers)
         n = self.inputs.gold.shape[0]
         covered = {
             kind: {int(r) for g in self._groups[kind] for r in g.rows} for kind in self._groups
@@ -329,7 +337,7 @@ class ProbeContext:
                 logits[kind] = None
                 for group in groups:
                     for layer in self.layers:
-                        name = f"resid.{layer}"
+                        name = site_name("resid", layer)
                         if name in group.run.captures:
                             resid[kind][layer][group.rows] = group.run[name].float()
                     if logits[kind] is None:

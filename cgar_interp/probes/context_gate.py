@@ -33,13 +33,17 @@ from ..decoding import ShiftedDecoder
 from ..layers import resolve_layers
 from ..metrics import CHUNK_ELEMENTS
 from .base import ProbeContext, register_probe
+from .protocol import SHUFFLED, ProbeConfig, ci_cell
 
+KIND = "context_gate"
+TABLE = "context_gate"  # the tidy sweep (and its baselines)
+TERMS_TABLE = "gate_terms"  # per eval query, the label-restricted terms the theory reads
 MODES = ("decode", "patch")
 VECTORS = ("context", "random", "shuffled")
 
 
 @dataclass(frozen=True)
-class ContextGateConfig:
+class ContextGateConfig(ProbeConfig):
     """Grid and options of the context-gate probe (TOML ``kind = "context_gate"``).
 
     Attributes:
@@ -82,9 +86,56 @@ class ContextGateConfig:
         """Patch mode intervenes at the last position of the eval queries' zero-shot prompts."""
         return "patch" in self.modes
 
-    @property
-    def needs_shuffled(self) -> bool:
-        return "shuffled" in self.vectors
+    def prompt_kinds(self) -> frozenset[str]:
+        """The shuffled baseline's cbar is estimated on shuffled-label ICL prompts."""
+        return super().prompt_kinds() | ({SHUFFLED} if "shuffled" in self.vectors else set())
+
+    def self_check_paths(self) -> frozenset[str]:
+        """Patch mode's resume paths, and decode mode's algebra of the final norm."""
+        decode = {"decode_algebra"} if "decode" in self.modes else set()
+        return super().self_check_paths() | decode
+
+    def compares_with_theory(self) -> bool:
+        """The gate terms (:func:`gate_terms`) are what the theory comparison fits."""
+        return True
+
+    @classmethod
+    def key_numbers(cls, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        """Per task and metric (label mass, full-vocab accuracy): zero-shot, full ICL and the
+        context vector at the last context layer (and query layer) per lambda and mode."""
+        gate = tables.get(TABLE)
+        if gate is None or gate.empty:
+            return {}
+        out = {}
+        last_q, last_c = gate.q_layer.max(), gate.c_layer.max()
+        for metric, title in (
+            ("label_mass", "label-token mass"),
+            ("vocab_correct", "full-vocab accuracy"),
+        ):
+            rows = []
+            for task in gate.task.unique():
+                sel = gate[(gate.task == task) & (gate.metric == metric)]
+                base = {r.vector: ci_cell(r) for r in sel[sel["mode"] == "baseline"].itertuples()}
+                for mode in ("decode", "patch"):
+                    cur = sel[
+                        (sel["mode"] == mode)
+                        & (sel.vector == "context")
+                        & (sel.c_layer == last_c)
+                        & ((sel.q_layer == last_q) | (sel["mode"] == "patch"))
+                    ].sort_values("lam")
+                    if cur.empty:
+                        continue
+                    row = {
+                        "task": task,
+                        "mode": mode,
+                        "zero-shot": base.get("zero_shot", ""),
+                        "full ICL": base.get("icl", ""),
+                    }
+                    row.update({f"lambda={r.lam:g}": ci_cell(r) for r in cur.itertuples()})
+                    row["n"] = int(cur.n.iloc[0])
+                    rows.append(row)
+            out[f"Context gate, {title}, q = c = {last_c} (value [95% CI])"] = pd.DataFrame(rows)
+        return out
 
 
 def gate_vectors(
@@ -119,7 +170,7 @@ def run_context_gate(config: ContextGateConfig, ctx: ProbeContext) -> dict[str, 
     ev = inputs.eval
     lambdas = torch.tensor(config.lambdas, dtype=torch.float32)
     vectors = gate_vectors(config, ctx, c_layers)
-    base = {"task": inputs.task, "probe": "context_gate"}
+    base = {"task": inputs.task, "probe": KIND}
     rows = []
     for kind, label in (("zero", "zero_shot"), ("icl", "icl")):
         rows += ctx.rows(
@@ -198,8 +249,8 @@ def run_context_gate(config: ContextGateConfig, ctx: ProbeContext) -> dict[str, 
                         lam=lam,
                     )
     return {
-        "context_gate": pd.DataFrame(rows),
-        "gate_terms": gate_terms(ctx, q_layers, c_layers, vectors),
+        TABLE: pd.DataFrame(rows),
+        TERMS_TABLE: gate_terms(ctx, q_layers, c_layers, vectors),
     }
 
 
@@ -310,9 +361,9 @@ def gate_terms(ctx: ProbeContext, q_layers, c_layers, vectors) -> pd.DataFrame:
 
 
 def _zero_shot_rows(name: str, frame: pd.DataFrame):
-    if name != "context_gate":
+    if name != TABLE:
         return False
     return (frame["mode"] == "baseline") & (frame["vector"] == "zero_shot")
 
 
-register_probe("context_gate", ContextGateConfig, zero_shot_rows=_zero_shot_rows)(run_context_gate)
+register_probe(KIND, ContextGateConfig, zero_shot_rows=_zero_shot_rows)(run_context_gate)

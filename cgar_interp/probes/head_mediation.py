@@ -54,8 +54,16 @@ from ..capture import capture_many, resume_variants
 from ..layers import resolve_layers
 from ..models import Patch, RunResult
 from ..prefix import mlp_half, resume_staggered
+from ..sites import SiteKindName, site_name, site_names
+from . import hopfield_heads, task_vectors
 from .base import ProbeContext, SharedRead, TaskInputs, first_non_finite, register_probe
 from .hopfield_heads import check_block_spec, label_positions, resolve_blocks
+from .protocol import SHUFFLED, ProbeConfig
+
+KIND = "head_mediation"
+TABLE = "head_mediation"  # tidy: AIE per head, function vectors, baselines, ablations
+HEADS_TABLE = "head_mediation_heads"  # one row per head
+JOIN_TABLE = "head_mediation_join"  # one row per task: AIE against label attention
 
 ABLATION_METRICS = ("label_mass", "vocab_correct", "gold_mass")
 FV_METRICS = ("vocab_correct", "label_mass", "gold_mass")
@@ -67,7 +75,7 @@ def _positive_int(name: str, value, minimum: int = 1) -> None:
 
 
 @dataclass(frozen=True)
-class HeadMediationConfig:
+class HeadMediationConfig(ProbeConfig):
     """Options of the head-mediation probe (TOML ``kind = "head_mediation"``).
 
     Attributes:
@@ -120,7 +128,7 @@ class HeadMediationConfig:
         reads = [
             SharedRead.of("icl", fit, mean_sites(blocks, "head_out", with_patterns=True)),
             SharedRead.of("zero", fit, mean_sites(blocks, "z")),
-            SharedRead.of("icl", ev, [f"resid.{b}" for b in blocks], keep_states=True),
+            SharedRead.of("icl", ev, site_names("resid", blocks), keep_states=True),
         ]
         if inputs.icl_shuffled is not None:
             reads.append(SharedRead.of("icl_shuffled", ev, effect_sites(blocks), keep_states=True))
@@ -131,7 +139,6 @@ class HeadMediationConfig:
         """The function vector patches the last position of the eval queries' zero-shot prompts."""
         return True
 
-    @property
     def remote_unsupported(self) -> str:
         """Why the probe cannot run on NDIF (checked when a remote suite is parsed)."""
         return (
@@ -140,20 +147,20 @@ class HeadMediationConfig:
             "process; on a server that is one full forward pass per head and query"
         )
 
-    @property
-    def vectors(self) -> tuple[str, ...]:
-        """The corrupted runs are shuffled-label prompts (read by the task preparation)."""
-        return ("shuffled",)
+    def prompt_kinds(self) -> frozenset[str]:
+        """The corrupted runs of the AIE are shuffled-label ICL prompts."""
+        return super().prompt_kinds() | {SHUFFLED}
 
-    @property
-    def needs_shuffled(self) -> bool:
-        return True
+    def self_check_paths(self) -> frozenset[str]:
+        """The function vector's resume paths, a head's output replaced through the kept
+        cache (the AIE) and ``z`` patched inside suffix passes (the ablations)."""
+        return super().self_check_paths() | {"head_resume", "suffix_patch"}
 
     def check_suite(self, index: int, probes) -> None:
         """The Hopfield view is read from ``hopfield_heads``: it must run first, with the
         same label positions (``label_cue_tokens``)."""
         for j, entry in enumerate(probes):
-            if entry.kind != "hopfield_heads":
+            if not isinstance(entry.config, hopfield_heads.HopfieldHeadsConfig):
                 continue
             if j > index:
                 raise ValueError(
@@ -211,23 +218,23 @@ def top_overlap(a: np.ndarray, b: np.ndarray, k: int) -> tuple[int, float]:
 # the probe
 
 
-def mean_sites(blocks, kind: str, with_patterns: bool = False) -> list[str]:
+def mean_sites(blocks, kind: SiteKindName, with_patterns: bool = False) -> list[str]:
     """The sites :func:`head_means` reads."""
-    return [f"{kind}.{b}" for b in blocks] + (
-        [f"attn_pattern.{b}" for b in blocks] if with_patterns else []
+    return list(site_names(kind, blocks)) + (
+        list(site_names("attn_pattern", blocks)) if with_patterns else []
     )
 
 
 def effect_sites(blocks) -> list[str]:
     """The sites :func:`head_effects` reads (with the KV caches kept)."""
-    return [f"{kind}.{b}" for b in blocks for kind in ("resid_mid", "head_out")]
+    return [site_name(kind, b) for b in blocks for kind in ("resid_mid", "head_out")]
 
 
 def head_means(
     handle,
     batch,
     blocks,
-    kind: str,
+    kind: SiteKindName,
     batch_size: int,
     with_patterns: bool = False,
     run: RunResult | None = None,
@@ -238,8 +245,10 @@ def head_means(
     if run is None:
         sites = mean_sites(blocks, kind, with_patterns)
         run = capture_many(handle, batch, sites, -1, batch_size=batch_size, with_logits=False)
-    means = {b: run[f"{kind}.{b}"].float().mean(0) for b in blocks}
-    patterns = {b: run[f"attn_pattern.{b}"].float() for b in blocks} if with_patterns else {}
+    means = {b: run[site_name(kind, b)].float().mean(0) for b in blocks}
+    patterns = (
+        {b: run[site_name("attn_pattern", b)].float() for b in blocks} if with_patterns else {}
+    )
     return means, patterns
 
 
@@ -288,8 +297,8 @@ def head_effects(
     for rows, state in run.states:
         entries = {}  # after block b's MLP the variants of block b join the pass at layer b + 1
         for b in blocks:
-            mid = run[f"resid_mid.{b}"][rows].float()  # [r, d]
-            out = run[f"head_out.{b}"][rows].float().transpose(0, 1)  # [H, r, d]
+            mid = run[site_name("resid_mid", b)][rows].float()  # [r, d]
+            out = run[site_name("head_out", b)][rows].float().transpose(0, 1)  # [H, r, d]
             h_mid = mid[None] + (means[b][:, None, :] - out)  # [H, r, d]
             entries[b + 1] = mlp_half(decoder_layers[b], h_mid, handle.dtype)
         final = resume_staggered(handle, state, entries)
@@ -318,7 +327,7 @@ def ablation_patches(
             mask = mask.to(z.device)[None, :, :, None]
             return torch.where(mask, mean.to(device=z.device, dtype=z.dtype), z)
 
-        patches.append(Patch(f"z.{b}", -1, replace))
+        patches.append(Patch(site_name("z", b), -1, replace))
     return chosen[0], patches
 
 
@@ -332,7 +341,7 @@ def ablate_sets(
     where the probe declared them (:meth:`ProbeContext.read`)."""
     names = list(sets)
     start, patches = ablation_patches([sets[n] for n in names], zero_z, ctx.handle.arch.n_heads)
-    run = ctx.read("icl", indices, [f"resid.{start}"], keep_states=True)
+    run = ctx.read("icl", indices, [site_name("resid", start)], keep_states=True)
     clean = {m: v.cpu() for m, v in ctx.score(run.logits.float(), indices).items()}
     out = resume_variants(
         ctx.handle,
@@ -356,7 +365,7 @@ def hopfield_label_attention(
 ) -> dict[int, Tensor] | None:
     """``{block: [n_heads]}`` ICL label-token attention from the run's ``hopfield_heads``
     table (``prompt_kind = icl``, ``metric = label_mass``), or None when it lacks a head."""
-    table = tables.get("hopfield_heads")
+    table = tables.get(hopfield_heads.TABLE)
     if table is None:
         return None
     rows = table[
@@ -385,7 +394,7 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
     blocks = config.blocks(handle.n_layers)
     fit, ev_all = inputs.fit, inputs.eval
     ev = ev_all[: config.max_queries]
-    base = {"task": inputs.task, "probe": "head_mediation"}
+    base = {"task": inputs.task, "probe": KIND}
 
     def tick(what: str, n: int):
         return ctx.progress(f"{inputs.task}: head mediation {what}", n) if ctx.progress else None
@@ -496,7 +505,7 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
                 head=-1,
                 set=name,
             )
-    tv = ctx.tables.get("task_vectors")
+    tv = ctx.tables.get(task_vectors.TABLE)
     if tv is not None:  # the task-vector curve of the same run, beside the FV curves
         tv = tv[(tv["task"] == inputs.task) & tv["metric"].isin(FV_METRICS)]
         for r in tv.itertuples():
@@ -599,18 +608,16 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
             f"head {bad.head}) for task {inputs.task!r}; try dtype float32"
         )
     return {
-        "head_mediation": table,
-        "head_mediation_heads": heads,
-        "head_mediation_join": pd.DataFrame([join]),
+        TABLE: table,
+        HEADS_TABLE: heads,
+        JOIN_TABLE: pd.DataFrame([join]),
     }
 
 
 register_probe(
-    "head_mediation",
+    KIND,
     HeadMediationConfig,
     zero_shot_rows=lambda name, frame: (
-        (frame["part"] == "baseline") & (frame["set"] == "zero_shot")
-        if name == "head_mediation"
-        else False
+        (frame["part"] == "baseline") & (frame["set"] == "zero_shot") if name == TABLE else False
     ),
 )(run_head_mediation)

@@ -65,6 +65,7 @@ from torch import Tensor
 
 from ..capture import capture_many
 from ..models import ModelHandle, RunResult
+from ..sites import site_name, site_names
 from ..theory.mhn import (
     REGIMES,
     classify_softmax,
@@ -76,7 +77,11 @@ from ..theory.mhn import (
 )
 from ..tokens import TokenBatch
 from .base import ProbeContext, SharedRead, TaskInputs, first_non_finite, register_probe
+from .protocol import ProbeConfig
 
+KIND = "hopfield_heads"
+TABLE = "hopfield_heads"  # tidy: per head, prompt kind and metric
+REGIMES_TABLE = "hopfield_regimes"  # one row per head: majority regimes and their change
 BLOCK_NAMES = ("all", "upper_half")
 
 
@@ -138,7 +143,7 @@ def resolve_blocks(
 
 
 @dataclass(frozen=True)
-class HopfieldHeadsConfig:
+class HopfieldHeadsConfig(ProbeConfig):
     """Options of the Hopfield-heads probe (TOML ``kind = "hopfield_heads"``).
 
     Attributes:
@@ -218,6 +223,11 @@ class HopfieldHeadsConfig:
         rows, sites = self.query_rows(inputs), head_sites(self.blocks(n_layers))
         return tuple(SharedRead.of(kind, rows, sites, keep_states=True) for kind in PROMPT_KINDS)
 
+    def self_check_paths(self) -> frozenset[str]:
+        """Captured patterns vs softmax(beta q.k) recomputed, on a few rows before the run
+        (and on every row the probe reads, during it)."""
+        return super().self_check_paths() | {"head_patterns", "recompute_err"}
+
 
 # --------------------------------------------------------------------------------------------
 # reads
@@ -253,7 +263,7 @@ def attention_scale(handle: ModelHandle, block: int) -> float:
 
 def head_sites(blocks: tuple[int, ...]) -> tuple[str, ...]:
     """The sites :func:`read_heads` reads at the last position (with the KV caches kept)."""
-    return tuple(f"attn_pattern.{b}" for b in blocks) + tuple(f"q.{b}" for b in blocks)
+    return site_names("attn_pattern", blocks) + site_names("q", blocks)
 
 
 def read_heads(
@@ -305,7 +315,7 @@ def read_heads(
         keys = capture_many(  # the keys of every position, read in a pass of their own
             handle,
             batch,
-            [f"k.{b}" for b in blocks],
+            list(site_names("k", blocks)),
             None,
             batch_size=batch_size,
             with_logits=False,
@@ -315,12 +325,13 @@ def read_heads(
             if keys is None:
                 cached = state.cache.layers[b].keys  # [r, n_kv_heads, slots, d_head]
             else:
-                cached = keys[f"k.{b}"][rows].transpose(1, 2)  # [r, n_kv_heads, width, d_head]
+                # [r, n_kv_heads, width, d_head]
+                cached = keys[site_name("k", b)][rows].transpose(1, 2)
             slots = min(int(cached.shape[2]), width)
             k = cached[:, :, :slots].float().cpu().transpose(1, 2)  # [r, slots, n_kv, d_head]
             k = k.repeat_interleave(group, dim=2)  # [r, slots, n_heads, d_head] (k_rep)
             valid = torch.arange(slots)[None, :] < lengths[rows][:, None]  # [r, slots]
-            q = last[f"q.{b}"][rows].float()  # [r, n_heads, d_head]
+            q = last[site_name("q", b)][rows].float()  # [r, n_heads, d_head]
             s = torch.einsum("bhd,bkhd->bhk", q, k) * attention_scale(handle, b)
             s = s.masked_fill(~valid[:, None, :], float("-inf"))
             scores[b][rows, :, :slots] = s
@@ -328,7 +339,7 @@ def read_heads(
             big_m[b][rows] = norms.amax(1)
     return {
         b: HeadReads(
-            pattern=last[f"attn_pattern.{b}"].float(),
+            pattern=last[site_name("attn_pattern", b)].float(),
             scores=scores[b],
             key_norm_max=big_m[b],
             lengths=lengths,
@@ -486,7 +497,7 @@ def run_hopfield_heads(config: HopfieldHeadsConfig, ctx: ProbeContext) -> dict[s
             rows=len(rows_idx),
             detail=f"{len(blocks)} blocks x {len(PROMPT_KINDS)} prompt kinds",
         )
-    base = {"task": inputs.task, "probe": "hopfield_heads"}
+    base = {"task": inputs.task, "probe": KIND}
     rows, regime_rows = [], []
     for b in blocks:
         zero, icl = per_kind["zero"][b], per_kind["icl"][b]
@@ -530,13 +541,13 @@ def run_hopfield_heads(config: HopfieldHeadsConfig, ctx: ProbeContext) -> dict[s
             f"non-finite Hopfield-head metric {bad.metric!r} for task {inputs.task!r} at layer "
             f"{bad.layer}, head {bad.head} ({bad.prompt_kind}); try dtype float32"
         )
-    return {"hopfield_heads": table, "hopfield_regimes": pd.DataFrame(regime_rows)}
+    return {TABLE: table, REGIMES_TABLE: pd.DataFrame(regime_rows)}
 
 
 register_probe(
-    "hopfield_heads",
+    KIND,
     HopfieldHeadsConfig,
     zero_shot_rows=lambda name, frame: (
-        frame["prompt_kind"] == "zero_shot" if name == "hopfield_heads" else False
+        frame["prompt_kind"] == "zero_shot" if name == TABLE else False
     ),
 )(run_hopfield_heads)

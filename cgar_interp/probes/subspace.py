@@ -53,13 +53,16 @@ import torch
 from .. import subspace_math as sm
 from ..layers import NAMED, resolve_layers
 from .base import ProbeContext, register_probe
+from .protocol import ProbeConfig
 
+KIND = "subspace"
+TABLE = "subspace"  # tidy: per layer, subject and measure
 QUERY_SETS = ("all", "eval", "fit")
 READOUTS = ("unembed", "unembed_norm")
 
 
 @dataclass(frozen=True)
-class SubspaceConfig:
+class SubspaceConfig(ProbeConfig):
     """Options of the subspace probe (TOML ``kind = "subspace"``).
 
     Attributes:
@@ -222,7 +225,7 @@ def run_subspace(config: SubspaceConfig, ctx: ProbeContext) -> dict[str, pd.Data
     identity = np.arange(len(labels))[None]
     n, m = len(labels), resamples.shape[1]
 
-    base = {"task": inputs.task, "probe": "subspace"}
+    base = {"task": inputs.task, "probe": KIND}
     rows: list[dict] = []
 
     def add(layer: int, subject: str, metric: str, value, n: int, low, high) -> None:
@@ -333,7 +336,7 @@ def run_subspace(config: SubspaceConfig, ctx: ProbeContext) -> dict[str, pd.Data
     table["top_k"] = top_k
     table["label_dim"] = label_dim
     table["readout"] = config.readout
-    return {"subspace": table}
+    return {TABLE: table}
 
 
-register_probe("subspace", SubspaceConfig)(run_subspace)
+register_probe(KIND, SubspaceConfig)(run_subspace)

@@ -17,10 +17,14 @@ import pandas as pd
 from ..capture import resume_variants
 from ..layers import resolve_layers
 from .base import ProbeContext, register_probe
+from .protocol import ProbeConfig, ci_cell
+
+KIND = "task_vectors"
+TABLE = "task_vectors"  # the tidy table: per layer, metrics of the patched zero-shot pass
 
 
 @dataclass(frozen=True)
-class TaskVectorConfig:
+class TaskVectorConfig(ProbeConfig):
     """Layers to patch (TOML ``kind = "task_vectors"``); default every block input 0..L-1."""
 
     layers: str | tuple[int, ...] = "all"
@@ -33,6 +37,27 @@ class TaskVectorConfig:
     def resumes_zero_shot(self) -> bool:
         """Patches the last position of the eval queries' zero-shot prompts."""
         return True
+
+    def self_check_paths(self) -> frozenset[str]:
+        """The resume paths, and a task vector at layer 0 (a no-op) vs the zero-shot logits."""
+        return super().self_check_paths() | {"task_vector_layer0"}
+
+    @classmethod
+    def key_numbers(cls, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        """The best layer per task by full-vocab accuracy."""
+        tv = tables.get(TABLE)
+        if tv is None or tv.empty:
+            return {}
+        acc = tv[tv.metric == "vocab_correct"]
+        best = acc.loc[acc.groupby("task").value.idxmax()]
+        return {
+            "Task vectors: best layer per task (full-vocab accuracy)": pd.DataFrame(
+                [
+                    {"task": r.task, "layer": int(r.layer), "accuracy": ci_cell(r), "n": int(r.n)}
+                    for r in best.itertuples()
+                ]
+            )
+        }
 
 
 def run_task_vectors(config: TaskVectorConfig, ctx: ProbeContext) -> dict[str, pd.DataFrame]:
@@ -58,7 +83,7 @@ def run_task_vectors(config: TaskVectorConfig, ctx: ProbeContext) -> dict[str, p
         states=ctx.zero_states(),
     )
     rows = []
-    base = {"task": inputs.task, "probe": "task_vectors"}
+    base = {"task": inputs.task, "probe": KIND}
     for layer in layers:
         rows += ctx.rows(
             {m: v[0] for m, v in out[layer].items()},
@@ -70,7 +95,7 @@ def run_task_vectors(config: TaskVectorConfig, ctx: ProbeContext) -> dict[str, p
     acc = table[table.metric == "vocab_correct"]
     best = int(acc.loc[acc.value.idxmax(), "layer"]) if len(acc) else -1
     table["best_layer"] = best
-    return {"task_vectors": table}
+    return {TABLE: table}
 
 
-register_probe("task_vectors", TaskVectorConfig)(run_task_vectors)
+register_probe(KIND, TaskVectorConfig)(run_task_vectors)
