@@ -114,7 +114,7 @@ def test_key_numbers_come_from_the_probes():
     )
     by_probe = key_numbers_by_probe({"task_vectors": tv})
     assert list(by_probe) == ["task_vectors"]
-    (frame,) = key_numbers({"task_vectors": tv}).values()
+    (frame,) = key_numbers({"task_vectors": tv})["task_vectors"].values()
     assert frame.to_dict("records") == [
         {"task": "a", "layer": 2, "accuracy": "0.750 [0.600, 0.900]", "n": 8},
         {"task": "b", "layer": 1, "accuracy": "0.250 [0.100, 0.400]", "n": 8},
