@@ -23,6 +23,7 @@ from ..metrics import gold_probability, query_metrics, summarise
 from ..models import ModelHandle, RunResult
 from ..sites import site_name, site_names
 from ..tokens import TokenBatch
+from .inputs import PROMPT_KINDS_SHARED, SharedRead, TaskInputs
 from .protocol import ProbeConfig
 
 
@@ -117,69 +118,6 @@ def get_probe(kind: str) -> ProbeSpec:
     if kind not in PROBES:
         raise ValueError(f"unknown probe kind {kind!r}; valid kinds: {', '.join(sorted(PROBES))}")
     return PROBES[kind]
-
-
-@dataclass(frozen=True)
-class TaskInputs:
-    """One task's prompts, aligned by query: row ``i`` of every batch is query ``i``.
-
-    Attributes:
-        task: task name. ``classes``: class names; ``label_ids``: ``[K]`` first label tokens.
-        gold: ``[n]`` gold class per query. ``fit`` / ``eval``: disjoint query indices.
-        zero: ``[n]`` zero-shot prompts; ``icl``: ``[n]`` prompts with demonstrations;
-        icl_shuffled: ``[n]`` the same demonstrations with labels shuffled (or None).
-    """
-
-    task: str
-    classes: tuple[str, ...]
-    label_ids: Tensor
-    gold: Tensor
-    fit: Tensor
-    eval: Tensor
-    zero: TokenBatch
-    icl: TokenBatch
-    icl_shuffled: TokenBatch | None = None
-
-
-PROMPT_KINDS_SHARED = ("zero", "icl", "icl_shuffled")
-
-
-@dataclass(frozen=True)
-class SharedRead:
-    """Sites a probe reads at the last position of some of a task's prompts.
-
-    A probe declares its reads before any forward pass (its config's ``shared_reads(inputs,
-    n_layers)``); the runner hands them to the :class:`ProbeContext`, whose one capture pass per
-    prompt kind reads them beside the shared residuals, so no prompt runs twice in a suite.
-    :meth:`ProbeContext.read` returns them; a read nobody declared runs its own capture there.
-
-    Attributes:
-        kind: ``"zero"``, ``"icl"`` or ``"icl_shuffled"``.
-        rows: query indices, in the order the probe reads them.
-        sites: site names read at each prompt's last position.
-        keep_states: also keep the prompts' KV caches (``RunResult.states``), for probes that
-            resume them or read their keys.
-    """
-
-    kind: str
-    rows: tuple[int, ...]
-    sites: tuple[str, ...]
-    keep_states: bool = False
-
-    def __post_init__(self):
-        if self.kind not in PROMPT_KINDS_SHARED:
-            raise ValueError(
-                f"shared read of prompt kind {self.kind!r}: valid kinds are "
-                f"{', '.join(PROMPT_KINDS_SHARED)}"
-            )
-        if len(set(self.rows)) != len(self.rows) or not self.rows:
-            raise ValueError(f"a shared read needs distinct query rows; got {self.rows[:8]}...")
-
-    @classmethod
-    def of(cls, kind: str, rows, sites, keep_states: bool = False) -> SharedRead:
-        """From a tensor (or list) of rows and any iterable of sites."""
-        rows = torch.as_tensor(rows).tolist() if not isinstance(rows, tuple) else rows
-        return cls(kind, tuple(int(r) for r in rows), tuple(str(s) for s in sites), keep_states)
 
 
 @dataclass

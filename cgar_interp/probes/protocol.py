@@ -30,7 +30,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .base import SharedRead, TaskInputs
+    from .inputs import SharedRead, TaskInputs
 
 PromptKind = Literal["zero", "icl", "icl_shuffled"]
 
