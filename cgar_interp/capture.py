@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .models import ModelHandle, RunResult
-from .sites import Site
+from .sites import Site, site_names
 from .tokens import TokenBatch
 
 
@@ -205,7 +205,7 @@ def resume_variants(
         states = capture_many(
             handle,
             batch,
-            [f"resid.{layer}" for layer in layers],
+            list(site_names("resid", layers)),
             -1,
             batch_size=batch_size,
             keep_states=True,

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from .results import atomic_write_bytes, atomic_write_json, now_utc
+from .sites import site_name
 
 DEMOS = (
     ("a moving, beautifully acted film", "positive"),
@@ -57,10 +58,14 @@ def run_demo(
     for kind, prefix in (("zero_shot", ""), ("icl_1shot", demo_block)):
         batch = handle.tokenize([prefix + TEMPLATE.format(text=t) for t, _ in QUERIES])
         run = handle.capture(
-            batch, [f"resid.{handle.n_layers}"], positions=-1, with_logits=True, logits_positions=-1
+            batch,
+            [site_name("resid", handle.n_layers)],
+            positions=-1,
+            with_logits=True,
+            logits_positions=-1,
         )
         probs = run.logits.float().softmax(-1)
-        decoded = handle.decode_residual(run[f"resid.{handle.n_layers}"])
+        decoded = handle.decode_residual(run[site_name("resid", handle.n_layers)])
         for i, (text, gold) in enumerate(QUERIES):
             label_probs = probs[i, label_ids]
             rows.append(

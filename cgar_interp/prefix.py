@@ -30,6 +30,7 @@ from torch import Tensor
 from .compat import cache_kwargs
 from .devices import PerDevice, module_device
 from .models import ModelHandle, Patch
+from .sites import site_name
 from .tokens import TokenBatch
 
 
@@ -372,7 +373,7 @@ def resume_full(
     plan = [(layer, v) for layer in layers for v in range(entries[layer].shape[0])]
     step = len(plan) if patches or max_rows is None else max(1, max_rows // b)
     parts: dict[int, list[Tensor]] = {layer: [] for layer in layers}
-    final_site = f"resid.{n_layers}"
+    final_site = site_name("resid", n_layers)
     for start in range(0, len(plan), step):
         chunk = plan[start : start + step]
         copies = TokenBatch(batch.ids.repeat(len(chunk), 1), batch.lengths.repeat(len(chunk)))
@@ -381,7 +382,9 @@ def resume_full(
             mine = [(i, v) for i, (lay, v) in enumerate(chunk) if lay == layer]
             index = torch.cat([torch.arange(i * b, (i + 1) * b) for i, _ in mine])
             values = torch.cat([entries[layer][v] for _, v in mine])  # [len(mine) * b, d]
-            writes.append(Patch(f"resid.{layer}", -1, partial(_replace_rows, index, values)))
+            writes.append(
+                Patch(site_name("resid", layer), -1, partial(_replace_rows, index, values))
+            )
         n_var = len(chunk)
         for patch in patches:  # a suffix patch's function sees [b, n_var, ...]
             writes.append(Patch(patch.site, -1, partial(_per_variant, patch.value, n_var)))
