@@ -234,6 +234,7 @@ def run(
         TimeRemainingColumn,
     )
 
+    from .backends import remote_backend
     from .config import ConfigError
     from .embedded import EmbeddedModelMissing
     from .remote import RemoteRunError
@@ -249,7 +250,7 @@ def run(
         suite = load_suite(
             suite_file,
             model=model,
-            backend="nnsight" if remote else backend,
+            backend=remote_backend() if remote else backend,
             device=device,
             dtype=dtype,
             seed=seed,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .backends import BACKENDS, remote_backend, supports_remote
 from .config import ConfigError, build, to_dict
 from .probes import ProbeConfig, get_probe
 from .task_spec import TaskSpec
@@ -87,11 +88,11 @@ class SuiteConfig:
         if not isinstance(self.remote_rows, int) or self.remote_rows < 1:
             raise ConfigError(f"key 'remote_rows' must be an int >= 1; got {self.remote_rows!r}")
         if self.remote:
-            if self.backend != "nnsight":
+            if self.backend not in BACKENDS or not supports_remote(self.backend):
                 raise ConfigError(
-                    f"remote = true runs the model on NDIF through nnsight; backend "
-                    f"{self.backend!r} runs it here. Set backend = 'nnsight' (cgar run --remote "
-                    "does)"
+                    f"remote = true runs the model on NDIF through {remote_backend()}; backend "
+                    f"{self.backend!r} runs it here. Set backend = '{remote_backend()}' (cgar run "
+                    "--remote does)"
                 )
             for entry in self.probes:
                 why = entry.config.remote_unsupported()
