@@ -2,8 +2,9 @@
 
 Everything is computed from the run directory's tables (no model): ``tables/gate_terms.parquet``
 (per eval query, per (q, c), per class the label scores) and ``tables/context_gate.parquet``
-(the measured curves with bootstrap intervals). SCIENCE.md section 2 (Theorem 3.1 and the
-read-out) and section 3 (the bridge ``r(lambda) = W_U norm(h_zero^(q) + lambda cbar^(c))``).
+(the measured curves with bootstrap intervals). See docs/science.md#theory-vs-measurement:
+the model is docs/science.md#first-order-retrieval-bound (Theorem 3.1) and #label-read-out,
+the bridge ``r(lambda) = W_U norm(h_zero^(q) + lambda cbar^(c))`` is docs/science.md#decode-mode.
 
 Three models of the label logits ``z_k(lambda)`` of one query (``k`` over the task's classes):
 

@@ -1,4 +1,5 @@
-"""The paper's context-gate sweep (SCIENCE.md section 3), with the ablation and baselines.
+"""The paper's context-gate sweep (docs/science.md#context-gate-sweep), with the ablation and
+baselines.
 
 For every query layer q, context layer c and gate strength lambda:
 

@@ -1,4 +1,6 @@
-"""Attention heads as modern Hopfield memories (SCIENCE.md sections 1 and 4; the memo).
+"""Attention heads as modern Hopfield memories (docs/science.md#hopfield-heads-probe; "the memo"
+is the reading of softmax attention as one modern-Hopfield retrieval step, written up in
+docs/science.md#attention-as-modern-hopfield-retrieval).
 
 At the query's last position, for every block ``l`` and query head ``h``, zero-shot and ICL
 prompts of the same queries side by side. Ramsauer et al.'s reading of one attention step:

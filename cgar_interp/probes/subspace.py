@@ -1,4 +1,5 @@
-"""Subspace localisation: does context move the residual into the label subspace? (SCIENCE.md 4)
+"""Subspace localisation: does context move the residual into the label subspace?
+(docs/science.md#subspace-localisation)
 
 Per residual layer ``l`` (after ``l`` blocks, last position), from the shared captures
 (:meth:`ProbeContext.captures`), with ``S = H_icl - H_zero`` the ``[n, d_model]`` matrix of
