@@ -59,6 +59,9 @@ class TaskSpec:
         path: a local data file or a ``save_to_disk`` directory (relative to the suite file).
         like, classes, label_words, text_column, label_column, id_column, split, revision,
             max_per_class, duplicates, template: the options of :func:`load_task` by name.
+        options: a table of further keywords for a loader of your own
+            (:func:`~cgar_interp.data.catalog.register_task_source`), e.g.
+            ``options = {subset = "hard"}``; stored as sorted ``(key, value)`` pairs.
         demo_pool_per_class: examples per class reserved as demonstrations (default 8, and
             never fewer than the largest number of shots).
         n_fit, n_eval: this task's query counts (default: the suite's).
@@ -77,11 +80,29 @@ class TaskSpec:
     max_per_class: int | None = None
     duplicates: str | None = None
     template: TemplateSpec | None = None
+    options: Any = None
     demo_pool_per_class: int | None = None
     n_fit: int | None = None
     n_eval: int | None = None
 
     def __post_init__(self):
+        if isinstance(self.options, dict):
+            object.__setattr__(self, "options", tuple(sorted(self.options.items())))
+        if self.options is not None and not (
+            isinstance(self.options, tuple)
+            and all(
+                isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in self.options
+            )
+        ):
+            raise ConfigError(
+                f"key 'options' must be a table of loader keywords; got {self.options!r}"
+            )
+        named = {f.name for f in fields(self)} & {key for key, _ in self.options or ()}
+        if named:
+            raise ConfigError(
+                f"loader option {', '.join(sorted(named))} is given in 'options' but is a key of "
+                "the [[task]] table itself; set it there"
+            )
         if (self.name is None) == (self.path is None):
             raise ConfigError(
                 "a [[task]] table needs exactly one of 'name' (a shipped set, 'synthetic' or a "
@@ -132,12 +153,13 @@ class TaskSpec:
 
     def loader_options(self) -> dict[str, Any]:
         """The :func:`load_task` keywords this table sets."""
-        skip = {"name", "path", "template", "demo_pool_per_class", "n_fit", "n_eval"}
+        skip = {"name", "path", "template", "options", "demo_pool_per_class", "n_fit", "n_eval"}
         out = {
             f.name: getattr(self, f.name)
             for f in fields(self)
             if f.name not in skip and getattr(self, f.name) is not None
         }
+        out.update(self.options or ())
         if self.template is not None:
             out["template"] = self.template.build()
         return out
@@ -179,6 +201,8 @@ class TaskSpec:
                 continue
             if isinstance(value, TemplateSpec):
                 value = {"query": value.query, "answer": value.answer, "separator": value.separator}
+            elif f.name == "options":
+                value = dict(value)
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value

@@ -333,3 +333,38 @@ def test_the_shipped_own_data_example_runs(tmp_path):
     mass = gate[(gate.task == "movie_reviews") & (gate.metric == "label_mass")]
     base = mass[mass["mode"] == "baseline"].set_index("shots").value
     assert base[4] > base[0]
+
+
+def test_a_loader_of_your_own_is_one_registration(tmp_path):
+    """A new kind of task source: one ``register_task_source`` call (no edit of the catalog,
+    the suite's task table or the data package); its own keywords come through ``options``."""
+    from cgar_interp.data import load_task
+    from cgar_interp.data.catalog import EXTRA_SOURCES, TaskSource, register_task_source
+    from cgar_interp.data.tasks import TaskError
+    from cgar_interp.task_spec import TaskSpec
+
+    seen = {}
+
+    def load_bench(name, /, **options):
+        seen.update(options, name=name)
+        return load_task("synthetic", n_classes=2, n_per_class=4, seed=options.get("seed", 0))
+
+    source = TaskSource("bench", lambda n: str(n).startswith("bench:"), load_bench, "bench:NAME")
+    register_task_source(source)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_task_source(source)
+        spec = TaskSpec.parse({"name": "bench:hard", "options": {"level": 3, "seed": 1}}, "t")
+        assert spec.loader_options() == {"level": 3, "seed": 1}
+        assert spec.to_dict()["options"] == {"level": 3, "seed": 1}
+        task = load_task(spec.source, **spec.loader_options())
+        assert task.n_classes == 2 and seen == {"name": "bench:hard", "level": 3, "seed": 1}
+        with pytest.raises(TaskError, match=r"unknown task 'nothing'; bench:NAME; shipped"):
+            load_task("nothing")
+        with pytest.raises(ConfigError, match="given in 'options' but is a key"):
+            TaskSpec.parse({"name": "bench:x", "split": "a", "options": {"split": "b"}}, "t")
+        with pytest.raises(ConfigError, match="key 'options' must be a table"):
+            TaskSpec.parse({"name": "bench:x", "options": [1, 2]}, "t")
+    finally:
+        EXTRA_SOURCES.remove(source)
+    assert load_task("sst2-mini").name == "sst2-mini"  # the built-ins, as before

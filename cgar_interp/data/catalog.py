@@ -4,6 +4,8 @@ directories saved by ``datasets``."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,82 @@ from .loaders import (
 from .shipped import SHIPPED, load_shipped
 from .synthetic import synthetic_task
 from .tasks import Task, TaskError
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """One kind of thing :func:`load_task` reads: a name it recognises and how to load it.
+
+    Attributes:
+        name: what the source is called (``"shipped"``, ``"file"``, ...; unique).
+        matches: ``matches(name_or_path) -> bool``; the first source that matches loads.
+        load: ``load(name_or_path, /, **options) -> Task`` (positional-only: a ``name`` option
+            reaches the loader as an option).
+        describe: a phrase for the error that lists what :func:`load_task` accepts.
+    """
+
+    name: str
+    matches: Callable[[str | os.PathLike], bool]
+    load: Callable[..., Task]
+    describe: str
+
+
+def _shipped(name, /, **options) -> Task:
+    if options:
+        raise TaskError(f"shipped task {name!r} takes no options; got {', '.join(sorted(options))}")
+    return load_shipped(name)
+
+
+def _hub(name, /, **options) -> Task:
+    return load_hub(hub_dataset(str(name)).name, **options)
+
+
+# In the order they are tried: an existing directory or file takes precedence over a hub name
+# spelled the same.
+BUILTIN_SOURCES: tuple[TaskSource, ...] = (
+    TaskSource("shipped", lambda n: isinstance(n, str) and n in SHIPPED, _shipped, "shipped"),
+    TaskSource(
+        "synthetic",
+        lambda n: isinstance(n, str) and n == "synthetic",
+        lambda n, /, **o: synthetic_task(**o),
+        "synthetic",
+    ),
+    TaskSource(
+        "saved_dataset",
+        lambda n: Path(n).is_dir(),
+        lambda n, /, **o: load_saved_dataset(Path(n), **o),
+        "saved_dataset",
+    ),
+    TaskSource(
+        "file",
+        lambda n: Path(n).suffix.lower() in FILE_SUFFIXES or Path(n).is_file(),
+        lambda n, /, **o: load_file(Path(n), **o),
+        "file",
+    ),
+    TaskSource("hub", lambda n: hub_dataset(str(n)) is not None, _hub, "hub"),
+)
+
+# Sources a researcher registers (:func:`register_task_source`), tried before the built-in ones.
+EXTRA_SOURCES: list[TaskSource] = []
+
+
+def register_task_source(source: TaskSource) -> TaskSource:
+    """Make :func:`load_task` (and so a suite's ``tasks`` and ``[[task]]`` tables) read a new
+    kind of task: ``source`` is tried before the built-in sources. A ``[[task]]`` table passes
+    its loader options, and any of its ``options = {...}`` table, as keywords.
+
+    Raises:
+        ValueError: a source of that name is already registered.
+    """
+    if any(s.name == source.name for s in (*EXTRA_SOURCES, *BUILTIN_SOURCES)):
+        raise ValueError(f"a task source named {source.name!r} is already registered")
+    EXTRA_SOURCES.append(source)
+    return source
+
+
+def task_sources() -> tuple[TaskSource, ...]:
+    """Every source, in the order :func:`load_task` tries them."""
+    return (*EXTRA_SOURCES, *BUILTIN_SOURCES)
 
 
 def load_task(name: str | os.PathLike, /, **options: Any) -> Task:
@@ -49,32 +127,20 @@ def load_task(name: str | os.PathLike, /, **options: Any) -> Task:
     >>> load_task("synthetic", n_classes=4, n_per_class=8, seed=3).n_classes
     4
     """
-    if isinstance(name, str) and name in SHIPPED:
-        if options:
-            raise TaskError(
-                f"shipped task {name!r} takes no options; got {', '.join(sorted(options))}"
-            )
-        return load_shipped(name)
-    if isinstance(name, str) and name == "synthetic":
-        return synthetic_task(**options)
-    path = Path(name)
-    if path.is_dir():
-        return load_saved_dataset(path, **options)
-    if path.suffix.lower() in FILE_SUFFIXES or path.is_file():
-        return load_file(path, **options)
-    spec = hub_dataset(str(name))
-    if spec is not None:
-        return load_hub(spec.name, **options)
+    for source in task_sources():
+        if source.matches(name):
+            return source.load(name, **options)
     raise TaskError(f"unknown task {str(name)!r}; {describe_tasks()}")
 
 
 def describe_tasks() -> str:
     """One line naming everything :func:`load_task` accepts."""
     hub = ", ".join(f"{s.name} ({s.hub_id})" for s in HUB_DATASETS.values())
+    extra = "".join(f"{s.describe}; " for s in EXTRA_SOURCES)
     return (
-        f"shipped offline sets: {', '.join(SHIPPED)}; synthetic: 'synthetic'; hub datasets: "
-        f"{hub}; or a path to a {'/'.join(FILE_SUFFIXES)} file or to a directory written by "
-        "datasets' save_to_disk"
+        f"{extra}shipped offline sets: {', '.join(SHIPPED)}; synthetic: 'synthetic'; hub "
+        f"datasets: {hub}; or a path to a {'/'.join(FILE_SUFFIXES)} file or to a directory "
+        "written by datasets' save_to_disk"
     )
 
 
