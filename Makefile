@@ -11,7 +11,7 @@ STAMP := $(VENV)/.cgar-installed
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_VERBOSITY ?= error
 
-.PHONY: install lock demo test test-slow test-latest test-pythons lint bench clean
+.PHONY: install lock demo test test-slow test-latest test-pythons check-lock lint bench clean
 
 install: $(STAMP)
 
@@ -82,6 +82,11 @@ test-latest:
 # .ci/run: on interpreters without a local CPU wheel, torch is the index's multi-GB CUDA build.
 test-pythons:
 	bash scripts/test_pythons.sh
+
+# Every claimed platform (CPython 3.11-3.13 x Linux x86_64 / aarch64, macOS arm64): pip finds a
+# hash-checked wheel for each lock entry whose marker holds there (needs the index; a few min).
+check-lock: install
+	$(BIN)/python scripts/check_lock_platforms.py
 
 bench: install
 	$(BIN)/python benchmarks/parity.py
