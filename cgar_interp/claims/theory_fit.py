@@ -73,10 +73,11 @@ def icl_verdict(pred: float, low: float, high: float) -> str:
     return INCONCLUSIVE
 
 
-def noncircular_points(
-    compare: pd.DataFrame, task: str, q: int, model: str, metric: str, n_layers: int
+def patch_points(
+    compare: pd.DataFrame, task: str, q: int, model: str, metric: str, at_c: pd.Series
 ) -> pd.DataFrame:
-    """The patch-mode predicted/measured points of ``theory_compare`` with ``c < L``, ``lambda > 0``."""
+    """The patch-mode predicted/measured points of ``theory_compare`` with ``lambda > 0`` at
+    the context layers ``at_c`` selects (a boolean mask over ``compare``)."""
     return compare[
         (compare.task == task)
         & (compare.q_layer == q)
@@ -85,10 +86,17 @@ def noncircular_points(
         & (compare.metric == metric)
         & (compare.kind == "prediction")
         & (compare.point == "measured")
-        & (compare.c_layer < n_layers)
+        & at_c
         & (compare.lam > 0)
         & compare.measured.notna()
     ]
+
+
+def noncircular_points(
+    compare: pd.DataFrame, task: str, q: int, model: str, metric: str, n_layers: int
+) -> pd.DataFrame:
+    """The patch-mode predicted/measured points of ``theory_compare`` with ``c < L``, ``lambda > 0``."""
+    return patch_points(compare, task, q, model, metric, compare.c_layer < n_layers)
 
 
 def _summary_row(summary, task, q, mode, model, metric) -> pd.Series | None:
@@ -128,18 +136,7 @@ def _patch_row(summary, compare, task, q, model, metric, n_layers, icl_note) -> 
             else f"no patch point with c < L = {n_layers} and lambda > 0: every patch point is "
             "circular"
         )
-        at_l = compare[
-            (compare.task == task)
-            & (compare.q_layer == q)
-            & (compare["mode"] == "patch")
-            & (compare.model == model)
-            & (compare.metric == metric)
-            & (compare.kind == "prediction")
-            & (compare.point == "measured")
-            & (compare.c_layer == n_layers)
-            & (compare.lam > 0)
-            & compare.measured.notna()
-        ]
+        at_l = patch_points(compare, task, q, model, metric, compare.c_layer == n_layers)
         if len(at_l):
             r2_l = r_squared(at_l.measured.to_numpy(), at_l.predicted.to_numpy())
             where += (

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .registry import register_figure
-from .style import DASH, HOVER, PALETTE, ci_error_y, ci_text, lam_label
+from .style import DASH, HOVER, PALETTE, ci_band, ci_error_y, ci_text, lam_label
 
 __all__ = ["PANELS", "context_gate_figure", "shots_figure", "task_vector_figure"]
 
@@ -143,20 +143,7 @@ def task_vector_figure(table: pd.DataFrame, task: str) -> go.Figure:
             f"layer {r.layer}<br>{metric}={r.value:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]<br>n={r.n}"
             for r in sel.itertuples()
         ]
-        fig.add_trace(
-            go.Scatter(
-                x=list(sel.layer) + list(sel.layer)[::-1],
-                y=list(sel.ci_high) + list(sel.ci_low)[::-1],
-                fill="toself",
-                mode="lines",
-                fillcolor="rgba(31,119,180,0.15)",
-                line={"width": 0},
-                hoverinfo="skip",
-                showlegend=False,
-            ),
-            row=1,
-            col=col,
-        )
+        fig.add_trace(ci_band(sel, "rgba(31,119,180,0.15)"), row=1, col=col)
         fig.add_trace(
             go.Scatter(
                 x=sel.layer,

@@ -14,6 +14,7 @@ helpers from here, never from another family or from the registry.
 from __future__ import annotations
 
 import pandas as pd
+import plotly.graph_objects as go
 
 __all__ = [
     "DASH",
@@ -50,6 +51,20 @@ def ci_error_y(value, low, high, **style) -> dict:
         "arrayminus": value - low,
         **style,
     }
+
+
+def ci_band(sel: pd.DataFrame, fillcolor: str) -> go.Scatter:
+    """A shaded band from ``ci_low`` to ``ci_high`` along ``layer`` (no legend, no hover)."""
+    return go.Scatter(
+        x=list(sel.layer) + list(sel.layer)[::-1],
+        y=list(sel.ci_high) + list(sel.ci_low)[::-1],
+        fill="toself",
+        mode="lines",
+        fillcolor=fillcolor,
+        line={"width": 0},
+        hoverinfo="skip",
+        showlegend=False,
+    )
 
 
 def ci_text(value: float, low: float, high: float) -> str:

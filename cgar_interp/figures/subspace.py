@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .registry import register_figure
-from .style import HOVER, PALETTE, ci_error_y, ci_text
+from .style import HOVER, PALETTE, ci_band, ci_error_y, ci_text
 
 __all__ = ["SECOND_METRIC", "SUBJECT_STYLE", "SUBSPACE_PANELS", "subspace_figure"]
 
@@ -80,20 +80,7 @@ def subspace_figure(table: pd.DataFrame, task: str) -> go.Figure:
             name = f"{subject}: {label}"
             band = subject == "random"  # the spread of the draws, not an interval of an estimate
             if band:
-                fig.add_trace(
-                    go.Scatter(
-                        x=list(sel.layer) + list(sel.layer)[::-1],
-                        y=list(sel.ci_high) + list(sel.ci_low)[::-1],
-                        fill="toself",
-                        mode="lines",
-                        fillcolor="rgba(127,127,127,0.12)",
-                        line={"width": 0},
-                        hoverinfo="skip",
-                        showlegend=False,
-                    ),
-                    row=row + 1,
-                    col=col + 1,
-                )
+                fig.add_trace(ci_band(sel, "rgba(127,127,127,0.12)"), row=row + 1, col=col + 1)
             fig.add_trace(
                 go.Scatter(
                     x=sel.layer,
