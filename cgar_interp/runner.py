@@ -17,7 +17,7 @@ import pandas as pd
 from .backends import remote_backend
 from .models import ModelHandle, load_model
 from .probes import ProbeContext, get_probe
-from .probes.base import tag_shots
+from .probes.base import query_table_name, tag_shots
 from .results import now_utc
 from .rundir import RunDir, RunDirError
 from .selfcheck import SelfCheck, SelfCheckFailed, check_task, planned_paths
@@ -409,7 +409,11 @@ def _run_suite(
                 t0 = time.perf_counter()
                 spec = get_probe(entry.kind)
                 try:
-                    tables = tag_shots(spec, spec.run(entry.config, ctx), k)
+                    produced = dict(spec.run(entry.config, ctx))
+                    per_query = ctx.take_query_table()  # what the ledger resamples
+                    if per_query is not None:
+                        produced[query_table_name(entry.kind)] = per_query
+                    tables = tag_shots(spec, produced, k)
                 except SelfCheckFailed:  # finished units stay; the manifest says why it stopped
                     record_check("self_check_failed")
                     raise

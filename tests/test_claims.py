@@ -81,7 +81,7 @@ def test_decide_difference(value, control, margin, verdict):
     )  # fmt: skip
     decided = decide_difference(row, m=1)
     assert decided.verdict == verdict
-    assert "Bonferroni over 1" in decided.correction and f"below {margin:g}" in decided.rule
+    assert "Holm over the 1 rows" in decided.correction and f"below {margin:g}" in decided.rule
 
 
 def test_ledger_on_synthetic_gate_tables():

@@ -143,13 +143,17 @@ def test_kept_states_make_patch_probes_cost_two_forward_passes_per_query(tiny_ha
     assert len(set(inputs.zero.lengths.tolist())) > 1  # padded batches, per-row positions
     handle = tiny_handles["hf"]
     gate = ContextGateConfig(context_layers=(0, 1, 2), lambdas=LAMS, vectors=("context",))
+    tvs = TaskVectorConfig(layers=(0, 1))
     tables = {}
     for keep in (False, True):
         handle.stats.reset()
-        ctx = ProbeContext(handle, inputs, (0, 1, 2), n_boot=0, keep_states=keep)
+        # the fit queries' zero-shot caches (where the probes select) are declared reads
+        ctx = ProbeContext.for_probes(
+            handle, inputs, [gate, tvs], layers=(0, 1, 2), n_boot=0, keep_states=keep
+        )
         tables[keep] = (
             get_probe("context_gate").run(gate, ctx)["context_gate"],
-            get_probe("task_vectors").run(TaskVectorConfig(layers=(0, 1)), ctx)["task_vectors"],
+            get_probe("task_vectors").run(tvs, ctx)["task_vectors"],
         )
         rows = handle.stats.forward_rows
         assert rows == 2 * 10 + (0 if keep else 2 * len(inputs.eval)), keep

@@ -13,17 +13,18 @@ the paper's without editing this list, pass ``claims=(*PAPER_CLAIMS, mine)`` to
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import replace
 
 import pandas as pd
 
-from .base import COLUMNS, EXTRA_CLAIMS, VERDICTS, Claim, ClaimDefinition, decide_difference
+from .base import COLUMNS, EXTRA_CLAIMS, VERDICTS, Claim, ClaimDefinition, decide_rows
 from .gate_regime import GATE_REGIME_CLAIM
 from .gating import GATING_CLAIM
 from .head_necessity import HEAD_NECESSITY_CLAIM
 from .hopfield_reading import HOPFIELD_READING_CLAIM
 from .mapping import MAPPING_CLAIM
 from .patching import PATCHING_CLAIM
+from .stats import N_BOOT
 from .subspace import SUBSPACE_CLAIM
 from .theory_fit import THEORY_FIT_CLAIM
 
@@ -60,6 +61,7 @@ def build_ledger(
     tables: dict[str, pd.DataFrame],
     manifest: dict | None = None,
     claims: Iterable[ClaimDefinition] | None = None,
+    n_boot: int = N_BOOT,
 ) -> pd.DataFrame:
     """Every claim on a run's tables: one row per (claim, task, comparison).
 
@@ -69,8 +71,9 @@ def build_ledger(
         claims: the claims to run (default :func:`default_claims`); run in claim-id order,
             ids must be unique.
 
-    The difference rows are decided together (Bonferroni over all of them,
-    :func:`~cgar_interp.claims.base.decide_difference`); every row must end with a verdict of
+    The verdict rows are decided together (:func:`~cgar_interp.claims.base.decide_rows`: a
+    paired bootstrap over queries per row, ``n_boot`` resamples, Holm over every row that
+    yields a verdict); every row must end with a verdict of
     :data:`~cgar_interp.claims.base.VERDICTS`.
     """
     manifest = manifest or {}
@@ -82,9 +85,9 @@ def build_ledger(
     rows: list[Claim] = []
     for definition in sorted(definitions, key=lambda d: claim_order(d.claim_id)):
         rows.extend(definition.run(tables, manifest))
-    m = sum(1 for r in rows if r.kind == "difference")
-    rows = [decide_difference(r, m) if r.kind == "difference" else r for r in rows]
+    rows = [r if r.key else replace(r, key=r.test) for r in rows]
+    rows = decide_rows(rows, n_boot=n_boot)
     bad = [r for r in rows if r.verdict not in VERDICTS]
     if bad:
         raise ValueError(f"claim {bad[0].claim_id} has no valid verdict: {bad[0].verdict!r}")
-    return pd.DataFrame([asdict(r) for r in rows], columns=COLUMNS)
+    return pd.DataFrame([{c: getattr(r, c) for c in COLUMNS} for r in rows], columns=COLUMNS)

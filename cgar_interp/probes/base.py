@@ -53,6 +53,15 @@ def first_non_finite(table: pd.DataFrame):
     return table[bad].iloc[0] if bad.any() else None
 
 
+QUERIES_SUFFIX = "_queries"
+
+
+def query_table_name(kind: str) -> str:
+    """The per-query table of probe ``kind`` (``context_gate`` -> ``context_gate_queries``):
+    every value :meth:`ProbeContext.rows` was given with its ``queries``, one row per query."""
+    return f"{kind}{QUERIES_SUFFIX}"
+
+
 ZeroShotRows = Callable[[str, pd.DataFrame], "pd.Series | bool"]
 
 
@@ -164,6 +173,7 @@ class ProbeContext:
     _captures: TaskCaptures | None = field(default=None, repr=False)
     _groups: dict[str, list[_Group]] | None = field(default=None, repr=False)
     _ran_base: bool = field(default=False, repr=False)
+    _query_records: list = field(default_factory=list, repr=False)
 
     @classmethod
     def for_probes(
@@ -373,6 +383,92 @@ class ProbeContext:
         vocabulary): the ``gold_mass`` of :meth:`score` without the other metrics."""
         return gold_probability(logits, self.inputs.label_ids[self.inputs.gold[indices]])
 
-    def rows(self, per_query: dict[str, Tensor], **keys) -> list[dict]:
-        """Tidy rows (one per metric, bootstrap CI) tagged with ``keys``."""
+    def rows(
+        self,
+        per_query: dict[str, Tensor],
+        *,
+        queries: Tensor | None = None,
+        query_metrics: tuple[str, ...] | None = None,
+        **keys,
+    ) -> list[dict]:
+        """Tidy rows (one per metric, bootstrap CI) tagged with ``keys``.
+
+        With ``queries`` (``[n]`` the query indices the ``[n]`` values belong to, in order) the
+        per-query values are kept too (:meth:`take_query_table`: the probe's ``<kind>_queries``
+        table, the values the claims ledger resamples); ``query_metrics`` keeps only those
+        metrics per query (default: every metric).
+        """
+        if queries is not None:
+            self.record_queries(per_query, queries, query_metrics, **keys)
         return [{**keys, **row} for row in summarise(per_query, n_boot=self.n_boot, seed=self.seed)]
+
+    def split_of(self, queries) -> np.ndarray:
+        """``[n]`` ``"fit"`` or ``"eval"`` per query index (``"other"`` for neither)."""
+        q = np.asarray(torch.as_tensor(queries).cpu(), dtype=np.int64).reshape(-1)
+        fit = set(self.inputs.fit.tolist())
+        ev = set(self.inputs.eval.tolist())
+        return np.array(
+            ["fit" if i in fit else "eval" if i in ev else "other" for i in q.tolist()],
+            dtype=object,
+        )
+
+    def record_queries(
+        self,
+        per_query: dict[str, Tensor],
+        queries,
+        metrics: tuple[str, ...] | None = None,
+        **keys,
+    ) -> None:
+        """Keep per-query values (``[n]`` each) of ``queries`` (``[n]`` indices), tagged with
+        ``keys``, for :meth:`take_query_table`."""
+        q = np.asarray(torch.as_tensor(queries).cpu(), dtype=np.int64).reshape(-1)
+        split = self.split_of(q)
+        for name, values in per_query.items():
+            if metrics is not None and name not in metrics:
+                continue
+            arr = (
+                values.detach().cpu().double().numpy()
+                if isinstance(values, Tensor)
+                else np.asarray(values, dtype=float)
+            ).reshape(-1)
+            if arr.shape[0] != q.shape[0]:
+                raise ValueError(
+                    f"per-query values of {name!r} have {arr.shape[0]} entries for "
+                    f"{q.shape[0]} queries ({keys})"
+                )
+            self._query_records.append((keys, name, q, split, arr))
+
+    def take_query_table(self) -> pd.DataFrame | None:
+        """The per-query values recorded since the last call, as one tidy frame (columns: the
+        rows' keys, ``metric``, ``query``, ``split``, ``value``), or None when none were; the
+        record is emptied."""
+        records, self._query_records = self._query_records, []
+        if not records:
+            return None
+        columns: dict[str, list] = {}
+        key_names: list[str] = []
+        for keys, _, _, _, _ in records:
+            for k in keys:
+                if k not in key_names:
+                    key_names.append(k)
+        sizes = [len(r[2]) for r in records]
+        for k in key_names:
+            columns[k] = np.concatenate(
+                [
+                    np.full(n, keys.get(k, None), dtype=object)
+                    for (keys, *_), n in zip(records, sizes, strict=True)
+                ]
+            )
+        columns["metric"] = np.concatenate(
+            [
+                np.full(n, name, dtype=object)
+                for (_, name, *_), n in zip(records, sizes, strict=True)
+            ]
+        )
+        columns["query"] = np.concatenate([r[2] for r in records])
+        columns["split"] = np.concatenate([r[3] for r in records])
+        columns["value"] = np.concatenate([r[4] for r in records])
+        frame = pd.DataFrame(columns)
+        for k in key_names:  # back to the keys' own types where they are uniform
+            frame[k] = pd.Series(frame[k].tolist(), index=frame.index).infer_objects()
+        return frame

@@ -33,7 +33,8 @@ from ..capture import resume_variants
 from ..decoding import ShiftedDecoder
 from ..layers import resolve_layers
 from ..metrics import CHUNK_ELEMENTS
-from .base import ProbeContext, register_probe
+from ..sites import site_names
+from .base import ProbeContext, SharedRead, register_probe
 from .protocol import SHUFFLED, ProbeConfig, ci_cell
 
 KIND = "context_gate"
@@ -86,6 +87,14 @@ class ContextGateConfig(ProbeConfig):
     def resumes_zero_shot(self) -> bool:
         """Patch mode intervenes at the last position of the eval queries' zero-shot prompts."""
         return "patch" in self.modes
+
+    def shared_reads(self, inputs, n_layers: int) -> tuple[SharedRead, ...]:
+        """Patch mode also scores the *fit* queries (where a claim selects its lambda): their
+        zero-shot KV caches are kept in the shared pass."""
+        if "patch" not in self.modes or not len(inputs.fit):
+            return ()
+        c_layers = resolve_layers(self.context_layers, n_layers, "context_layers")
+        return (SharedRead.of("zero", inputs.fit, site_names("resid", c_layers), keep_states=True),)
 
     def prompt_kinds(self) -> frozenset[str]:
         """The shuffled baseline's cbar is estimated on shuffled-label ICL prompts."""
@@ -162,21 +171,53 @@ def gate_vectors(
 
 
 def run_context_gate(config: ContextGateConfig, ctx: ProbeContext) -> dict[str, pd.DataFrame]:
-    """Context-gate sweep: tidy metric rows, plus per-query gate terms for the theory."""
+    """Context-gate sweep: tidy metric rows, plus per-query gate terms for the theory.
+
+    The tidy rows score the *eval* queries. The same sweep on the *fit* queries is kept per
+    query only (``context_gate_queries``, ``split = "fit"``): a claim that selects (the best
+    lambda, the best layer) selects there and is judged on the eval queries.
+    """
     handle, inputs = ctx.handle, ctx.inputs
     n_layers = handle.n_layers
     q_layers = resolve_layers(config.query_layers, n_layers, "query_layers")
     c_layers = resolve_layers(config.context_layers, n_layers, "context_layers")
-    cap = ctx.captures()
-    ev = inputs.eval
     lambdas = torch.tensor(config.lambdas, dtype=torch.float32)
     vectors = gate_vectors(config, ctx, c_layers)
     base = {"task": inputs.task, "probe": KIND}
-    rows = []
+    rows: list[dict] = []
+    splits = [("eval", inputs.eval, ctx.zero_states())]
+    if len(inputs.fit):
+        fit_states = (
+            ctx.read("zero", inputs.fit, site_names("resid", c_layers), keep_states=True).states
+            if "patch" in config.modes
+            else None
+        )
+        splits.append(("fit", inputs.fit, fit_states))
+    for split, queries, states in splits:
+
+        def emit(per_query, split=split, queries=queries, **keys):
+            if split == "eval":  # aggregates of the eval queries, per-query values kept
+                rows.extend(ctx.rows(per_query, queries=queries, **base, **keys))
+            else:  # the fit queries: per-query values only, for selection
+                ctx.record_queries(per_query, queries, **base, **keys)
+
+        sweep_split(config, ctx, queries, states, vectors, q_layers, c_layers, lambdas, emit)
+    return {
+        TABLE: pd.DataFrame(rows),
+        TERMS_TABLE: gate_terms(ctx, q_layers, c_layers, vectors),
+    }
+
+
+def sweep_split(config, ctx, ev, states, vectors, q_layers, c_layers, lambdas, emit) -> None:
+    """The baselines and the (mode, vector, q, c, lambda) grid scored on the queries ``ev``
+    (``[n]``); ``emit(per_query {metric: [n]}, **keys)`` takes each grid point's values.
+    ``states``: the zero-shot KV caches of ``ev`` (None: patch mode runs its own pass)."""
+    handle, inputs = ctx.handle, ctx.inputs
+    n_layers = handle.n_layers
+    cap = ctx.captures()
     for kind, label in (("zero", "zero_shot"), ("icl", "icl")):
-        rows += ctx.rows(
+        emit(
             ctx.score(cap.logits[kind][ev], ev),
-            **base,
             mode="baseline",
             vector=label,
             q_layer=n_layers,
@@ -190,7 +231,7 @@ def run_context_gate(config: ContextGateConfig, ctx: ProbeContext) -> dict[str, 
         chunk = max(1, CHUNK_ELEMENTS // (len(config.lambdas) * handle.arch.vocab_size))
         directions = None
         for q in q_layers:
-            decoder = ShiftedDecoder(handle, cap.resid["zero"][q][ev])  # h: [n_eval, d]
+            decoder = ShiftedDecoder(handle, cap.resid["zero"][q][ev])  # h: [n, d]
             if directions is None:  # W_U (gamma * v) for every vector at once; the same for all q
                 directions = decoder.directions(torch.stack(list(vectors.values())))
             for (kind, c), direction in zip(vectors, directions, strict=True):
@@ -203,9 +244,8 @@ def run_context_gate(config: ContextGateConfig, ctx: ProbeContext) -> dict[str, 
                         parts.setdefault(name, []).append(value)
                 merged = {name: torch.cat(v, dim=-1) for name, v in parts.items()}
                 for i, lam in enumerate(config.lambdas):
-                    rows += ctx.rows(
+                    emit(
                         {name: v[i] for name, v in merged.items()},
-                        **base,
                         mode="decode",
                         vector=kind,
                         q_layer=q,
@@ -215,7 +255,7 @@ def run_context_gate(config: ContextGateConfig, ctx: ProbeContext) -> dict[str, 
 
     if "patch" in config.modes:
         kinds = [k for k in config.vectors if (k, c_layers[0]) in vectors]
-        eval_batch = inputs.zero.select(ev)
+        batch = inputs.zero.select(ev)
 
         def variants(c, h_last, idx):
             stack = [
@@ -227,32 +267,26 @@ def run_context_gate(config: ContextGateConfig, ctx: ProbeContext) -> dict[str, 
         tick = ctx.progress(f"{inputs.task}: patch", len(ev)) if ctx.progress else None
         out = resume_variants(
             handle,
-            eval_batch,
+            batch,
             c_layers,
             variants,
             lambda logits, idx: ctx.score(logits.float(), ev[idx]),
             batch_size=ctx.batch_size,
             progress=tick,
-            states=ctx.zero_states(),
+            states=states,
         )
         n_lam = len(config.lambdas)
         for c in c_layers:
             for k_i, kind in enumerate(kinds):
                 for l_i, lam in enumerate(config.lambdas):
-                    per_query = {m: v[k_i * n_lam + l_i] for m, v in out[c].items()}
-                    rows += ctx.rows(
-                        per_query,
-                        **base,
+                    emit(
+                        {m: v[k_i * n_lam + l_i] for m, v in out[c].items()},
                         mode="patch",
                         vector=kind,
                         q_layer=n_layers,
                         c_layer=c,
                         lam=lam,
                     )
-    return {
-        TABLE: pd.DataFrame(rows),
-        TERMS_TABLE: gate_terms(ctx, q_layers, c_layers, vectors),
-    }
 
 
 def gate_terms(ctx: ProbeContext, q_layers, c_layers, vectors) -> pd.DataFrame:

@@ -16,7 +16,8 @@ import pandas as pd
 
 from ..capture import resume_variants
 from ..layers import resolve_layers
-from .base import ProbeContext, register_probe
+from ..sites import site_names
+from .base import ProbeContext, SharedRead, register_probe
 from .protocol import ProbeConfig, ci_cell
 
 KIND = "task_vectors"
@@ -38,6 +39,13 @@ class TaskVectorConfig(ProbeConfig):
         """Patches the last position of the eval queries' zero-shot prompts."""
         return True
 
+    def shared_reads(self, inputs, n_layers: int) -> tuple[SharedRead, ...]:
+        """The best layer is chosen on the fit queries: their zero-shot KV caches are kept."""
+        if not len(inputs.fit):
+            return ()
+        sites = site_names("resid", self.needed_layers(n_layers))
+        return (SharedRead.of("zero", inputs.fit, sites, keep_states=True),)
+
     def self_check_paths(self) -> frozenset[str]:
         """The resume paths, and a task vector at layer 0 (a no-op) vs the zero-shot logits."""
         return super().self_check_paths() | {"task_vector_layer0"}
@@ -49,9 +57,12 @@ class TaskVectorConfig(ProbeConfig):
         if tv is None or tv.empty:
             return {}
         acc = tv[tv.metric == "vocab_correct"]
-        best = acc.loc[acc.groupby("task").value.idxmax()]
+        if "best_layer" in acc.columns:  # chosen on the fit queries (best_layer_selected_on)
+            best = acc[acc.layer == acc.best_layer]
+        else:
+            best = acc.loc[acc.groupby("task").value.idxmax()]
         return {
-            "Task vectors: best layer per task (full-vocab accuracy)": pd.DataFrame(
+            "Task vectors: best layer per task (chosen on the fit queries; eval accuracy)": pd.DataFrame(
                 [
                     {"task": r.task, "layer": int(r.layer), "accuracy": ci_cell(r), "n": int(r.n)}
                     for r in best.itertuples()
@@ -61,7 +72,13 @@ class TaskVectorConfig(ProbeConfig):
 
 
 def run_task_vectors(config: TaskVectorConfig, ctx: ProbeContext) -> dict[str, pd.DataFrame]:
-    """Patch the mean ICL residual into zero-shot forwards, per layer; tidy rows."""
+    """Patch the mean ICL residual into zero-shot forwards, per layer; tidy rows.
+
+    The tidy rows score the eval queries; the best layer (``best_layer``) is chosen on the
+    *fit* queries (full-vocab accuracy, then label mass; ties: the lowest layer), whose
+    per-query values are kept in ``task_vectors_queries`` (``split = "fit"``), so the eval
+    accuracy at that layer is not a maximum over layers of the same queries.
+    """
     inputs = ctx.inputs
     layers = config.needed_layers(ctx.handle.n_layers)
     cap = ctx.captures()
@@ -71,30 +88,51 @@ def run_task_vectors(config: TaskVectorConfig, ctx: ProbeContext) -> dict[str, p
     def variants(layer, h_last, idx):
         return theta[layer].to(h_last.dtype).expand_as(h_last)[None]  # [1, b, d]
 
-    tick = ctx.progress(f"{inputs.task}: task vectors", len(ev)) if ctx.progress else None
-    out = resume_variants(
-        ctx.handle,
-        inputs.zero.select(ev),
-        layers,
-        variants,
-        lambda logits, idx: ctx.score(logits.float(), ev[idx]),
-        batch_size=ctx.batch_size,
-        progress=tick,
-        states=ctx.zero_states(),
-    )
+    def patched(queries, states, what):
+        tick = ctx.progress(f"{inputs.task}: {what}", len(queries)) if ctx.progress else None
+        return resume_variants(
+            ctx.handle,
+            inputs.zero.select(queries),
+            layers,
+            variants,
+            lambda logits, idx: ctx.score(logits.float(), queries[idx]),
+            batch_size=ctx.batch_size,
+            progress=tick,
+            states=states,
+        )
+
+    out = patched(ev, ctx.zero_states(), "task vectors")
     rows = []
     base = {"task": inputs.task, "probe": KIND}
     for layer in layers:
         rows += ctx.rows(
             {m: v[0] for m, v in out[layer].items()},
+            queries=ev,
             **base,
             layer=layer,
             theta_norm=float(theta[layer].norm()),
         )
     table = pd.DataFrame(rows)
-    acc = table[table.metric == "vocab_correct"]
-    best = int(acc.loc[acc.value.idxmax(), "layer"]) if len(acc) else -1
+    best, split = -1, "eval"
+    if len(fit):
+        sites = site_names("resid", layers)
+        states = ctx.read("zero", fit, sites, keep_states=True).states
+        on_fit = patched(fit, states, "task vectors (fit queries)")
+        scores = []
+        for layer in layers:
+            per_query = {m: v[0] for m, v in on_fit[layer].items()}
+            ctx.record_queries(
+                per_query, fit, **base, layer=layer, theta_norm=float(theta[layer].norm())
+            )
+            acc = float(per_query["vocab_correct"].mean())
+            mass = float(per_query["label_mass"].mean())
+            scores.append((acc, mass, -layer))
+        best, split = -max(scores)[2], "fit"
+    elif len(table):  # no fit queries to choose on: the eval maximum, labelled as such
+        acc = table[table.metric == "vocab_correct"]
+        best = int(acc.loc[acc.value.idxmax(), "layer"])
     table["best_layer"] = best
+    table["best_layer_selected_on"] = split
     return {TABLE: table}
 
 
