@@ -1,5 +1,7 @@
 """Figure of the subspace probe: per-layer spread, variance, angles, label-subspace energy,
-probe accuracy and class alignment, each with its baseline."""
+probe accuracy and class alignment, each with its baseline. The energy panel also shows claim
+4's per-query shares (means over the eval queries): the shifts' share on the label tokens'
+directions, on frequency-matched non-label tokens' and the random-label shifts' label share."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from plotly.subplots import make_subplots
 from .registry import register_figure
 from .style import HOVER, PALETTE, ci_band, ci_error_y, ci_text
 
-__all__ = ["SECOND_METRIC", "SUBJECT_STYLE", "SUBSPACE_PANELS", "subspace_figure"]
+__all__ = ["METRIC_STYLE", "SECOND_METRIC", "SUBJECT_STYLE", "SUBSPACE_PANELS", "subspace_figure"]
 
 SUBSPACE_PANELS = (
     (
@@ -28,8 +30,14 @@ SUBSPACE_PANELS = (
         ),
     ),
     (
-        "energy of cbar in the label subspace",
-        (("shift", "cbar_label_energy"), ("random", "cbar_label_energy")),
+        "energy share in the label subspace",
+        (
+            ("shift", "cbar_label_energy"),
+            ("random", "cbar_label_energy"),
+            ("shift", "label_energy"),
+            ("shift", "nonlabel_energy"),
+            ("shift", "random_label_energy"),
+        ),
     ),
     (
         "linear-probe accuracy (cross-validated)",
@@ -46,6 +54,12 @@ SUBJECT_STYLE = {
     "h_zero": (PALETTE[1], "solid"),
     "h_icl": (PALETTE[2], "solid"),
     "chance": ("#000000", "dash"),
+}
+# claim 4's per-query shares and their model-derived controls: a colour of their own
+METRIC_STYLE = {
+    "label_energy": (PALETTE[3], "solid"),
+    "nonlabel_energy": (PALETTE[4], "dash"),
+    "random_label_energy": (PALETTE[5], "dashdot"),
 }
 SECOND_METRIC = {"effective_rank", "var_top_k", "angle_mean_deg"}
 
@@ -75,7 +89,7 @@ def subspace_figure(table: pd.DataFrame, task: str) -> go.Figure:
             sel = data[(data.subject == subject) & (data.metric == metric)].sort_values("layer")
             if sel.empty:
                 continue
-            color, dash = SUBJECT_STYLE[subject]
+            color, dash = METRIC_STYLE.get(metric, SUBJECT_STYLE[subject])
             label = metric.replace("_top_k", f"_top{top_k}") if top_k else metric
             name = f"{subject}: {label}"
             band = subject == "random"  # the spread of the draws, not an interval of an estimate

@@ -22,9 +22,23 @@ directions the decode actually reads from the residual):
 - ``shift_norm`` and ``shift_rel_norm`` (``|h_icl - h_zero| / |h_zero|``) per query;
 - ``probe_acc``: cross-validated accuracy of a logistic-regression probe of the class from
   ``h_zero`` and from ``h_icl`` (all queries; standardised features, ``StratifiedKFold`` with
-  ``cv_folds`` folds shuffled by the suite seed), scored per query out of fold.
+  ``cv_folds`` folds shuffled by the suite seed), scored per query out of fold;
+- per query ``q`` (the claim 4 controls, docs/science.md#claim-4), with ``s_q = h_icl - h_zero``
+  the query's own shift: ``label_energy = |P_label s_q|^2 / |s_q|^2``; ``nonlabel_energy =
+  |P_ctrl s_q|^2 / |s_q|^2``, ``P_ctrl`` the projection on the span of the readout rows (same
+  ``readout``) of ``K`` *frequency-matched non-label tokens* (:func:`frequency_matched_tokens`:
+  per label, the nearest token id that is no label token and has the label's shape -- a leading
+  space or not, then letters; BPE ids are ordered by merge rank, which tracks corpus frequency,
+  so a near id is a token of about the label's frequency: a proxy, no corpus is counted); and,
+  with ``random_labels`` and the suite's ``icl_random`` prompts (Min et al. 2022: each
+  demonstration's label drawn at random), ``random_label_energy = |P_label r_q|^2 / |r_q|^2``
+  with ``r_q = h_icl_random - h_zero`` on the same query. Eval queries with their per-query
+  values (``subspace_queries``, the values claim 4's verdicts resample); the fit queries'
+  values are kept per query too. The control tokens' ids and strings are the table's
+  ``nonlabel_ids`` / ``nonlabel_tokens`` columns (JSON lists).
 
-Rows (``subject`` column): ``shift``, ``h_zero``, ``h_icl``; baselines ``random`` (a Haar-random
+Rows (``subject`` column): ``shift`` (the per-query energies too), ``h_zero``, ``h_icl``;
+baselines ``random`` (a Haar-random
 ``top_k``-dimensional subspace in place of the shift subspace, and a random direction in place
 of ``cbar``: ``n_random`` seeded draws; value = mean, interval = 2.5-97.5% of the draws; they
 depend only on ``d_model``, ``top_k`` and ``K``, so one set of draws serves every layer) and
@@ -44,7 +58,9 @@ same for all queries) ``class_align`` is undefined and not written.
 
 from __future__ import annotations
 
+import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,13 +69,19 @@ import torch
 
 from .. import subspace_math as sm
 from ..layers import NAMED, resolve_layers
+from ..sites import site_name, site_names
 from .base import ProbeContext, register_probe
+from .inputs import SharedRead, TaskInputs
 from .protocol import ProbeConfig
 
 KIND = "subspace"
 TABLE = "subspace"  # tidy: per layer, subject and measure
 QUERY_SETS = ("all", "eval", "fit")
 READOUTS = ("unembed", "unembed_norm")
+# the random-label prompts (protocol.RANDOM_LABELS: each demonstration's label drawn uniformly
+# over the classes, independent of its input; Min et al., 2022)
+RANDOM_LABELS = "icl_random"
+ENERGY_METRICS = ("label_energy", "nonlabel_energy", "random_label_energy")
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,9 @@ class SubspaceConfig(ProbeConfig):
         probe_c: inverse L2 regularisation of the logistic regression (> 0).
         n_resamples: random half-samples for the intervals of the matrix measures (>= 2;
             ``None``: the suite's ``n_boot``).
+        random_labels: ask the suite for the random-label prompts (``icl_random``) and read
+            their residuals at the eval queries, for ``random_label_energy`` (claim 4b); one
+            more forward pass per query.
     """
 
     layers: str | tuple[int, ...] = "all"
@@ -91,6 +116,7 @@ class SubspaceConfig(ProbeConfig):
     cv_folds: int = 5
     probe_c: float = 1.0
     n_resamples: int | None = None
+    random_labels: bool = True
 
     def __post_init__(self):
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
@@ -125,19 +151,140 @@ class SubspaceConfig(ProbeConfig):
         if not isinstance(self.layers, str) and len(self.layers) == 0:
             raise ValueError("layers is empty; give at least one residual layer, or 'all'")
 
+        if not isinstance(self.random_labels, bool):
+            raise ValueError(f"random_labels={self.random_labels!r} is not valid: true or false")
+
     def needed_layers(self, n_layers: int) -> tuple[int, ...]:
         """Residual layers read at the last position (the probe contract)."""
         return resolve_layers(self.layers, n_layers, "layers")
 
+    def prompt_kinds(self) -> frozenset[str]:
+        """The zero-shot and ICL prompts, and with ``random_labels`` the random-label ones."""
+        return super().prompt_kinds() | ({RANDOM_LABELS} if self.random_labels else set())
+
+    def shared_reads(self, inputs: TaskInputs, n_layers: int) -> tuple[SharedRead, ...]:
+        """The random-label prompts' residuals at the eval queries (layers after the
+        embedding, where a shift can be non-zero), read in the shared pass."""
+        layers = random_label_layers(self, inputs, n_layers)
+        if not layers:
+            return ()
+        return (SharedRead.of(RANDOM_LABELS, inputs.eval, site_names("resid", layers)),)
+
+
+def random_label_layers(config: SubspaceConfig, inputs: TaskInputs, n_layers: int) -> list[int]:
+    """The layers whose random-label residuals the probe reads (none without the prompts)."""
+    if not config.random_labels or getattr(inputs, RANDOM_LABELS, None) is None:
+        return []
+    return [layer for layer in config.needed_layers(n_layers) if layer > 0]
+
 
 def label_directions(ctx: ProbeContext, readout: str) -> np.ndarray:
     """``[K, d_model]`` label readout directions: ``W_U[label_ids]`` (times gamma if normed)."""
+    return unembedding_directions(ctx, ctx.inputs.label_ids, readout)
+
+
+_SPACE_MARKERS = ("\u0120", "\u2581")  # byte-level BPE's "G-dot" and SentencePiece's "_"
+
+
+def token_text(tokenizer, token_id: int) -> str | None:
+    """The vocabulary entry of ``token_id`` with a leading space marker (``Ġ``, ``▁``) as a
+    space; None where the tokenizer has no entry (an id past its vocabulary)."""
+    try:
+        text = tokenizer.convert_ids_to_tokens(int(token_id))
+    except (IndexError, KeyError, ValueError, OverflowError):
+        return None
+    if not isinstance(text, str) or not text:
+        return None
+    if text[0] in _SPACE_MARKERS:
+        text = " " + text[1:]
+    return text
+
+
+def _shape(text: str) -> tuple[bool, str]:
+    """``(leading space, body class)`` of a token's text: ``"alpha"`` (ASCII letters),
+    ``"alnum"`` (ASCII letters and digits, with a letter), or ``"other"``."""
+    space = text.startswith(" ")
+    body = text[1:] if space else text
+    if body.isascii() and body.isalpha():
+        return space, "alpha"
+    if body.isascii() and body.isalnum() and any(c.isalpha() for c in body):
+        return space, "alnum"
+    return space, "other"
+
+
+def frequency_matched_tokens(
+    label_ids: Sequence[int], tokenizer, vocab_size: int
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """``K`` non-label tokens of about the labels' frequencies, one per label, in label order.
+
+    For each label's first token ``t``, the nearest id ``t - 1, t + 1, t - 2, ...`` (the lower
+    first at equal distance) that is no label token, no special token, not already chosen, not
+    the label's own word in another case, and of the label's shape (:func:`_shape`: a leading
+    space exactly when the label has one, and ASCII letters when the label is letters, letters
+    and digits when it is, any text otherwise). A proxy for frequency matching: BPE ids are
+    ordered by merge rank, and the merge rank of a token tracks its corpus frequency, so a
+    near id is a token of about the label's frequency (no corpus is counted). The choice
+    depends only on the tokenizer and the label ids, never on an outcome. Without a tokenizer
+    (an id-only model) the nearest non-label ids are taken, texts ``""``.
+
+    Returns:
+        ``(ids, texts)``: the chosen token ids and their vocabulary entries (space marker as a
+        space).
+    """
+    labels = [int(t) for t in label_ids]
+    excluded = set(labels)
+    if tokenizer is not None:
+        excluded |= {int(i) for i in (getattr(tokenizer, "all_special_ids", None) or [])}
+        label_texts = [token_text(tokenizer, t) or "" for t in labels]
+        words = {text.strip().lower() for text in label_texts}
+    chosen: list[int] = []
+    texts: list[str] = []
+    for k, label in enumerate(labels):
+        want = _shape(label_texts[k]) if tokenizer is not None else None
+        found = None
+        for d in range(1, vocab_size):
+            for cand in (label - d, label + d):
+                if not 0 <= cand < vocab_size or cand in excluded or cand in chosen:
+                    continue
+                if tokenizer is None:
+                    found = (cand, "")
+                    break
+                text = token_text(tokenizer, cand)
+                if text is None or text.strip().lower() in words:
+                    continue
+                space, body = _shape(text)
+                if space == want[0] and (want[1] == "other" or body == want[1]):
+                    found = (cand, text)
+                    break
+            if found is not None or (label - d < 0 and label + d >= vocab_size):
+                break
+        if found is None:
+            raise ValueError(
+                f"no non-label token of the shape of label token {label} in a vocabulary of "
+                f"{vocab_size}: cannot build the frequency-matched control"
+            )
+        chosen.append(found[0])
+        texts.append(found[1])
+    return tuple(chosen), tuple(texts)
+
+
+def unembedding_directions(ctx: ProbeContext, token_ids, readout: str) -> np.ndarray:
+    """``[len(token_ids), d_model]`` readout rows of ``token_ids`` (times gamma if normed)."""
     weights = ctx.handle.readout()  # resident copies; a remote model's, fetched once
     w_u = weights.weight
-    w = w_u[ctx.inputs.label_ids.to(w_u.device)].float().cpu()
+    w = w_u[torch.as_tensor(token_ids).to(w_u.device)].float().cpu()
     if readout == "unembed_norm":
         w = w * weights.gamma.float().cpu()
     return w.double().numpy()
+
+
+def energy_share(vectors: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``[n]`` share ``|P v|^2 / |v|^2`` of each row of ``vectors [n, d]`` in ``span(basis)``
+    (``basis [d, r]`` orthonormal columns); NaN for a zero row."""
+    total = np.einsum("nd,nd->n", vectors, vectors)
+    inside = np.sum((vectors @ basis) ** 2, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, inside / total, np.nan)
 
 
 def linear_probe_correct(
@@ -218,7 +365,24 @@ def run_subspace(config: SubspaceConfig, ctx: ProbeContext) -> dict[str, pd.Data
         )
     directions = label_directions(ctx, config.readout)  # [K, d]
     basis = directions.T  # [d, K]
-    label_dim = sm.orthonormal_basis(basis).shape[1]
+    label_q = sm.orthonormal_basis(basis)
+    label_dim = label_q.shape[1]
+    vocab = int(ctx.handle.readout().weight.shape[0])
+    tokenizer = getattr(ctx.handle, "tokenizer", None)
+    control_ids, control_texts = frequency_matched_tokens(
+        inputs.label_ids.tolist(), tokenizer, vocab
+    )
+    control_q = sm.orthonormal_basis(
+        unembedding_directions(ctx, list(control_ids), config.readout).T, "control basis"
+    )
+    ev, fit = inputs.eval, inputs.fit
+    random_layers = random_label_layers(config, inputs, ctx.handle.n_layers)
+    random_resid: dict[int, np.ndarray] = {}
+    if random_layers:  # declared in shared_reads: from the shared pass, no pass of its own
+        run = ctx.read(RANDOM_LABELS, ev, site_names("resid", random_layers))
+        random_resid = {
+            layer: run[site_name("resid", layer)].double().cpu().numpy() for layer in random_layers
+        }
     d_model = directions.shape[1]
     rng = np.random.default_rng(ctx.seed)
     n_resamples = config.n_resamples or max(ctx.n_boot, 2)
@@ -311,6 +475,17 @@ def run_subspace(config: SubspaceConfig, ctx: ProbeContext) -> dict[str, pd.Data
                 )
                 for name, draws in random_stats.items():
                     add(layer, "random", name, draws.mean(), len(draws), *_spread(draws))
+            energies = query_energies(
+                h_zero_all, h_icl_all, random_resid.get(layer), ev, label_q, control_q
+            )
+            if energies is not None:
+                keys = {**base, "layer": layer, "subject": "shift"}
+                rows.extend(ctx.rows(energies, queries=ev, **keys))
+                on_fit = query_energies(
+                    h_zero_all, h_icl_all, None, fit, label_q, control_q
+                )  # kept per query (a layer chosen on fit someday), not summarised
+                if on_fit is not None:
+                    ctx.record_queries(on_fit, fit, **keys)
             for subject, feats, feats_all in (
                 ("h_zero", h_zero, h_zero_all),
                 ("h_icl", h_icl, h_icl_all),
@@ -337,7 +512,38 @@ def run_subspace(config: SubspaceConfig, ctx: ProbeContext) -> dict[str, pd.Data
     table["top_k"] = top_k
     table["label_dim"] = label_dim
     table["readout"] = config.readout
+    table["nonlabel_ids"] = json.dumps([int(i) for i in control_ids])
+    table["nonlabel_tokens"] = json.dumps(list(control_texts))
     return {TABLE: table}
+
+
+def query_energies(
+    h_zero: np.ndarray,
+    h_icl: np.ndarray,
+    h_random: np.ndarray | None,
+    queries: torch.Tensor,
+    label_q: np.ndarray,
+    control_q: np.ndarray,
+) -> dict[str, np.ndarray] | None:
+    """Per-query energy shares of the shifts at ``queries`` (rows of ``h_zero`` / ``h_icl``,
+    ``[n_all, d]``): ``label_energy`` and ``nonlabel_energy`` of ``h_icl - h_zero``, and with
+    ``h_random`` (``[len(queries), d]``, the random-label prompts' residuals at ``queries``)
+    ``random_label_energy`` of ``h_random - h_zero``. None where some query's shift is zero
+    (layer 0: both prompts end in the same token embedding), so the shares are undefined.
+    """
+    idx = queries.numpy()
+    shift = h_icl[idx] - h_zero[idx]
+    if not np.all(np.any(shift != 0, axis=1)):
+        return None
+    out = {
+        "label_energy": energy_share(shift, label_q),
+        "nonlabel_energy": energy_share(shift, control_q),
+    }
+    if h_random is not None:
+        random_shift = h_random - h_zero[idx]
+        if np.all(np.any(random_shift != 0, axis=1)):
+            out["random_label_energy"] = energy_share(random_shift, label_q)
+    return out
 
 
 register_probe(KIND, SubspaceConfig)(run_subspace)
