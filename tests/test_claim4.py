@@ -151,6 +151,33 @@ def test_energy_rows_cover_the_eval_queries_and_their_aggregate(energy_run):
     assert {"angle_min_deg", "cbar_label_energy"} <= set(table[table.subject == "random"].metric)
 
 
+def test_random_label_energy_of_one_query_matches_a_plain_forward(tiny_handles):
+    inputs = synthetic_inputs(n=12)
+    if getattr(inputs, RANDOM_LABELS, None) is None:
+        pytest.skip("these inputs have no random-label prompts (the label controls' branch)")
+    config = SubspaceConfig(cv_folds=2, n_random=20)
+    ctx = ProbeContext.for_probes(tiny_handles["hf"], inputs, [config], n_boot=60)
+    assert any(read.kind == RANDOM_LABELS for read in ctx.reads)  # read in the shared pass
+    get_probe("subspace").run(config, ctx)
+    queries = ctx.take_query_table()
+    model = tiny_handles["hf"].backend.hf_model
+    w_u = model.lm_head.weight.detach().double().numpy()
+    layer, query = 1, int(inputs.eval[3])
+    shift = _last_hidden(model, getattr(inputs, RANDOM_LABELS), query, layer) - _last_hidden(
+        model, inputs.zero, query, layer
+    )
+    got = queries[
+        (queries.layer == layer)
+        & (queries["query"] == query)
+        & (queries.metric == "random_label_energy")
+    ]
+    assert got.split.tolist() == ["eval"]
+    expected = _share(shift, w_u[inputs.label_ids.numpy()])
+    assert got.value.iloc[0] == pytest.approx(expected, rel=1e-5)
+    rows = claim_subspace({"subspace_queries": queries}, {"architecture": {"n_layers": 2}})
+    assert {r.claim_id: r.kind for r in rows} == {"4a": "difference", "4b": "difference"}
+
+
 def test_query_energies_random_label_shift():
     rng = np.random.default_rng(0)
     h_zero, h_icl = rng.standard_normal((5, 8)), rng.standard_normal((5, 8))

@@ -81,7 +81,6 @@ READOUTS = ("unembed", "unembed_norm")
 # the random-label prompts (protocol.RANDOM_LABELS: each demonstration's label drawn uniformly
 # over the classes, independent of its input; Min et al., 2022)
 RANDOM_LABELS = "icl_random"
-ENERGY_METRICS = ("label_energy", "nonlabel_energy", "random_label_energy")
 
 
 @dataclass(frozen=True)
