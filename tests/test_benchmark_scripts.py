@@ -28,7 +28,7 @@ def sweep_module():
 
 def test_naive_nnsight_loop_computes_the_decode_sweep(tiny_handles, sweep_module):
     """The baseline the speed-up is measured against gives the same label masses as the probe."""
-    inputs = synthetic_inputs(n=12, shuffled=False)
+    inputs = synthetic_inputs(n=12, controls=False)
     handle = tiny_handles["nnsight"]
     config = ContextGateConfig(
         context_layers=(0, 1, 2),
