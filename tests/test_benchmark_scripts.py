@@ -88,7 +88,7 @@ def test_naive_nnsight_head_loop_computes_the_aies(tiny_handles):
     a, _ = head_means(handle, fit, (0, 1), "head_out", 4)
     z, _ = head_means(handle, fit, (0, 1), "z", 4)
     ours, _ = head_effects(
-        handle, inputs.icl_shuffled.select(ev), ev, (0, 1), a, bench.gold_probability(inputs), 4
+        handle, inputs.icl_permuted.select(ev), ev, (0, 1), a, bench.gold_probability(inputs), 4
     )
     arch = handle.arch
     naive = bench.naive_nnsight_aie(

@@ -88,18 +88,18 @@ def labelled_inputs(n: int = 12, n_classes: int = 3, seed: int = 0) -> TaskInput
             out += [*torch.randint(20, 128, (3,), generator=gen).tolist(), *cue, 10 + label]
         return out
 
-    demo, shuffled = demos(range(n_classes)), demos([1, 2, 0][:n_classes])
-    # the same demonstrations with other labels: [1, 2, 0] is both a derangement (flipped) and
-    # a permutation of the prompt's labels (permuted); random labels may repeat or be right
-    randomised = list(shuffled)
+    demo, relabelled = demos(range(n_classes)), demos([1, 2, 0][:n_classes])
+    # wrong labels: [1, 2, 0] is both a derangement (flipped) and a permutation of the prompt's
+    # labels (permuted); random labels, on the same tokens, may repeat or be right
+    randomised = list(relabelled)
     for j, label in enumerate([0, 0, 2][:n_classes]):
         randomised[6 * j + 5] = 10 + label
-    zero, icl, shuf, rand = [], [], [], []
+    zero, icl, wrong, rand = [], [], [], []
     for i in range(n):
         query = [*torch.randint(20, 128, (2 + i % 3,), generator=gen).tolist(), *cue]
         zero.append([1, *query])
         icl.append([1, *demo, *query])
-        shuf.append([1, *shuffled, *query])
+        wrong.append([1, *relabelled, *query])
         rand.append([1, *randomised, *query])
     perm = torch.randperm(n, generator=gen)
     return TaskInputs(
@@ -111,9 +111,9 @@ def labelled_inputs(n: int = 12, n_classes: int = 3, seed: int = 0) -> TaskInput
         eval=perm[n // 3 :].sort().values,
         zero=TokenBatch.from_sequences(zero),
         icl=TokenBatch.from_sequences(icl),
-        icl_flipped=TokenBatch.from_sequences(shuf),
+        icl_flipped=TokenBatch.from_sequences(wrong),
         icl_random=TokenBatch.from_sequences(rand),
-        icl_permuted=TokenBatch.from_sequences(shuf),
+        icl_permuted=TokenBatch.from_sequences(wrong),
     )
 
 
