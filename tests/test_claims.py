@@ -36,7 +36,7 @@ def gate_rows(task, mode, vector, c, lam, metric, value, half_width):
     }
 
 
-def synthetic_gate(effect: dict[str, float], shuffled_gap: float, width: float = 0.02):
+def synthetic_gate(effect: dict[str, float], flipped_gap: float, width: float = 0.02):
     """A context-gate table: ``effect[task]`` is the lift at lambda = 1 over lambda = 0."""
     rows = []
     for task, lift in effect.items():
@@ -49,7 +49,7 @@ def synthetic_gate(effect: dict[str, float], shuffled_gap: float, width: float =
                     if mode == "decode":
                         rows.append(
                             gate_rows(
-                                task, mode, "shuffled", c, lam, metric, value - shuffled_gap, width
+                                task, mode, "flipped", c, lam, metric, value - flipped_gap, width
                             )
                         )
                         rows.append(gate_rows(task, mode, "random", c, lam, metric, base, width))
@@ -87,9 +87,9 @@ def test_decide_difference(value, control, margin, verdict):
 def test_ledger_on_synthetic_gate_tables():
     gate = pd.concat(
         [
-            synthetic_gate({"strong": 0.5}, shuffled_gap=0.3),
+            synthetic_gate({"strong": 0.5}, flipped_gap=0.3),
             # no lift, measured tightly: any advantage is excluded down to the 0.02 margin
-            synthetic_gate({"none": 0.0}, shuffled_gap=0.3, width=0.002),
+            synthetic_gate({"none": 0.0}, flipped_gap=0.3, width=0.002),
         ]
     )
     ledger = build_ledger({"context_gate": gate}, {"architecture": {"n_layers": L}})
@@ -100,15 +100,15 @@ def test_ledger_on_synthetic_gate_tables():
         verdicts = {v for (c, t, _), v in by.items() if c == claim and t == "none"}
         assert verdicts == {NOT_SUPPORTED}  # lift 0: the interval lies below the 0.02 margin
     strong = ledger[(ledger.task == "strong") & ledger.claim_id.isin(["3a", "3b"])]
-    assert set(strong.verdict) == {SUPPORTED}  # beats shuffled by 0.3 and random by 0.5
-    assert len(strong) == 3  # shuffled: accuracy among labels and label mass; random: mass
+    assert set(strong.verdict) == {SUPPORTED}  # beats flipped by 0.3 and random by 0.5
+    assert len(strong) == 3  # flipped: accuracy among labels and label mass; random: mass
     # every difference row carries the same correction, counted over all of them
     m = int((ledger.kind == "difference").sum())
     assert all(f"Bonferroni over {m} comparisons" in c for c in ledger.correction if c)
 
 
 def test_claims_wait_for_probes_the_run_does_not_have():
-    gate = synthetic_gate({"t": 0.5}, shuffled_gap=0.0)
+    gate = synthetic_gate({"t": 0.5}, flipped_gap=0.0)
     ledger = build_ledger({"context_gate": gate}, {"architecture": {"n_layers": L}})
     assert "8" not in set(ledger.claim_id)  # no Hopfield probe: no head claims at all
     from cgar_interp.claims.head_necessity import heads_are_necessary
@@ -122,7 +122,7 @@ def test_report_opens_with_the_ledger_and_its_rows_link_to_figures(tmp_path):
     from cgar_interp.report import build_report
     from cgar_interp.rundir import RunDir
 
-    gate = synthetic_gate({"t": 0.5}, shuffled_gap=0.3)
+    gate = synthetic_gate({"t": 0.5}, flipped_gap=0.3)
     with RunDir.open(tmp_path / "run", {"config_hash": "x"}) as run:
         run.write_manifest(
             {"identity": {"config_hash": "x"}, "suite": {"name": "s", "tasks": ["t"]},
@@ -163,7 +163,7 @@ def check_ledger_against_raw_tables(run_dir):
                 assert r.control_value == pytest.approx(base.value)
             else:
                 lam = float(r.reads.split("lam=")[1].split(",")[0])
-                vector = "shuffled" if r.claim_id == "3a" else "random"
+                vector = {"3a": "flipped", "3b": "random", "3c": "random_labels"}[r.claim_id]
                 other = sel[(sel.vector == vector) & (sel.lam == lam)].iloc[0]
                 assert r.control_value == pytest.approx(other.value)
         # every difference row: its interval and verdict, recomputed from its own numbers
@@ -211,7 +211,8 @@ def test_ledger_of_the_paper_suite(tmp_path):
 
     run_suite(load_suite("paper", backend="hf"), tmp_path / "run", report=False)
     ledger = check_ledger_against_raw_tables(tmp_path / "run")
-    assert set(ledger.claim_id) == {"1", "2", "3a", "3b", "4a", "4b", "5", "6", "7a", "7b", "8"}
+    ids = {"1", "2", "3a", "3b", "3c", "4a", "4b", "5", "6", "7a", "7b", "8"}  # 3c: random labels
+    assert set(ledger.claim_id) == ids
     assert set(ledger.task) == {"sst2-mini", "trec-mini", "agnews-mini", "all"}
     consistency = ledger[ledger.kind == "consistency"]
     assert len(consistency) == 3 and set(consistency.verdict) == {"consistency check"}

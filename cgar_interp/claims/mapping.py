@@ -1,7 +1,9 @@
 """Claim 3: the context vector carries the demonstrated mapping, not only the answer format.
 
-``cbar`` against the ``cbar`` of demonstrations with shuffled labels (3a) and a seeded random
-vector of its norm (3b), in decode mode at ``c = q = L`` (:mod:`.gate_table`).
+``cbar`` against the ``cbar`` of demonstrations with flipped labels (3a: one derangement of the
+classes), a seeded random vector of its norm (3b) and the ``cbar`` of demonstrations with random
+labels (3c: Min et al.'s control, when the gate ran it), in decode mode at ``c = q = L``
+(:mod:`.gate_table`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ TITLE = "The context vector carries the demonstrated mapping, not only the answe
 
 
 def carries_the_mapping(tables: dict[str, pd.DataFrame], manifest: dict) -> list[Claim]:
-    """Claim 3: cbar against the shuffled-label cbar and a random vector of its norm.
+    """Claim 3: cbar against the flipped-label cbar, a random vector of its norm and the
+    random-label cbar.
 
-    At decode c = q = L and the lambda where cbar's label mass is largest. Against shuffled
-    labels the test that matters is accuracy among the labels (the *mapping*): label mass only
-    shows the answer format, which shuffled demonstrations also carry.
+    At decode c = q = L and the lambda where cbar's label mass is largest. Against a label
+    control the test that matters is accuracy among the labels (the *mapping*): label mass only
+    shows the answer format, which demonstrations with wrong labels also carry.
     """
     gate = gate_table(tables)
     if gate is None:
@@ -33,9 +36,10 @@ def carries_the_mapping(tables: dict[str, pd.DataFrame], manifest: dict) -> list
         if best is None:
             continue
         lam = float(best.lam)
-        for control, metrics in (
-            ("shuffled", ("label_correct", "label_mass")),
-            ("random", ("label_mass",)),
+        for control, claim_id, metrics in (
+            ("flipped", "3a", ("label_correct", "label_mass")),
+            ("random", "3b", ("label_mass",)),
+            ("random_labels", "3c", ("label_correct", "label_mass")),
         ):
             other = sel[(sel.task == task) & (sel.vector == control) & (sel.lam == lam)]
             for metric in metrics:
@@ -43,14 +47,16 @@ def carries_the_mapping(tables: dict[str, pd.DataFrame], manifest: dict) -> list
                 b = other[other.metric == metric]
                 if a.empty or b.empty:
                     continue
-                what = (
-                    "cbar from demonstrations with shuffled labels"
-                    if control == "shuffled"
-                    else "a seeded random vector of cbar's norm"
-                )
+                what = {
+                    "flipped": "cbar from demonstrations with flipped labels (one derangement "
+                    "of the classes)",
+                    "random": "a seeded random vector of cbar's norm",
+                    "random_labels": "cbar from demonstrations with random labels (each "
+                    "uniform over the classes, Min et al. 2022)",
+                }[control]
                 rows.append(
                     difference_row(
-                        "3" + ("a" if control == "shuffled" else "b"),
+                        claim_id,
                         TITLE,
                         f"decode mode, c = q = {n_layers}, lambda = {lam:g} (cbar's best label "
                         f"mass): {METRIC_NAMES[metric]} with cbar against {control}",
@@ -64,7 +70,7 @@ def carries_the_mapping(tables: dict[str, pd.DataFrame], manifest: dict) -> list
                         f"context_gate-{task}",
                         "label mass measures the answer format, accuracy among the labels the "
                         "mapping"
-                        if control == "shuffled"
+                        if control != "random"
                         else "",
                     )
                 )
