@@ -222,6 +222,9 @@ def test_ledger_of_the_paper_suite(tmp_path):
 
 
 def test_claim_8_reads_the_ablation_once_head_mediation_has_run():
+    """An older run's tidy ablation rows (eval-chosen heads, unmatched random sets, no
+    per-query values) give no verdict; tests/test_head_necessity.py decides the paired rows."""
+    from cgar_interp.claims.base import UNTESTABLE
     from cgar_interp.claims.head_necessity import heads_are_necessary
 
     def ablation(task, set_name, metric, change, half=0.02):
@@ -232,14 +235,7 @@ def test_claim_8_reads_the_ablation_once_head_mediation_has_run():
         [
             ablation("necessary", "top_label", "label_mass_drop", -0.6),
             ablation("necessary", "random", "label_mass_drop", -0.03),
-            ablation("idle", "top_label", "label_mass_drop", -0.03, half=0.005),
-            ablation("idle", "random", "label_mass_drop", -0.03, half=0.005),
         ]
     )
-    rows = {
-        r.task: decide_difference(r, m=2)
-        for r in heads_are_necessary({"head_mediation": table}, {})
-    }
-    assert rows["necessary"].value == pytest.approx(0.6)  # a drop is minus the change
-    assert rows["necessary"].verdict == SUPPORTED
-    assert rows["idle"].verdict == NOT_SUPPORTED  # no more than random heads, within 0.05
+    (row,) = heads_are_necessary({"head_mediation": table}, {})
+    assert row.task == "necessary" and row.verdict == UNTESTABLE and "re-run" in row.note
