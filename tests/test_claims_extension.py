@@ -109,7 +109,7 @@ def test_a_claim_passed_to_the_ledger_gets_a_row_and_a_verdict():
     assert row.verdict == SUPPORTED  # a lift of 0.5 with intervals of half-width 0.02
     assert row.diff == pytest.approx(0.5)
     m = int((ledger.kind == "difference").sum())
-    assert f"Bonferroni over {m} comparisons" in row.correction  # counted with the paper's rows
+    assert f"Holm over the {m} rows" in row.correction  # counted with the paper's rows
     assert ledger.claim_id.iloc[-1] == TOY_ID  # after claim 8's rows: ordered by claim number
     assert TOY_ID not in set(paper.claim_id)  # the default list does not have it
     assert len(ledger) == len(paper) + 1
