@@ -326,3 +326,68 @@ def test_the_counts_of_a_mixed_cell_and_an_old_ledger_without_the_new_columns():
     assert m.family == ("Bonferroni over 53 comparisons (z = 3.31)",)
     assert m.summaries["2"].correction == m.family[0]
     assert max(map(len, plain(row_lines(m)))) <= 100
+
+
+def test_the_report_opens_with_the_matrix_and_each_claim_folds_its_rows(tmp_path, ledger, table):
+    from html.parser import HTMLParser
+
+    from cgar_interp.report import build_report
+    from cgar_interp.rundir import RunDir
+
+    hostile = "<script>alert(1)</script>"
+    stored = ledger.replace({"task": {"trec-mini": hostile}})
+    with RunDir.open(tmp_path / "run", {"config_hash": "x"}) as run:
+        run.write_manifest({"identity": {"config_hash": "x"}, "suite": {"name": "toy"}})
+        run.write_table("toy", table)
+        run.write_table("claims", stored)
+    page = build_report(tmp_path / "run").read_text()
+    body = page[page.index("<body>") :]
+    assert body.index('id="verdict"') < body.index('class="matrix"') < body.index("<details")
+    assert body.index("<details") < body.index('class="prov"')  # the ledger opens the report
+
+    class Parse(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.ids, self.hrefs, self.details = set(), [], []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if "id" in a:
+                assert a["id"] not in self.ids, a["id"]  # ids are unique
+                self.ids.add(a["id"])
+            if tag == "a" and a.get("href", "").startswith("#"):
+                self.hrefs.append(a["href"][1:])
+            if tag == "details":
+                self.details.append(a["id"])
+
+    parsed = Parse()
+    parsed.feed(body)
+    assert set(parsed.hrefs) - {"verdict"} <= parsed.ids  # every link lands on the page
+    m = verdict_matrix(stored)
+    assert parsed.details == [f"claim-{cid}" for cid in m.claims]  # one fold per claim id
+
+    matrix = body[
+        body.index('class="matrix"') : body.index("</table>", body.index('class="matrix"'))
+    ]
+    cells = re.findall(r'<td class="v v-(\w+)"><a href="#([^"]+)">', matrix)
+    assert len(cells) == len(m.cells)  # every cell with rows links; an empty one shows a dash
+    assert matrix.count('class="v-none"') == len(m.claims) * len(m.tasks) - len(m.cells)
+    tones = {"green": SUPPORTED, "red": NOT_SUPPORTED, "amber": INCONCLUSIVE}
+    in_order = [m.cell(c, t) for c in m.claims for t in m.tasks if m.cell(c, t)]
+    for (tone, href), cell in zip(cells, in_order, strict=True):
+        assert tone == cell.tone and tones.get(tone, cell.verdict) == cell.verdict
+        # the link lands on the first row of the cell, inside the claim's fold
+        fold = body[body.index(f'<details id="claim-{cell.claim_id}"') :]
+        fold = fold[: fold.index("</details>")]
+        row = fold[fold.index(f'<tr id="{href}">') :]
+        first = ledger.loc[cell.rows[0]]
+        assert row.startswith(f'<tr id="{href}"><td class="l">')
+        assert f">{first.test}</td>" in row[: row.index("</tr>")]
+    assert hostile not in body and "&lt;script&gt;alert(1)&lt;/script&gt;" in matrix
+    # the rule and the correction once per claim, not in every row
+    fold = body[body.index('<details id="claim-12"') :]
+    fold = fold[: fold.index("</details>")]
+    assert fold.count("supported if the corrected interval") == 1
+    assert fold.count("<tr") == 1 + 18 and "18 rows in the family" in fold
+    n_family = int(ledger.alpha.notna().sum())
+    assert body.count(f"Holm over the {n_family} rows") == 1
