@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import re
 from pathlib import Path
 
@@ -160,15 +159,6 @@ def _num(v, lo, hi) -> str:
     return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo == lo and hi == hi else "")
 
 
-def _fig(value, spec: str = ".3g") -> str:
-    """A number of a ledger row as text; ``""`` where it is missing or not finite."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return ""
-    return format(number, spec) if math.isfinite(number) else ""
-
-
 class _Ids:
     """Element ids from data-derived text: only ``[A-Za-z0-9._-]``, each handed out once."""
 
@@ -204,7 +194,7 @@ def _matrix_cell(cell, href: str | None) -> str:
 def _claim_rows_html(matrix, summary, anchors: dict, figure_names) -> str:
     """The rows of one claim id, every column of the ledger a reader needs; a column empty in
     all of them is left out (``n needed`` where none is inconclusive, ...)."""
-    from .claims.matrix import TONES
+    from .claims.matrix import TONES, number_text
 
     frame = matrix.ledger
     cells: list[dict[str, tuple[str, str]]] = []  # per row: column -> (class, html)
@@ -222,7 +212,9 @@ def _claim_rows_html(matrix, summary, anchors: dict, figure_names) -> str:
             if part
         )
         ctl = _num(r["control_value"], r["control_ci_low"], r["control_ci_high"])
-        needed = _fig(r["n_needed"], ".0f") if r["verdict"] == "inconclusive" else ""
+        needed = (
+            number_text(r["n_needed"], ".0f", missing="") if r["verdict"] == "inconclusive" else ""
+        )
         row = {
             "task": ("l", _e(r["task"])),
             "seed": ("l", _e(r["seed"]) if "seed" in frame.columns else ""),
@@ -232,10 +224,10 @@ def _claim_rows_html(matrix, summary, anchors: dict, figure_names) -> str:
             "difference [corrected CI]": ("", _e(_num(r["diff"], r["diff_low"], r["diff_high"]))),
             "verdict": (f"l t-{TONES.get(r['verdict'], 'grey')}", _e(r["verdict"])),
             "selected on": ("l", _e(r["selected_on"])),
-            "n": ("", _e(_fig(r["n"], ".0f") if r["n"] else "")),
-            "p": ("", _e(_fig(r["p_value"]))),
-            "alpha_i": ("", _e(_fig(r["alpha"]))),
-            "detectable": ("", _e(_fig(r["detectable"]))),
+            "n": ("", _e(number_text(r["n"], ".0f", missing="") if r["n"] else "")),
+            "p": ("", _e(number_text(r["p_value"], missing=""))),
+            "alpha_i": ("", _e(number_text(r["alpha"], missing=""))),
+            "detectable": ("", _e(number_text(r["detectable"], missing=""))),
             "n needed": ("", _e(needed)),
             "method, rows read, note": ("l muted note", details),
             "figure": ("l", link),

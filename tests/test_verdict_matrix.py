@@ -288,7 +288,7 @@ def test_seeds_show_the_overall_verdict_and_one_letter_per_seed():
             rows.append(
                 {"claim_id": "1", "claim": "c", "task": "t", "key": key, "seed": seed,
                  "verdict": verdict, "kind": "difference", "diff": 0.1, "diff_low": 0.05,
-                 "diff_high": 0.15}
+                 "diff_high": 0.15, "alpha": math.nan if seed == "all" else 0.025}
             )  # fmt: skip
     rows.append(dict(rows[-1], task="u", seed="all", verdict=SUPPORTED))
     m = verdict_matrix(pd.DataFrame(rows))
@@ -300,6 +300,7 @@ def test_seeds_show_the_overall_verdict_and_one_letter_per_seed():
     lines = plain(matrix_lines(m))
     assert "S S ~" in "\n".join(lines) and len(lines) == 1 + 3  # header, three lines per claim
     assert any("seed 2" in line for line in plain(row_lines(m)))
+    assert m.summaries["1"].correction == "2 rows per seed's family, alpha_i 0.025"
 
 
 def test_the_counts_of_a_mixed_cell_and_an_old_ledger_without_the_new_columns():

@@ -244,6 +244,20 @@ def fmt(x: float) -> str:
     return f"{x:.2f}"
 
 
+def number_text(x, spec: str = ".3g", missing: str = "-") -> str:
+    """A number of a ledger row as text (``format(x, spec)``); ``missing`` where it is absent
+    or not finite.
+
+    >>> number_text(0.001316), number_text(float("nan")), number_text(None, missing="")
+    ('0.00132', '-', '')
+    """
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return missing
+    return format(x, spec) if math.isfinite(x) else missing
+
+
 def _finite(*xs) -> bool:
     return all(isinstance(x, int | float) and math.isfinite(x) for x in xs)
 
@@ -320,12 +334,17 @@ def _summary(claim_id: str, part: pd.DataFrame, short: str) -> ClaimSummary:
     rules = tuple(dict.fromkeys(r for r in part.rule if r))
     compact = tuple(dict.fromkeys(_compact_rule(r) for r in part.itertuples()))
     rule = "; ".join(compact)
-    levels = part.alpha[part.alpha.apply(_finite)].astype(float)
+    in_family = part[part.alpha.apply(_finite)]
+    levels = in_family.alpha.astype(float)
     families = tuple(dict.fromkeys(family_of(c) for c in part.correction if c))
     if len(levels):
         lo, hi = levels.min(), levels.max()
         span = f"{lo:.2g}" if math.isclose(lo, hi) else f"{lo:.2g}-{hi:.2g}"
-        correction = f"{len(levels)} rows in the family, alpha_i {span}"
+        if "seed" in part.columns:  # each seed's ledger is a family of its own
+            per_seed = int(in_family.groupby("seed").size().max())
+            correction = f"{per_seed} rows per seed's family, alpha_i {span}"
+        else:
+            correction = f"{len(levels)} rows in the family, alpha_i {span}"
     elif families:
         correction = "; ".join(families)
     else:
@@ -494,9 +513,9 @@ def legend_lines(matrix: VerdictMatrix, width: int = WIDTH) -> list[list[Segment
     )
     if matrix.seeds:
         text += (
-            f" Third line: the verdict of each seed ({', '.join(matrix.seeds)}; "
-            "S supported, N not, I inconclusive, ~ mixed); the cell's verdict is the overall one "
-            "(supported only if every seed supports)."
+            f" Third line: the verdict of each seed ({', '.join(matrix.seeds)}; ~ where that "
+            "seed's rows disagree); the cell's verdict is the overall one (supported only if "
+            "every seed supports)."
         )
     out: list[list[Segment]] = [[(t, None)] for t in textwrap.wrap(text, width)]
     for family in matrix.family or ("no correction: no row yields a p-value",):
@@ -515,10 +534,6 @@ def legend_lines(matrix: VerdictMatrix, width: int = WIDTH) -> list[list[Segment
 
 def _sig(x: float) -> str:
     return f"{x:.3g}"
-
-
-def _num(x, spec: str = ".3g") -> str:
-    return format(x, spec) if _finite(x) else "-"
 
 
 def row_lines(matrix: VerdictMatrix, width: int = WIDTH) -> list[list[Segment]]:
@@ -572,9 +587,12 @@ def row_lines(matrix: VerdictMatrix, width: int = WIDTH) -> list[list[Segment]]:
                 figures.append(f"value {key_number(r, _sig)[2:]}")
             figures.append(f"selected on {r['selected_on'] or '-'}")
             if _finite(r["alpha"]):
-                figures += [f"alpha_i {_num(r['alpha'])}", f"detectable {_num(r['detectable'])}"]
+                figures += [
+                    f"alpha_i {number_text(r['alpha'])}",
+                    f"detectable {number_text(r['detectable'])}",
+                ]
                 if verdict == INCONCLUSIVE:
-                    figures.append(f"n needed {_num(r['n_needed'], '.0f')}")
+                    figures.append(f"n needed {number_text(r['n_needed'], '.0f')}")
             elif verdict != CONSISTENCY:
                 figures.append("no p-value: not in the correction's family")
             fields_(figures)
