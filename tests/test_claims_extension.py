@@ -158,9 +158,10 @@ def test_the_report_shows_the_claim_in_its_ledger(tmp_path):
         # the stored ledger, as a run writes it, with the researcher's claim in it
         run.write_table("claims", build_ledger(tables, MANIFEST, claims=(*PAPER_CLAIMS, TOY)))
     page = build_report(tmp_path / "run").read_text()
-    ledger = page[page.index('id="verdict"') : page.index("</table>", page.index('id="verdict"'))]
-    assert f'<td class="l">{TOY_ID}</td><td class="l">{TOY_TITLE}</td>' in ledger
-    assert '<a href="#fig-context_gate-t">context_gate-t</a>' in ledger.split(TOY_TITLE)[1]
+    start = page.index(f'<details id="claim-{TOY_ID}"', page.index('id="verdict"'))
+    claim = page[start : page.index("</details>", start)]  # the claim's rows in the ledger
+    assert f"<b>{TOY_ID}</b> {TOY_TITLE}" in claim
+    assert '<a href="#fig-context_gate-t">context_gate-t</a>' in claim.split(TOY_TITLE)[1]
 
 
 def test_the_report_of_a_run_without_a_stored_ledger_has_the_registered_claim(
@@ -175,4 +176,4 @@ def test_the_report_of_a_run_without_a_stored_ledger_has_the_registered_claim(
         )
         run.write_table("context_gate", gate_table())
     page = build_report(tmp_path / "run").read_text()
-    assert f'<td class="l">{TOY_ID}</td><td class="l">{TOY_TITLE}</td>' in page
+    assert f"<b>{TOY_ID}</b> {TOY_TITLE}" in page
