@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import norm
 
 from cgar_interp.claims import INCONCLUSIVE, SUPPORTED, Claim, build_ledger
-from cgar_interp.claims.base import decide_rows
+from cgar_interp.claims.base import decide_rows, min_resamples
 from cgar_interp.claims.stats import (
     Samples,
     bootstrap_test,
@@ -159,7 +159,6 @@ def test_ledger_table_keeps_samples_out_of_its_columns():
         n_boot=500,
     )
     assert "samples" not in ledger.columns
-    assert (
-        isinstance(ledger, pd.DataFrame)
-        and (ledger.n_boot[ledger.kind == "difference"] == 500).all()
-    )
+    rows = ledger[ledger.kind == "difference"]
+    # 500 asked, but Holm's smallest level needs more: raised to 20 m / alpha and recorded
+    assert (rows.n_boot == min_resamples(len(rows))).all() and min_resamples(len(rows)) > 500
