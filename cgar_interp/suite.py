@@ -163,7 +163,8 @@ class SuiteConfig:
         return any(p.config.resumes_zero_shot for p in self.probes)
 
     def prompt_kinds(self) -> frozenset[str]:
-        """Every prompt kind some probe reads (``icl_shuffled``: build shuffled-label prompts)."""
+        """Every prompt kind some probe reads; a label control (``icl_flipped``,
+        ``icl_random``, ``icl_permuted``) among them has its prompts built."""
         return frozenset().union(*(p.config.prompt_kinds() for p in self.probes))
 
     def self_check_paths(self) -> frozenset[str]:

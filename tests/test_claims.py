@@ -38,7 +38,7 @@ def gate_rows(task, mode, vector, c, lam, metric, value, half_width):
     }
 
 
-def synthetic_gate(effect: dict[str, float], shuffled_gap: float, width: float = 0.02):
+def synthetic_gate(effect: dict[str, float], flipped_gap: float, width: float = 0.02):
     """A tidy context-gate table (no per-query values, an old run): ``effect[task]`` is the
     lift at lambda = 1 over lambda = 0."""
     rows = []
@@ -52,7 +52,7 @@ def synthetic_gate(effect: dict[str, float], shuffled_gap: float, width: float =
                     if mode == "decode":
                         rows.append(
                             gate_rows(
-                                task, mode, "flipped", c, lam, metric, value - shuffled_gap, width
+                                task, mode, "flipped", c, lam, metric, value - flipped_gap, width
                             )
                         )
                         rows.append(gate_rows(task, mode, "random", c, lam, metric, base, width))
@@ -164,7 +164,7 @@ def test_ledger_on_synthetic_gate_tables():
 
 
 def test_an_old_run_without_per_query_values_is_decided_and_says_how():
-    gate = synthetic_gate({"strong": 0.5}, shuffled_gap=0.3)
+    gate = synthetic_gate({"strong": 0.5}, flipped_gap=0.3)
     gate = gate.replace({"vector": {"flipped": "shuffled"}})  # as runs named it then
     ledger = build_ledger({"context_gate": gate}, {"architecture": {"n_layers": L}})
     rows = ledger[ledger.kind == "difference"]
@@ -175,7 +175,7 @@ def test_an_old_run_without_per_query_values_is_decided_and_says_how():
 
 
 def test_claims_wait_for_probes_the_run_does_not_have():
-    gate = synthetic_gate({"t": 0.5}, shuffled_gap=0.0)
+    gate = synthetic_gate({"t": 0.5}, flipped_gap=0.0)
     ledger = build_ledger({"context_gate": gate}, {"architecture": {"n_layers": L}})
     assert "8" not in set(ledger.claim_id)  # no Hopfield probe: no head claims at all
     from cgar_interp.claims.head_necessity import heads_are_necessary
@@ -189,7 +189,7 @@ def test_report_opens_with_the_ledger_and_its_rows_link_to_figures(tmp_path):
     from cgar_interp.report import build_report
     from cgar_interp.rundir import RunDir
 
-    gate = synthetic_gate({"t": 0.5}, shuffled_gap=0.3)
+    gate = synthetic_gate({"t": 0.5}, flipped_gap=0.3)
     with RunDir.open(tmp_path / "run", {"config_hash": "x"}) as run:
         run.write_manifest(
             {"identity": {"config_hash": "x"}, "suite": {"name": "s", "tasks": ["t"]},
@@ -315,7 +315,8 @@ def test_ledger_of_the_paper_suite(tmp_path):
 
     run_suite(load_suite("paper", backend="hf"), tmp_path / "run", report=False)
     ledger = check_ledger_against_raw_tables(tmp_path / "run")
-    assert set(ledger.claim_id) == {"1", "2", "3a", "3b", "4a", "4b", "5", "6", "7a", "7b", "8"}
+    ids = {"1", "2", "3a", "3b", "3c", "4a", "4b", "5", "6", "7a", "7b", "8"}  # 3c: random labels
+    assert set(ledger.claim_id) == ids
     assert set(ledger.task) == {"sst2-mini", "trec-mini", "agnews-mini", "all"}
     consistency = ledger[ledger.kind == "consistency"]
     assert len(consistency) == 3 and set(consistency.verdict) == {"consistency check"}

@@ -32,7 +32,7 @@ def gate_table(lift: float = 0.5, width: float = 0.02) -> pd.DataFrame:
     rows = []
     for metric in ("label_mass", "vocab_correct", "label_correct"):
         for mode, c in (("decode", L), ("patch", 2)):
-            for vector in ("context", "shuffled", "random") if mode == "decode" else ("context",):
+            for vector in ("context", "flipped", "random") if mode == "decode" else ("context",):
                 for lam in (0.0, 1.0):
                     value = 0.1 + (lift if lam and vector == "context" else 0.0)
                     rows.append(

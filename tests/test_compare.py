@@ -446,7 +446,7 @@ def test_gate_terms_reconstruct_the_tiny_llama_decode(tiny_llama_dir):
 
     from .probe_helpers import synthetic_inputs
 
-    inputs = synthetic_inputs(n=12, shuffled=False)
+    inputs = synthetic_inputs(n=12, controls=False)
     config = ContextGateConfig(
         context_layers=(1, 2), lambdas=LAMS, modes=("decode",), vectors=("context",)
     )

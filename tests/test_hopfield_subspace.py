@@ -283,7 +283,7 @@ def test_toml_keys_are_strict():
 
 @pytest.fixture(scope="module")
 def sub_tables(tiny_handles):
-    inputs = synthetic_inputs(n=12, shuffled=False)
+    inputs = synthetic_inputs(n=12, controls=False)
     ctx = ProbeContext(tiny_handles["hf"], inputs, (0, 1, 2), n_boot=60)
     config = SubspaceConfig(cv_folds=2, n_random=50)
     return inputs, get_probe("subspace").run(config, ctx)["subspace"]

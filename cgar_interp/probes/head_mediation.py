@@ -4,8 +4,9 @@ Per block ``l`` and query head ``h`` (every head of the blocks in ``layers``):
 
 - **a_lh**: the mean over the *fit* queries of the head's output at the last position of the
   clean ICL prompt (``head_out.l``, its contribution ``W_O z`` to the residual).
-- **AIE** (average indirect effect): the eval queries' ICL prompts with the demonstrations'
-  labels shuffled are the corrupted runs. For each query and head, the head's output at the
+- **AIE** (average indirect effect): the eval queries' ICL prompts under a label control are
+  the corrupted runs (``corrupted``: by default ``permuted``, the prompt's labels permuted
+  across its demonstrations, as Todd et al.; or ``random_labels``, ``flipped``). For each query and head, the head's output at the
   last position is replaced by ``a_lh``; the effect is the change of the gold label's
   probability (first label token, full vocabulary; metric ``gold_mass``). AIE is the mean over
   the eval queries (the first ``max_queries``), with a bootstrap interval. The intervention sits
@@ -58,12 +59,15 @@ from ..sites import SiteKindName, site_name, site_names
 from . import hopfield_heads, task_vectors
 from .base import ProbeContext, SharedRead, TaskInputs, first_non_finite, register_probe
 from .hopfield_heads import check_block_spec, label_positions, resolve_blocks
-from .protocol import SHUFFLED, ProbeConfig
+from .protocol import FLIPPED, PERMUTED, RANDOM_LABELS, ProbeConfig
 
 KIND = "head_mediation"
 TABLE = "head_mediation"  # tidy: AIE per head, function vectors, baselines, ablations
 HEADS_TABLE = "head_mediation_heads"  # one row per head
 JOIN_TABLE = "head_mediation_join"  # one row per task: AIE against label attention
+
+# the corrupted runs of the AIE: config value -> the label-control prompt kind
+CORRUPTED = {"permuted": PERMUTED, "random_labels": RANDOM_LABELS, "flipped": FLIPPED}
 
 ABLATION_METRICS = ("label_mass", "vocab_correct", "gold_mass")
 FV_METRICS = ("vocab_correct", "label_mass", "gold_mass")
@@ -90,6 +94,10 @@ class HeadMediationConfig(ProbeConfig):
         label_cue_tokens: as in ``hopfield_heads``: the answer cue a label position follows.
         overlap_k: size of the two top sets whose overlap is reported (>= 1).
         n_permutations: permutations for the Spearman p-value (>= 1).
+        corrupted: the prompts of the AIE's corrupted runs: ``"permuted"`` (each prompt's
+            demonstration labels permuted across its demonstrations, Todd et al. 2024),
+            ``"random_labels"`` (each label uniform over the classes, Min et al. 2022) or
+            ``"flipped"`` (every label through one derangement of the classes).
     """
 
     layers: str | tuple[int, ...] = "all"
@@ -100,8 +108,14 @@ class HeadMediationConfig(ProbeConfig):
     label_cue_tokens: int = 2
     overlap_k: int = 10
     n_permutations: int = 2000
+    corrupted: str = "permuted"
 
     def __post_init__(self):
+        if self.corrupted not in CORRUPTED:
+            raise ValueError(
+                f"corrupted={self.corrupted!r} is not valid: the AIE's corrupted runs are one "
+                f"of {', '.join(CORRUPTED)}"
+            )
         check_block_spec(self.layers)
         _positive_int("top_k", self.top_k)
         _positive_int("n_random", self.n_random, 0)
@@ -130,9 +144,15 @@ class HeadMediationConfig(ProbeConfig):
             SharedRead.of("zero", fit, mean_sites(blocks, "z")),
             SharedRead.of("icl", ev, site_names("resid", blocks), keep_states=True),
         ]
-        if inputs.icl_shuffled is not None:
-            reads.append(SharedRead.of("icl_shuffled", ev, effect_sites(blocks), keep_states=True))
+        kind = self.corrupted_kind
+        if getattr(inputs, kind) is not None:
+            reads.append(SharedRead.of(kind, ev, effect_sites(blocks), keep_states=True))
         return tuple(reads)
+
+    @property
+    def corrupted_kind(self) -> str:
+        """The prompt kind of the corrupted runs (``icl_permuted``, ...)."""
+        return CORRUPTED[self.corrupted]
 
     @property
     def resumes_zero_shot(self) -> bool:
@@ -148,8 +168,8 @@ class HeadMediationConfig(ProbeConfig):
         )
 
     def prompt_kinds(self) -> frozenset[str]:
-        """The corrupted runs of the AIE are shuffled-label ICL prompts."""
-        return super().prompt_kinds() | {SHUFFLED}
+        """The corrupted runs of the AIE are the ``corrupted`` label control's ICL prompts."""
+        return super().prompt_kinds() | {self.corrupted_kind}
 
     def self_check_paths(self) -> frozenset[str]:
         """The function vector's resume paths, a head's output replaced through the kept
@@ -385,10 +405,12 @@ def hopfield_label_attention(
 def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """AIE of every head, function vectors, label-reading heads and ablations; tidy rows."""
     handle, inputs = ctx.handle, ctx.inputs
-    if inputs.icl_shuffled is None:
+    corrupted = config.corrupted_kind
+    if getattr(inputs, corrupted) is None:
         raise ValueError(
-            "head_mediation needs shuffled-label ICL prompts (the corrupted runs); prepare the "
-            "task with shuffled_labels (a suite with this probe does so)"
+            f"head_mediation needs {corrupted!r} prompts (the corrupted runs, corrupted="
+            f"{config.corrupted!r}); prepare the task with label_controls=({corrupted!r},) "
+            "(a suite with this probe does so)"
         )
     n_heads = handle.arch.n_heads
     blocks = config.blocks(handle.n_layers)
@@ -429,17 +451,17 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
         run=ctx.read("zero", fit, mean_sites(blocks, "z")),
     )
 
-    # 2. AIE on the eval queries' shuffled-label prompts
+    # 2. AIE on the eval queries' corrupted prompts
     effects, _ = head_effects(
         handle,
-        inputs.icl_shuffled.select(ev),
+        getattr(inputs, corrupted).select(ev),
         ev,
         blocks,
         a,
         ctx.gold_probability,
         ctx.batch_size,
         run=ctx.read(
-            "icl_shuffled",
+            corrupted,
             ev,
             effect_sites(blocks),
             keep_states=True,
@@ -463,6 +485,7 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
                     "aie_ci_low": row["ci_low"],
                     "aie_ci_high": row["ci_high"],
                     "label_attention": float(attention[b][h]),
+                    "corrupted": config.corrupted,
                     "n": row["n"],
                 }
             )
@@ -568,6 +591,7 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
         **base,
         "n_heads": len(heads),
         "label_attention_source": source,
+        "corrupted": config.corrupted,
         "spearman_rho": rho,
         "spearman_p": p,
         "n_permutations": config.n_permutations,
