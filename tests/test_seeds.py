@@ -116,3 +116,13 @@ def test_each_seed_is_a_run_of_its_own_and_resumes(tmp_path, embedded_handles, m
     alone = run_suite(single, tmp_path / "alone", handle=handle, report=False)
     mine = claims[claims.seed == "1"].drop(columns="seed").reset_index(drop=True)
     pd.testing.assert_frame_equal(mine, alone.tables["claims"].reset_index(drop=True))
+
+
+def test_the_shipped_seed_suite_is_the_paper_suite_under_three_seeds():
+    from dataclasses import replace
+
+    from cgar_interp.suite import load_suite
+
+    paper, seeds = load_suite("paper"), load_suite("paper_seeds")
+    assert seeds.seeds == (0, 1, 2)
+    assert replace(seeds, name="paper", seeds=()).to_dict() == paper.to_dict()
