@@ -55,11 +55,13 @@ def test_shared_pass_runs_each_prompt_once_and_gives_the_same_tables(tiny_handle
     # zero-shot and ICL prompts of every query, the flipped- and random-label prompts of the fit
     # queries (the gate's flipped and random_labels vectors), the permuted-label prompts of the
     # AIE's eval queries and of the fit queries (every label control's base rows, read by no
-    # probe here): each once, nothing else
-    assert rows_shared == 2 * n + 3 * n_fit + n_ev
+    # probe here), and the random-label prompts of the Hopfield probe's eval queries (its
+    # length-matched control): each once, nothing else
+    assert rows_shared == 2 * n + 3 * n_fit + n_ev + n_ev
     # on their own: Hopfield's 2 x 4 prompts, the mediation probe's fit ICL + fit zero-shot +
-    # clean eval ICL prompts again
-    assert rows_own == rows_shared + 2 * n_ev + 2 * n_fit + n_ev
+    # clean eval ICL prompts again, Hopfield's fit ICL prompts (where it selects heads) and the
+    # gate's fit zero-shot prompts (where it scores lambda for the claims' choice)
+    assert rows_own == rows_shared + 2 * n_ev + n_fit + 2 * n_fit + n_ev + n_fit
 
     for name in KEYS:
         a, b = own[name], shared[name]
