@@ -114,7 +114,7 @@ def naive_nnsight_aie(lm, inputs, corrupted_rows, means_z, blocks, n_heads, d_he
     last token is indexed by its length.
     """
     layers = lm.model.layers
-    batch = inputs.icl_shuffled
+    batch = inputs.icl_permuted
     gold_all = inputs.label_ids[inputs.gold]
 
     def batches():
@@ -163,7 +163,7 @@ def main() -> None:
     for task in tasks:
         inputs = prepare_task(handle, suite, task).inputs
         ev = inputs.eval[:n_queries]
-        corrupted = inputs.icl_shuffled.select(ev)
+        corrupted = inputs.icl_permuted.select(ev)
         a, _ = head_means(handle, inputs.icl.select(inputs.fit), blocks, "head_out", bs)
         score = gold_probability(inputs)
         t_ours, t_bare, _ = timed_pair(
@@ -205,7 +205,7 @@ def main() -> None:
         task = tasks[0]
         inputs = prepare_task(handle, suite, task).inputs
         ev = inputs.eval[:naive_queries]
-        corrupted = inputs.icl_shuffled.select(ev)
+        corrupted = inputs.icl_permuted.select(ev)
         fit_batch = inputs.icl.select(inputs.fit)
         a, _ = head_means(handle, fit_batch, blocks, "head_out", bs)
         z, _ = head_means(handle, fit_batch, blocks, "z", bs)

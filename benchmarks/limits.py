@@ -162,7 +162,8 @@ def main() -> None:
     # the Hopfield and subspace rows on the paper suite's own prompts (a demonstration set per
     # query, so no shared prefix: a bare forward of each prompt is the pass the probe needs)
     paper = prepare_task(nn, load_suite("paper"), "agnews-mini").inputs
-    paper = replace(paper, icl_shuffled=None)  # the shuffled prompts feed other probes only
+    # the label controls feed other probes only
+    paper = replace(paper, icl_flipped=None, icl_random=None, icl_permuted=None)
 
     def fresh_ctx(layers=()):
         return ProbeContext(nn, paper, tuple(layers), n_boot=1000, batch_size=bs)

@@ -13,10 +13,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .data import PromptConfig, build_prompts, label_tokens, load_task
+from .data import CONTROL_KINDS, PromptConfig, build_prompts, label_tokens, load_task
 from .models import ModelHandle
 from .probes import TaskInputs
-from .probes.protocol import SHUFFLED
 from .task_spec import TaskSpec
 
 
@@ -31,10 +30,15 @@ DEFAULT_DEMO_POOL = 8
 
 
 def prompt_config(
-    suite, needs_shuffled: bool, spec: TaskSpec | None = None, shots: int | None = None
+    suite,
+    label_controls=(),
+    spec: TaskSpec | None = None,
+    shots: int | None = None,
 ) -> PromptConfig:
-    """How a task's prompts are built: the suite's settings, the ``[[task]]`` table's
-    overrides, and ``shots`` (one k of a sweep, whose prompts are nested in the largest k's)."""
+    """How a task's prompts are built: the suite's settings, the label-control prompt kinds
+    to build (``icl_flipped``, ``icl_random``, ``icl_permuted``: those the suite's probes ask
+    for), the ``[[task]]`` table's overrides, and ``shots`` (one k of a sweep, whose prompts
+    are nested in the largest k's)."""
     spec = spec or TaskSpec(name="?")
     k = shots if shots is not None else suite.shot_list[0]
     k_max = max(suite.shot_list) if suite.sweeps_shots else None
@@ -45,10 +49,16 @@ def prompt_config(
         n_eval=suite.n_eval if spec.n_eval is None else spec.n_eval,
         seed=suite.seed,
         demo_pool_per_class=pool,
-        shuffled_labels=needs_shuffled,
+        label_controls=tuple(label_controls),
         pinned=suite.pinned_demos,
         k_max=k_max,
     )
+
+
+def label_controls(suite) -> tuple[str, ...]:
+    """The label-control prompt kinds some probe of ``suite`` reads (only those are built)."""
+    wanted = suite.prompt_kinds()
+    return tuple(kind for kind in CONTROL_KINDS if kind in wanted)
 
 
 def load_spec(spec: TaskSpec, names: dict[str, int] | None = None):
@@ -80,7 +90,7 @@ def prepare_task(
     task = task if task is not None else load_spec(spec)
     prompts = build_prompts(
         task,
-        prompt_config(suite, SHUFFLED in suite.prompt_kinds(), spec, shots),
+        prompt_config(suite, label_controls(suite), spec, shots),
         tokenizer=handle.tokenizer,
         n_ctx=handle.arch.n_ctx,
         add_bos=handle.prepend_bos,
@@ -106,6 +116,6 @@ def prepare_task(
         eval=torch.tensor(split["eval"], dtype=torch.long),
         zero=batches["zero"],
         icl=batches["icl"],
-        icl_shuffled=batches.get("icl_shuffled"),
+        **{kind: batches.get(kind) for kind in CONTROL_KINDS},
     )
     return PreparedTask(inputs, frame, {"prompts": prompts.manifest(), "labels": labels.manifest()})

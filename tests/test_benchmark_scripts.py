@@ -28,7 +28,7 @@ def sweep_module():
 
 def test_naive_nnsight_loop_computes_the_decode_sweep(tiny_handles, sweep_module):
     """The baseline the speed-up is measured against gives the same label masses as the probe."""
-    inputs = synthetic_inputs(n=12, shuffled=False)
+    inputs = synthetic_inputs(n=12, controls=False)
     handle = tiny_handles["nnsight"]
     config = ContextGateConfig(
         context_layers=(0, 1, 2),
@@ -88,7 +88,7 @@ def test_naive_nnsight_head_loop_computes_the_aies(tiny_handles):
     a, _ = head_means(handle, fit, (0, 1), "head_out", 4)
     z, _ = head_means(handle, fit, (0, 1), "z", 4)
     ours, _ = head_effects(
-        handle, inputs.icl_shuffled.select(ev), ev, (0, 1), a, bench.gold_probability(inputs), 4
+        handle, inputs.icl_permuted.select(ev), ev, (0, 1), a, bench.gold_probability(inputs), 4
     )
     arch = handle.arch
     naive = bench.naive_nnsight_aie(

@@ -1,5 +1,7 @@
 """Head mediation: the mid-block resume step, AIE against full forwards, the join statistics."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -86,13 +88,19 @@ def labelled_inputs(n: int = 12, n_classes: int = 3, seed: int = 0) -> TaskInput
             out += [*torch.randint(20, 128, (3,), generator=gen).tolist(), *cue, 10 + label]
         return out
 
-    demo, shuffled = demos(range(n_classes)), demos([1, 2, 0][:n_classes])
-    zero, icl, shuf = [], [], []
+    demo, relabelled = demos(range(n_classes)), demos([1, 2, 0][:n_classes])
+    # wrong labels: [1, 2, 0] is both a derangement (flipped) and a permutation of the prompt's
+    # labels (permuted); random labels, on the same tokens, may repeat or be right
+    randomised = list(relabelled)
+    for j, label in enumerate([0, 0, 2][:n_classes]):
+        randomised[6 * j + 5] = 10 + label
+    zero, icl, wrong, rand = [], [], [], []
     for i in range(n):
         query = [*torch.randint(20, 128, (2 + i % 3,), generator=gen).tolist(), *cue]
         zero.append([1, *query])
         icl.append([1, *demo, *query])
-        shuf.append([1, *shuffled, *query])
+        wrong.append([1, *relabelled, *query])
+        rand.append([1, *randomised, *query])
     perm = torch.randperm(n, generator=gen)
     return TaskInputs(
         task="labelled-tiny",
@@ -103,7 +111,9 @@ def labelled_inputs(n: int = 12, n_classes: int = 3, seed: int = 0) -> TaskInput
         eval=perm[n // 3 :].sort().values,
         zero=TokenBatch.from_sequences(zero),
         icl=TokenBatch.from_sequences(icl),
-        icl_shuffled=TokenBatch.from_sequences(shuf),
+        icl_flipped=TokenBatch.from_sequences(wrong),
+        icl_random=TokenBatch.from_sequences(rand),
+        icl_permuted=TokenBatch.from_sequences(wrong),
     )
 
 
@@ -153,6 +163,7 @@ def test_probe_tables_have_the_right_shapes(tiny_result):
     assert join.selected_on.iloc[0] == "fit" and join.random_top_label_n_draws.iloc[0] == 3
     assert set(heads.selected_on) == {"fit"} and heads.top_aie.sum() == heads.top_label.sum() == 2
     assert -1 <= join.spearman_rho.iloc[0] <= 1 and 0 < join.spearman_p.iloc[0] <= 1
+    assert join.corrupted.iloc[0] == "permuted" and set(heads.corrupted) == {"permuted"}
 
 
 def test_aie_of_one_head_matches_full_forwards(tiny_handles, tiny_result):
@@ -163,7 +174,7 @@ def test_aie_of_one_head_matches_full_forwards(tiny_handles, tiny_result):
     ev = inputs.eval[:6]
     fit_z = handle.capture(inputs.icl.select(inputs.fit), [f"z.{layer}"], -1)[f"z.{layer}"]
     mean_z = fit_z.float().mean(0)
-    corrupted = inputs.icl_shuffled.select(ev)
+    corrupted = inputs.icl_permuted.select(ev)  # the default corrupted runs
     gold = inputs.label_ids[inputs.gold[ev]]
     rows = torch.arange(len(ev))
     clean = torch.softmax(handle.logits(corrupted, positions=-1).float(), -1)[rows, gold]
@@ -176,7 +187,7 @@ def test_aie_of_one_head_matches_full_forwards(tiny_handles, tiny_result):
     assert heads.loc[(layer, head), "aie"] == pytest.approx(expected, abs=1e-5)
     # the AIE that chooses the top-AIE heads: the same on the fit queries' corrupted prompts
     fit = inputs.fit[:6]
-    corrupted = inputs.icl_shuffled.select(fit)
+    corrupted = inputs.icl_permuted.select(fit)
     gold = inputs.label_ids[inputs.gold[fit]]
     rows = torch.arange(len(fit))
     clean = torch.softmax(handle.logits(corrupted, positions=-1).float(), -1)[rows, gold]
@@ -358,17 +369,46 @@ def test_config_errors(kwargs, match):
         HeadMediationConfig(**kwargs)
 
 
-def test_config_asks_for_shuffled_prompts_and_kept_states():
+def test_config_asks_for_its_corrupted_prompts_and_kept_states():
     config = HeadMediationConfig()
-    assert "icl_shuffled" in config.prompt_kinds() and config.resumes_zero_shot
+    assert config.corrupted == "permuted"
+    assert config.prompt_kinds() == {"zero", "icl", "icl_permuted"} and config.resumes_zero_shot
+    for corrupted, kind in (("random_labels", "icl_random"), ("flipped", "icl_flipped")):
+        assert config.__class__(corrupted=corrupted).prompt_kinds() == {"zero", "icl", kind}
     assert config.needed_layers(30) == tuple(range(31))
     with pytest.raises(ValueError, match="out of range"):
         HeadMediationConfig(layers=(40,)).blocks(30)
 
 
-def test_probe_refuses_inputs_without_shuffled_prompts(tiny_handles):
-    with pytest.raises(ValueError, match="shuffled-label"):
-        _run(tiny_handles["hf"], HeadMediationConfig(), synthetic_inputs(shuffled=False))
+def test_config_refuses_an_unknown_corrupted_kind():
+    with pytest.raises(ValueError, match="corrupted='shuffled'.*permuted, random_labels, flipped"):
+        HeadMediationConfig(corrupted="shuffled")
+
+
+def test_config_reads_the_chosen_corrupted_prompts():
+    inputs = labelled_inputs()
+    for corrupted, kind in (
+        ("permuted", "icl_permuted"),
+        ("random_labels", "icl_random"),
+        ("flipped", "icl_flipped"),
+    ):
+        reads = HeadMediationConfig(corrupted=corrupted).shared_reads(inputs, 2)
+        controls = [r for r in reads if r.kind.startswith("icl_")]
+        # the fit queries' (where the top-AIE heads are chosen) and the eval queries'
+        assert [r.kind for r in controls] == [kind, kind]
+        assert all(r.keep_states for r in controls)
+        assert [r.rows for r in controls] == [
+            tuple(inputs.fit[:24].tolist()),
+            tuple(inputs.eval[:24].tolist()),
+        ]
+
+
+def test_probe_refuses_inputs_without_its_corrupted_prompts(tiny_handles):
+    with pytest.raises(ValueError, match="'icl_permuted' prompts"):
+        _run(tiny_handles["hf"], HeadMediationConfig(), synthetic_inputs(controls=False))
+    inputs = replace(labelled_inputs(), icl_random=None)
+    with pytest.raises(ValueError, match="'icl_random' prompts.*corrupted='random_labels'"):
+        _run(tiny_handles["hf"], HeadMediationConfig(corrupted="random_labels"), inputs)
 
 
 @pytest.mark.integration
@@ -393,7 +433,8 @@ def test_head_mediation_on_the_embedded_model(embedded_handles):
         probes=(ProbeEntry("head_mediation", config),),
     )
     prepared = prepare_task(handle, suite, "sst2-mini")
-    assert prepared.inputs.icl_shuffled is not None
+    assert prepared.inputs.icl_permuted is not None
+    assert prepared.inputs.icl_flipped is None and prepared.inputs.icl_random is None
     ctx = ProbeContext(
         handle,
         prepared.inputs,

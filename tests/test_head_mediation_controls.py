@@ -135,7 +135,7 @@ def _mix(fit_from: TaskInputs, eval_from: TaskInputs) -> TaskInputs:
         eval=fit_from.eval,
         zero=batch("zero"),
         icl=batch("icl"),
-        icl_shuffled=batch("icl_shuffled"),
+        **{kind: batch(kind) for kind in ("icl_flipped", "icl_random", "icl_permuted")},
     )
 
 
@@ -220,7 +220,7 @@ def test_icl_mean_ablation_is_null_when_every_icl_prompt_is_the_same(tiny_handle
         eval=base.eval,
         zero=base.zero,
         icl=TokenBatch.from_sequences([row(base.icl)] * n),
-        icl_shuffled=TokenBatch.from_sequences([row(base.icl_shuffled)] * n),
+        icl_permuted=TokenBatch.from_sequences([row(base.icl_permuted)] * n),
     )
     _, queries = _run(tiny_handles["hf"], inputs)
     drops = queries[(queries.part == "ablation") & queries.metric.str.endswith("_drop")]

@@ -36,7 +36,7 @@ def test_lambda_zero_equals_zero_shot_in_both_modes(gate_tables):
     table = gate_tables["context_gate"]
     zero = values(table, mode="baseline", vector="zero_shot")
     for mode in ("decode", "patch"):
-        for vector in ("context", "random", "shuffled"):
+        for vector in ("context", "random", "flipped", "random_labels"):
             for c in (1, 2):
                 got = values(table, mode=mode, vector=vector, c_layer=c, lam=0.0)
                 for metric, value in zero.items():
@@ -121,7 +121,7 @@ def test_label_mass_matches_an_independent_implementation(
 
 
 def test_decode_mode_costs_two_forward_passes_per_query(tiny_handles):
-    inputs = synthetic_inputs(n=9, shuffled=False)
+    inputs = synthetic_inputs(n=9, controls=False)
     handle = tiny_handles["hf"]
     config = ContextGateConfig(
         context_layers="all",
@@ -139,7 +139,7 @@ def test_decode_mode_costs_two_forward_passes_per_query(tiny_handles):
 
 def test_kept_states_make_patch_probes_cost_two_forward_passes_per_query(tiny_handles):
     """Patch mode and task vectors resume the capture pass: no third forward pass."""
-    inputs = synthetic_inputs(n=10, shuffled=False)
+    inputs = synthetic_inputs(n=10, controls=False)
     assert len(set(inputs.zero.lengths.tolist())) > 1  # padded batches, per-row positions
     handle = tiny_handles["hf"]
     gate = ContextGateConfig(context_layers=(0, 1, 2), lambdas=LAMS, vectors=("context",))

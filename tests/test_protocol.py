@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from cgar_interp.probes import PROBES, ProbeConfig, register_probe
-from cgar_interp.probes.protocol import BASE_PROMPT_KINDS, RESUME_PATHS, SHUFFLED
+from cgar_interp.probes.protocol import (
+    BASE_PROMPT_KINDS,
+    FLIPPED,
+    PERMUTED,
+    RANDOM_LABELS,
+    RESUME_PATHS,
+)
 from cgar_interp.selfcheck import PATHS, PlannedPaths, planned_paths
 from cgar_interp.sites import Site, site_name, site_names
 from cgar_interp.suite import load_suite, shipped_suites
@@ -59,13 +65,18 @@ def test_protocol_defaults():
     assert Resuming().self_check_paths() == RESUME_PATHS
 
 
-def test_shuffled_prompts_only_where_a_probe_asks():
+def test_label_control_prompts_only_where_a_probe_asks():
     gate = PROBES["context_gate"].config_cls
-    assert SHUFFLED in gate().prompt_kinds()
-    assert SHUFFLED not in gate(vectors=("context", "random")).prompt_kinds()
-    assert SHUFFLED in PROBES["head_mediation"].config_cls().prompt_kinds()
+    assert gate().prompt_kinds() == BASE_PROMPT_KINDS | {FLIPPED, RANDOM_LABELS}
+    assert gate(vectors=("context", "random")).prompt_kinds() == BASE_PROMPT_KINDS
+    assert gate(vectors=("context", "flipped")).prompt_kinds() == BASE_PROMPT_KINDS | {FLIPPED}
+    assert gate(vectors=("context", "random_labels")).prompt_kinds() == BASE_PROMPT_KINDS | {
+        RANDOM_LABELS
+    }
+    mediation = PROBES["head_mediation"].config_cls
+    assert mediation().prompt_kinds() == BASE_PROMPT_KINDS | {PERMUTED}
     for kind in ("task_vectors", "hopfield_heads", "subspace"):
-        assert SHUFFLED not in PROBES[kind].config_cls().prompt_kinds()
+        assert PROBES[kind].config_cls().prompt_kinds() == BASE_PROMPT_KINDS
 
 
 # what the self-check planned per shipped suite before the probes declared their paths

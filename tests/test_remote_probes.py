@@ -31,7 +31,7 @@ PAPER_PROBES = {
         context_layers=[0, 1, 2],
         lambdas=[0.0, 0.5, 2.0],
         modes=["decode", "patch"],
-        vectors=["context", "random", "shuffled"],
+        vectors=["context", "random", "flipped", "random_labels"],
     ),
     "task_vectors": TaskVectorConfig(layers="all"),
     "hopfield_heads": HopfieldHeadsConfig(max_queries=4),

@@ -32,7 +32,7 @@ PROBES = [
         "context_layers": [26, 30],
         "lambdas": [0, 1, 10],
         "modes": ["decode", "patch"],
-        "vectors": ["context", "random", "shuffled"],
+        "vectors": ["context", "random", "flipped", "random_labels"],
     },
     {"kind": "task_vectors", "layers": [20, 30]},
     {"kind": "hopfield_heads", "layers": [20, 29], "max_queries": 4},

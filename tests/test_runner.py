@@ -66,10 +66,11 @@ def test_run_directory_layout_and_provenance(reference_run):
         assert key in manifest, key
     assert manifest["status"] == "finished"
     assert manifest["tasks"]["sst2-mini"]["prompts"]["task"]["name"] == "sst2-mini"
-    # two forward passes per query (zero-shot, ICL) and one per fit query for the shuffled
-    # baseline; patch mode and task vectors resume the zero-shot pass's KV cache (no forward)
+    # two forward passes per query (zero-shot, ICL) and one per fit query for each label
+    # control (flipped, random labels); patch mode and task vectors resume the zero-shot pass's
+    # KV cache (no forward)
     n, fit = 16, 6
-    assert manifest["forward_stats"]["forward_rows"] == 2 * n + fit
+    assert manifest["forward_stats"]["forward_rows"] == 2 * n + 2 * fit
     assert manifest["forward_stats"]["resume_rows"] > 0
     no_temp = [p for p in path.rglob("*") if p.name.startswith(".") and p.name != ".lock"]
     assert no_temp == []
@@ -104,7 +105,7 @@ def test_run_directory_layout_and_provenance(reference_run):
 
 def test_prompts_table_has_everything_to_recompute(reference_run):
     prompts = pd.read_parquet(reference_run.path / "prompts.parquet")
-    assert set(prompts.kind) == {"zero", "icl", "icl_shuffled"}
+    assert set(prompts.kind) == {"zero", "icl", "icl_flipped", "icl_random"}
     assert set(prompts.split) == {"fit", "eval"}
     zero = prompts[prompts.kind == "zero"]
     assert not set(zero[zero.split == "fit"].query_id) & set(zero[zero.split == "eval"].query_id)

@@ -60,7 +60,6 @@ def cue_inputs(n: int = 9) -> TaskInputs:
         eval=base.eval,
         zero=with_cue(base.zero),
         icl=icl,
-        icl_shuffled=None,
     )
 
 

@@ -52,13 +52,17 @@ def test_shared_pass_runs_each_prompt_once_and_gives_the_same_tables(tiny_handle
     shared = _run_suite(ctx)
     rows_shared = handle.stats.forward_rows
 
-    # zero-shot and ICL prompts of every query, the shuffled prompts of the fit queries (the
-    # gate's shuffled vector) and of the AIE's eval queries: each once, nothing else
-    assert rows_shared == 2 * n + n_fit + n_ev
-    # on their own: Hopfield's 2 x 4 prompts, the gate's fit zero-shot caches, the mediation
-    # probe's fit ICL + fit zero-shot + fit corrupted prompts and the clean eval ICL prompts
-    # once per ablation (zero-shot mean, ICL mean)
-    assert rows_own == rows_shared + 2 * n_ev + 4 * n_fit + 2 * n_ev
+    # zero-shot and ICL prompts of every query, the flipped- and random-label prompts of the fit
+    # queries (the gate's flipped and random_labels vectors), the permuted-label prompts of the
+    # AIE's fit queries (where it chooses the top-AIE heads; also every label control's base
+    # rows) and eval queries, and the random-label prompts of the Hopfield probe's eval queries
+    # (its length-matched control): each once, nothing else
+    assert rows_shared == 2 * n + 3 * n_fit + n_ev + n_ev
+    # on their own: Hopfield's 2 x 4 prompts, the mediation probe's fit ICL + fit zero-shot +
+    # fit permuted-label prompts and the clean eval ICL prompts once per ablation (zero-shot
+    # mean, ICL mean), Hopfield's fit ICL prompts (where it selects heads) and the gate's fit
+    # zero-shot prompts (where it scores lambda for the claims' choice)
+    assert rows_own == rows_shared + 2 * n_ev + 3 * n_fit + 2 * n_ev + n_fit + n_fit
 
     for name in KEYS:
         a, b = own[name], shared[name]
@@ -106,7 +110,9 @@ def test_an_undeclared_read_runs_its_own_pass(tiny_handles):
 
 
 def test_shared_read_refuses_bad_values():
-    with pytest.raises(ValueError, match="'few_shot'.*zero, icl, icl_shuffled"):
+    with pytest.raises(
+        ValueError, match="'few_shot'.*zero, icl, icl_flipped, icl_random, icl_permuted"
+    ):
         SharedRead.of("few_shot", [0], ["resid.0"])
     with pytest.raises(ValueError, match="distinct"):
         SharedRead.of("icl", [1, 1], ["resid.0"])

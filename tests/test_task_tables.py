@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cgar_interp.config import ConfigError
-from cgar_interp.data import PromptConfig, build_prompts, load_task
+from cgar_interp.data import CONTROL_KINDS, PromptConfig, build_prompts, load_task
 from cgar_interp.suite import load_suite, parse_suite
 from cgar_interp.task_spec import TaskSpec
 
@@ -134,7 +134,9 @@ def test_prompts_are_nested_as_k_grows():
     """A query keeps its demonstrations (and their order) as k grows."""
     task = load_task("sst2-mini")
     built = {
-        k: build_prompts(task, PromptConfig(k=k, k_max=4, n_fit=4, n_eval=8, shuffled_labels=True))
+        k: build_prompts(
+            task, PromptConfig(k=k, k_max=4, n_fit=4, n_eval=8, label_controls=CONTROL_KINDS)
+        )
         for k in (1, 2, 4)
     }
     for q in range(12):

@@ -18,6 +18,7 @@ from .catalog import available_tasks, describe_tasks, load_task
 from .labels import LabelTokenError, LabelTokens, label_sequences, label_tokens
 from .loaders import HUB_DATASETS, DatasetUnavailable, HubDataset, load_file, load_hub, read_table
 from .prompts import (
+    CONTROL_KINDS,
     KINDS,
     SPLITS,
     ContextLengthError,
@@ -43,6 +44,7 @@ from .tasks import (
 )
 
 __all__ = [
+    "CONTROL_KINDS",
     "FAMILIES",
     "HUB_DATASETS",
     "KINDS",

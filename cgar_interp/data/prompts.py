@@ -8,8 +8,18 @@ vectors) and a disjoint ``eval`` part. Every query gets
 - a ``zero`` prompt: the template's query for its text (``"Review: ...\\nSentiment:"``);
 - an ``icl`` prompt: ``k`` demonstrations per class from the pool, then the same query text, so
   both prompts end identically and their last positions are comparable;
-- optionally an ``icl_shuffled`` prompt: the same demonstrations with their labels permuted
-  (a derangement of the classes), the baseline of a context vector from shuffled labels.
+- optionally label controls (:data:`CONTROL_KINDS`, the kinds named in
+  ``PromptConfig.label_controls``): the same demonstrations and query with other labels shown,
+
+  - ``icl_flipped``: every demonstration's label sent through one derangement of the classes
+    (a permutation without a fixed point; with two classes, every label swapped), seeded per
+    query: a consistent wrong mapping, one a model can learn from the prompt;
+  - ``icl_random``: every demonstration's label drawn uniformly at random from the K classes,
+    independently of its input (it may coincide with the true one), seeded per query and
+    demonstration: the random labels of Min et al. (2022);
+  - ``icl_permuted``: the prompt's demonstration labels permuted at random across its
+    demonstrations (the same multiset of labels, seeded per query): the shuffled labels of
+    Todd et al. (2024).
 
 Demonstrations are drawn per query (seeded by the config seed and the query id, so a prompt does
 not depend on which other queries were built) or ``pinned``: the same block for every query,
@@ -37,7 +47,8 @@ import pandas as pd
 
 from .tasks import Example, Task, TaskError
 
-KINDS = ("zero", "icl", "icl_shuffled")
+CONTROL_KINDS = ("icl_flipped", "icl_random", "icl_permuted")
+KINDS = ("zero", "icl", *CONTROL_KINDS)
 SPLITS = ("fit", "eval")
 Overflow = Literal["error", "drop_demos"]
 
@@ -62,7 +73,9 @@ class PromptConfig:
         pinned: every query gets the same demonstrations (one seeded draw from the pool).
         pinned_ids: explicit example ids to use as the demonstrations of every query, in this
             order (implies pinned; they are excluded from the queries).
-        shuffled_labels: also build ``icl_shuffled`` prompts.
+        label_controls: the label-control prompt kinds to build as well, any of
+            :data:`CONTROL_KINDS` (``icl_flipped``, ``icl_random``, ``icl_permuted``; see the
+            module docstring); none by default.
         k_max: for a k-shot sweep, the largest k: every query draws ``k_max`` demonstrations
             per class once and shows the first ``k`` of each class, in the order they hold
             in its ``k_max``-shot prompt, so its demonstrations are nested as k grows
@@ -79,7 +92,7 @@ class PromptConfig:
     shuffle_order: bool = True
     pinned: bool = False
     pinned_ids: tuple[str, ...] = ()
-    shuffled_labels: bool = False
+    label_controls: tuple[str, ...] = ()
     k_max: int | None = None
     on_overflow: Overflow = "error"
 
@@ -101,6 +114,20 @@ class PromptConfig:
             raise TaskError(
                 f"on_overflow must be 'error' or 'drop_demos'; got {self.on_overflow!r}"
             )
+        bad = [kind for kind in self.label_controls if kind not in CONTROL_KINDS]
+        if bad:
+            renamed = (
+                " ('icl_shuffled' was the class-level derangement, now 'icl_flipped')"
+                if "icl_shuffled" in bad
+                else ""
+            )
+            raise TaskError(
+                f"label_controls has unknown kinds {bad}{renamed}; valid kinds: "
+                f"{', '.join(CONTROL_KINDS)}"
+            )
+        object.__setattr__(
+            self, "label_controls", tuple(k for k in CONTROL_KINDS if k in self.label_controls)
+        )
         if len(set(self.pinned_ids)) != len(self.pinned_ids):
             raise TaskError(f"pinned_ids has repeated ids: {list(self.pinned_ids)}")
         object.__setattr__(self, "pinned_ids", tuple(self.pinned_ids))
@@ -112,6 +139,7 @@ class PromptConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["pinned_ids"] = list(self.pinned_ids)
+        out["label_controls"] = list(self.label_controls)
         return out
 
     def manifest(self) -> dict[str, Any]:
@@ -132,11 +160,11 @@ class Prompt:
     Attributes:
         query_id: the query example's id.
         query_text: the query example's text.
-        kind: ``zero``, ``icl`` or ``icl_shuffled``.
+        kind: one of :data:`KINDS` (``zero``, ``icl`` or a label control).
         split: ``fit`` or ``eval``.
         demo_ids: ids of the demonstrations, in prompt order (empty for ``zero``).
-        demo_labels: the class index *shown* with each demonstration (permuted for
-            ``icl_shuffled``).
+        demo_labels: the class index *shown* with each demonstration (the true one for
+            ``icl``, the control's for a label control).
         gold: the query's class index.
         label: the query's gold label word.
         prefix: the demonstration block (``""`` for ``zero``).
@@ -343,11 +371,39 @@ def _draw(pools: list[list[Example]], config: PromptConfig, rng: random.Random) 
 
 
 def _derangement(n: int, rng: random.Random) -> list[int]:
+    """A uniform permutation of ``range(n)`` without a fixed point (rejection sampling)."""
     while True:
         perm = list(range(n))
         rng.shuffle(perm)
         if all(i != p for i, p in enumerate(perm)):
             return perm
+
+
+def _control_labels(
+    kind: str,
+    shown: tuple[int, ...],
+    demo_ids: tuple[str, ...],
+    n_classes: int,
+    seed: int,
+    key: str,
+    flip: list[int],
+) -> tuple[int, ...]:
+    """The labels a label control shows with a prompt's demonstrations.
+
+    ``key`` seeds the prompt (its query id, or ``"pinned"`` when every query shares the
+    demonstrations, so the controls keep one common prefix too); ``flip`` is the prompt's
+    derangement of the classes.
+    """
+    if kind == "icl_flipped":  # one class-level derangement (formerly "icl_shuffled")
+        return tuple(flip[y] for y in shown)
+    if kind == "icl_random":  # each label uniform over the classes, independent of the input;
+        # seeded per demonstration, so a k-shot sweep's nested prompts keep their labels
+        return tuple(_rng(seed, "random_labels", key, d).randrange(n_classes) for d in demo_ids)
+    if kind == "icl_permuted":  # the prompt's own labels in a random order
+        labels = list(shown)
+        _rng(seed, "permute_labels", key).shuffle(labels)
+        return tuple(labels)
+    raise TaskError(f"unknown label control {kind!r}; valid kinds: {', '.join(CONTROL_KINDS)}")
 
 
 def build_prompts(
@@ -413,11 +469,12 @@ def build_prompts(
                     **common,
                 )
             )
-            if config.shuffled_labels:
-                wrong = tuple(perm[y] for y in shown)
-                prompts["icl_shuffled"].append(
+            key = "pinned" if pinned_demos is not None else ex.id
+            for kind in config.label_controls:
+                wrong = _control_labels(kind, shown, ids, task.n_classes, config.seed, key, perm)
+                prompts[kind].append(
                     Prompt(
-                        kind="icl_shuffled",
+                        kind=kind,
                         demo_ids=ids,
                         demo_labels=wrong,
                         prefix=_render(task, ids, wrong, by_id),

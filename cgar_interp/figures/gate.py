@@ -21,6 +21,14 @@ PANELS = (
     ("label_mass", "Concentration mass on label tokens"),
 )
 
+# the context gate's baselines (ContextGateConfig.vectors other than "context"): legend name and
+# line dash, so the two label controls are told apart
+BASELINES = {
+    "random": ("random vector", "dot"),
+    "flipped": ("flipped labels", "dashdot"),
+    "random_labels": ("random labels", "longdashdot"),
+}
+
 
 def _hover(frame: pd.DataFrame, head: str) -> list[str]:
     return [
@@ -33,8 +41,9 @@ def _hover(frame: pd.DataFrame, head: str) -> list[str]:
 def context_gate_figure(table: pd.DataFrame, task: str) -> go.Figure:
     """The paper's two panels for one task: accuracy and label mass vs lambda.
 
-    One curve per (q, c) in decode mode (solid) and patch mode (dashed); the random-vector and
-    shuffled-label baselines are in the legend (hidden until clicked); zero-shot and full ICL
+    One curve per (q, c) in decode mode (solid) and patch mode (dashed); the baselines (a random
+    vector, cbar from flipped-label and from random-label prompts, each with its own dash) are
+    in the legend, named, and hidden until clicked; zero-shot and full ICL
     are horizontal reference lines. Lambda is categorical so that lambda = 0 is on the axis.
     """
     data = table[(table.task == task) & (table.probe == "context_gate")]
@@ -57,7 +66,8 @@ def context_gate_figure(table: pd.DataFrame, task: str) -> go.Figure:
                 & (data.c_layer == c)
                 & (data.metric == metric)
             ].sort_values("lam")
-            name = f"{mode} q={q} c={c}" + ("" if vector == "context" else f" [{vector}]")
+            label, dash = BASELINES.get(vector, (vector, "dot"))
+            name = f"{mode} q={q} c={c}" + ("" if vector == "context" else f" [{label}]")
             fig.add_trace(
                 go.Scatter(
                     x=[lam_label(x) for x in sel.lam],
@@ -69,7 +79,7 @@ def context_gate_figure(table: pd.DataFrame, task: str) -> go.Figure:
                     showlegend=col == 1,
                     line={
                         "color": colors[(q, c)],
-                        "dash": DASH[mode] if vector == "context" else "dot",
+                        "dash": DASH[mode] if vector == "context" else dash,
                         "width": 2 if vector == "context" else 1,
                     },
                     opacity=1.0 if vector == "context" else 0.6,

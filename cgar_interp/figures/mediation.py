@@ -12,6 +12,13 @@ from .style import HOVER, PALETTE, ci_error_y, ci_text, grid
 
 __all__ = ["head_mediation_figure", "head_mediation_heads_figure"]
 
+# the AIE's corrupted runs (HeadMediationConfig.corrupted) in a title
+CORRUPTED_NAMES = {
+    "permuted": "permuted-label",
+    "random_labels": "random-label",
+    "flipped": "flipped-label",
+}
+
 
 def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
     """Head mediation per head: AIE heatmap (layer x head) beside AIE vs label attention.
@@ -26,6 +33,8 @@ def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
     layers = sorted(data.layer.unique())
     heads = sorted(data["head"].unique())
     sel = data.set_index(["layer", "head"])
+    corrupted = data.corrupted.iloc[0] if "corrupted" in data.columns else None
+    corrupted = CORRUPTED_NAMES.get(corrupted, "corrupted")
 
     fit = "aie_fit" in data.columns  # ranks on the fit queries (the selection)
 
@@ -49,7 +58,7 @@ def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
         cols=2,
         column_widths=[0.45, 0.55],
         subplot_titles=(
-            "AIE: change of p(gold) on shuffled-label prompts",
+            f"AIE: change of p(gold) on {corrupted} prompts",
             "AIE vs ICL label-token attention",
         ),
     )

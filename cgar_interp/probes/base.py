@@ -23,7 +23,7 @@ from ..metrics import gold_probability, query_metrics, summarise
 from ..models import ModelHandle, RunResult
 from ..sites import site_name, site_names
 from ..tokens import TokenBatch
-from .inputs import PROMPT_KINDS_SHARED, SharedRead, TaskInputs
+from .inputs import CONTROL_PROMPT_KINDS, PROMPT_KINDS_SHARED, SharedRead, TaskInputs
 from .protocol import ProbeConfig
 
 
@@ -199,8 +199,10 @@ class ProbeContext:
             "zero": (self.inputs.zero, torch.arange(n)),
             "icl": (self.inputs.icl, torch.arange(n)),
         }
-        if self.inputs.icl_shuffled is not None:  # only ever averaged over fit queries
-            kinds["icl_shuffled"] = (self.inputs.icl_shuffled, self.inputs.fit)
+        for kind in CONTROL_PROMPT_KINDS:  # label controls: only averaged over fit queries
+            batch = getattr(self.inputs, kind)  # (other rows: a probe declares a SharedRead)
+            if batch is not None:
+                kinds[kind] = (batch, self.inputs.fit)
         return kinds
 
     def _all_reads(self) -> list[SharedRead]:

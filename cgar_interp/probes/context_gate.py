@@ -12,11 +12,14 @@ For every query layer q, context layer c and gate strength lambda:
 
 ``cbar^(c)`` is the mean of ``h_icl^(c) - h_zero^(c)`` over the *fit* queries; everything is
 scored on the disjoint *eval* queries. Vectors: ``context`` (cbar), ``random`` (a seeded random
-direction with cbar's norm), ``shuffled`` (cbar from demonstrations whose labels were shuffled).
+direction with cbar's norm), and two label controls, the same estimator on other prompts:
+``flipped`` (cbar from ``icl_flipped`` prompts, every demonstration's label sent through one
+derangement of the classes: a consistent wrong mapping) and ``random_labels`` (cbar from
+``icl_random`` prompts, every label drawn uniformly at random: Min et al., 2022).
 Baselines: zero-shot and full ICL logits of the same eval queries.
 
 Cost: the shared capture is two forward passes per query (zero-shot and ICL; plus one per *fit*
-query for the shuffled baseline); decode mode is matrix algebra on captured residuals, whatever
+query for each label control); decode mode is matrix algebra on captured residuals, whatever
 the grid; patch mode adds one-token suffix passes over the zero-shot pass's KV cache, every
 (vector, lambda) variant batched together, and no forward pass.
 """
@@ -35,13 +38,19 @@ from ..layers import resolve_layers
 from ..metrics import CHUNK_ELEMENTS
 from ..sites import site_names
 from .base import ProbeContext, SharedRead, register_probe
-from .protocol import SHUFFLED, ProbeConfig, ci_cell
+from .protocol import FLIPPED, RANDOM_LABELS, ProbeConfig, ci_cell
 
 KIND = "context_gate"
 TABLE = "context_gate"  # the tidy sweep (and its baselines)
 TERMS_TABLE = "gate_terms"  # per eval query, the label-restricted terms the theory reads
 MODES = ("decode", "patch")
-VECTORS = ("context", "random", "shuffled")
+VECTORS = ("context", "random", "flipped", "random_labels")
+# the label-control vectors: cbar estimated on these prompts instead of the ICL ones
+CONTROL_VECTORS = {"flipped": FLIPPED, "random_labels": RANDOM_LABELS}
+RENAMED = {
+    "shuffled": "'shuffled' was the class-level derangement, now 'flipped'; 'random_labels' is "
+    "Min et al.'s random labels"
+}
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,8 @@ class ContextGateConfig(ProbeConfig):
         context_layers: layers c where cbar is estimated/added (``"paper"``: 20/24/28/32 of 32).
         lambdas: gate strengths, finite and >= 0 (the paper: 0, 0.01, 0.1, 1, 10).
         modes: ``decode`` and/or ``patch``.
-        vectors: ``context`` and any of the baselines ``random``, ``shuffled``.
+        vectors: ``context`` and any of the baselines ``random``, ``flipped``,
+            ``random_labels``.
     """
 
     query_layers: str | tuple[int, ...] = "last"
@@ -72,6 +82,11 @@ class ContextGateConfig(ProbeConfig):
             if mode not in MODES:
                 raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
         for vec in self.vectors:
+            if vec in RENAMED:
+                raise ValueError(
+                    f"vector {vec!r} was renamed: {RENAMED[vec]}; valid vectors: "
+                    f"{', '.join(VECTORS)}"
+                )
             if vec not in VECTORS:
                 raise ValueError(f"unknown vector {vec!r}; valid vectors: {', '.join(VECTORS)}")
         if "context" not in self.vectors:
@@ -97,8 +112,10 @@ class ContextGateConfig(ProbeConfig):
         return (SharedRead.of("zero", inputs.fit, site_names("resid", c_layers), keep_states=True),)
 
     def prompt_kinds(self) -> frozenset[str]:
-        """The shuffled baseline's cbar is estimated on shuffled-label ICL prompts."""
-        return super().prompt_kinds() | ({SHUFFLED} if "shuffled" in self.vectors else set())
+        """A label control's cbar is estimated on its prompts (``icl_flipped``,
+        ``icl_random``): only those the vectors name are built."""
+        controls = {CONTROL_VECTORS[v] for v in self.vectors if v in CONTROL_VECTORS}
+        return super().prompt_kinds() | controls
 
     def self_check_paths(self) -> frozenset[str]:
         """Patch mode's resume paths, and decode mode's algebra of the final norm."""
@@ -162,11 +179,16 @@ def gate_vectors(
             gen = torch.Generator().manual_seed(ctx.seed * 100_003 + c)
             direction = torch.randn(cbar.shape[0], generator=gen, dtype=cbar.dtype)
             out[("random", c)] = direction * (cbar.norm() / direction.norm())
-        if "shuffled" in config.vectors:
-            if "icl_shuffled" not in cap.resid:
-                raise ValueError("vector 'shuffled' needs shuffled-label ICL prompts for the task")
-            shuffled = cap.resid["icl_shuffled"][c][fit] - cap.resid["zero"][c][fit]
-            out[("shuffled", c)] = shuffled.mean(0)
+        for vector, kind in CONTROL_VECTORS.items():
+            if vector not in config.vectors:
+                continue
+            if kind not in cap.resid:
+                raise ValueError(
+                    f"vector {vector!r} needs {kind!r} prompts for task {ctx.inputs.task!r}; "
+                    "a suite with this vector builds them"
+                )
+            control = cap.resid[kind][c][fit] - cap.resid["zero"][c][fit]
+            out[(vector, c)] = control.mean(0)
     return out
 
 

@@ -6,16 +6,18 @@ blocks in ``layers``):
 
 - **a_lh**: the mean over the fit queries of the head's output at the last position of the
   clean ICL prompt (``head_out.l``, its contribution ``W_O z`` to the residual).
-- **AIE** (average indirect effect): ICL prompts whose demonstrations' labels are shuffled are
-  the corrupted runs. For each query and head, the head's output at the last position is
-  replaced by ``a_lh``; the effect is the change of the gold label's probability (first label
-  token, full vocabulary; metric ``gold_mass``). It is computed on the fit queries (the first
-  ``max_queries``; ``aie_fit``: the ranking that *chooses* the top-AIE heads) and on the eval
-  queries (the first ``max_queries``; ``aie``, with a bootstrap interval: the figure and the
-  Spearman join). The intervention sits at the last position only, so it is exact and cheap:
-  ``resid_mid.l' = resid_mid.l + a_lh - head_out_lh`` for all heads of a block at once as
-  variants, then block ``l``'s MLP and the blocks above as one-token suffix passes over the
-  corrupted prompt's KV cache (:func:`cgar_interp.prefix.resume_from_mid`).
+- **AIE** (average indirect effect): ICL prompts under a label control are the corrupted runs
+  (``corrupted``: by default ``permuted``, the prompt's labels permuted across its
+  demonstrations, as Todd et al.; or ``random_labels``, ``flipped``). For each query and head,
+  the head's output at the last position is replaced by ``a_lh``; the effect is the change of
+  the gold label's probability (first label token, full vocabulary; metric ``gold_mass``). It
+  is computed on the fit queries (the first ``max_queries``; ``aie_fit``: the ranking that
+  *chooses* the top-AIE heads) and on the eval queries (the first ``max_queries``; ``aie``,
+  with a bootstrap interval: the figure and the Spearman join). The intervention sits at the
+  last position only, so it is exact and cheap: ``resid_mid.l' = resid_mid.l + a_lh -
+  head_out_lh`` for all heads of a block at once as variants, then block ``l``'s MLP and the
+  blocks above as one-token suffix passes over the corrupted prompt's KV cache
+  (:func:`cgar_interp.prefix.resume_from_mid`).
 - **Label attention** (the Hopfield view): each head's attention mass at the last position on
   the demonstrations' label positions under ICL
   (:func:`~cgar_interp.probes.hopfield_heads.label_positions`, the Hopfield probe's
@@ -74,12 +76,15 @@ from ..sites import SiteKindName, site_name, site_names
 from . import hopfield_heads, task_vectors
 from .base import ProbeContext, SharedRead, TaskInputs, first_non_finite, register_probe
 from .hopfield_heads import check_block_spec, label_positions, resolve_blocks
-from .protocol import SHUFFLED, ProbeConfig
+from .protocol import FLIPPED, PERMUTED, RANDOM_LABELS, ProbeConfig
 
 KIND = "head_mediation"
 TABLE = "head_mediation"  # tidy: AIE per head, function vectors, baselines, ablations
 HEADS_TABLE = "head_mediation_heads"  # one row per head
 JOIN_TABLE = "head_mediation_join"  # one row per task: AIE against label attention
+
+# the corrupted runs of the AIE: config value -> the label-control prompt kind
+CORRUPTED = {"permuted": PERMUTED, "random_labels": RANDOM_LABELS, "flipped": FLIPPED}
 
 ABLATION_METRICS = ("label_mass", "vocab_correct", "gold_mass")
 FV_METRICS = ("vocab_correct", "label_mass", "gold_mass")
@@ -114,6 +119,10 @@ class HeadMediationConfig(ProbeConfig):
         label_cue_tokens: as in ``hopfield_heads``: the answer cue a label position follows.
         overlap_k: size of the two top sets whose overlap is reported (>= 1).
         n_permutations: permutations for the Spearman p-value (>= 1).
+        corrupted: the prompts of the AIE's corrupted runs: ``"permuted"`` (each prompt's
+            demonstration labels permuted across its demonstrations, Todd et al. 2024),
+            ``"random_labels"`` (each label uniform over the classes, Min et al. 2022) or
+            ``"flipped"`` (every label through one derangement of the classes).
     """
 
     layers: str | tuple[int, ...] = "all"
@@ -124,8 +133,14 @@ class HeadMediationConfig(ProbeConfig):
     label_cue_tokens: int = 2
     overlap_k: int = 10
     n_permutations: int = 2000
+    corrupted: str = "permuted"
 
     def __post_init__(self):
+        if self.corrupted not in CORRUPTED:
+            raise ValueError(
+                f"corrupted={self.corrupted!r} is not valid: the AIE's corrupted runs are one "
+                f"of {', '.join(CORRUPTED)}"
+            )
         check_block_spec(self.layers)
         _positive_int("top_k", self.top_k)
         _positive_int("n_random", self.n_random, 0)
@@ -141,11 +156,6 @@ class HeadMediationConfig(ProbeConfig):
 
     def blocks(self, n_layers: int) -> tuple[int, ...]:
         return resolve_blocks(self.layers, n_layers, "layers")
-
-    @property
-    def corrupted_kind(self) -> str:
-        """The prompt kind of the AIE's corrupted runs."""
-        return SHUFFLED
 
     def shared_reads(self, inputs: TaskInputs, n_layers: int) -> tuple[SharedRead, ...]:
         """What the probe reads at the last position, in the suite's shared capture pass: head
@@ -180,6 +190,11 @@ class HeadMediationConfig(ProbeConfig):
         return tuple(reads)
 
     @property
+    def corrupted_kind(self) -> str:
+        """The prompt kind of the corrupted runs (``icl_permuted``, ...)."""
+        return CORRUPTED[self.corrupted]
+
+    @property
     def resumes_zero_shot(self) -> bool:
         """The function vector patches the last position of the eval queries' zero-shot prompts."""
         return True
@@ -193,7 +208,7 @@ class HeadMediationConfig(ProbeConfig):
         )
 
     def prompt_kinds(self) -> frozenset[str]:
-        """The corrupted runs of the AIE are shuffled-label ICL prompts."""
+        """The corrupted runs of the AIE are the ``corrupted`` label control's ICL prompts."""
         return super().prompt_kinds() | {self.corrupted_kind}
 
     def self_check_paths(self) -> frozenset[str]:
@@ -551,8 +566,9 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
     corrupted = config.corrupted_kind
     if getattr(inputs, corrupted) is None:
         raise ValueError(
-            "head_mediation needs shuffled-label ICL prompts (the corrupted runs); prepare the "
-            "task with shuffled_labels (a suite with this probe does so)"
+            f"head_mediation needs {corrupted!r} prompts (the corrupted runs, corrupted="
+            f"{config.corrupted!r}); prepare the task with label_controls=({corrupted!r},) "
+            "(a suite with this probe does so)"
         )
     if not len(inputs.fit):
         raise ValueError(
@@ -636,6 +652,7 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
                     "aie_fit": float(effects_fit[b][h].mean()),
                     "label_attention": float(reported[b][h]),
                     "label_attention_fit": float(attention_fit[b][:, h].mean()),
+                    "corrupted": config.corrupted,
                     "n": row["n"],
                     "n_fit_aie": len(fit_aie),
                     "n_fit": len(fit),
@@ -773,6 +790,7 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
         **base,
         "n_heads": len(heads),
         "label_attention_source": source,
+        "corrupted": config.corrupted,
         "spearman_rho": rho,
         "spearman_p": p,
         "n_permutations": config.n_permutations,

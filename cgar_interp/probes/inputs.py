@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..data.prompts import CONTROL_KINDS
 from ..tokens import TokenBatch
 
 
@@ -23,7 +24,11 @@ class TaskInputs:
         task: task name. ``classes``: class names; ``label_ids``: ``[K]`` first label tokens.
         gold: ``[n]`` gold class per query. ``fit`` / ``eval``: disjoint query indices.
         zero: ``[n]`` zero-shot prompts; ``icl``: ``[n]`` prompts with demonstrations;
-        icl_shuffled: ``[n]`` the same demonstrations with labels shuffled (or None).
+        icl_flipped, icl_random, icl_permuted: ``[n]`` the same demonstrations under a label
+            control (or None when no probe asked for it; ``data.prompts``): labels sent
+            through one derangement of the classes, labels drawn uniformly at random (Min et
+            al., 2022), the prompt's labels permuted across its demonstrations (Todd et al.,
+            2024).
     """
 
     task: str
@@ -34,10 +39,15 @@ class TaskInputs:
     eval: Tensor
     zero: TokenBatch
     icl: TokenBatch
-    icl_shuffled: TokenBatch | None = None
+    icl_flipped: TokenBatch | None = None
+    icl_random: TokenBatch | None = None
+    icl_permuted: TokenBatch | None = None
 
 
-PROMPT_KINDS_SHARED = ("zero", "icl", "icl_shuffled")
+# the label controls (data.prompts.CONTROL_KINDS), each built only when a probe asks for it
+# (ProbeConfig.prompt_kinds)
+CONTROL_PROMPT_KINDS = CONTROL_KINDS
+PROMPT_KINDS_SHARED = ("zero", "icl", *CONTROL_PROMPT_KINDS)
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,7 @@ class SharedRead:
     :meth:`ProbeContext.read` returns them; a read nobody declared runs its own capture there.
 
     Attributes:
-        kind: ``"zero"``, ``"icl"`` or ``"icl_shuffled"``.
+        kind: one of :data:`PROMPT_KINDS_SHARED` (``"zero"``, ``"icl"`` or a label control).
         rows: query indices, in the order the probe reads them.
         sites: site names read at each prompt's last position.
         keep_states: also keep the prompts' KV caches (``RunResult.states``), for probes that

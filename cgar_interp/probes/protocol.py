@@ -11,7 +11,7 @@ declaration                 read by
 ``needed_layers``           the shared capture pass (residual layers at the last position)
 ``shared_reads``            the shared capture pass (other sites, :class:`SharedRead`)
 ``resumes_zero_shot``       the shared capture pass (keep the eval queries' zero-shot caches)
-``prompt_kinds``            the task preparation (shuffled-label prompts built only if asked)
+``prompt_kinds``            the task preparation (label-control prompts built only if asked)
 ``self_check_paths``        the run's self-check (:mod:`cgar_interp.selfcheck`)
 ``remote_unsupported``      a remote suite's parsing (why the probe cannot run on NDIF)
 ``check_suite``             a suite's parsing (probes that read another probe's table)
@@ -32,12 +32,14 @@ if TYPE_CHECKING:
 
     from .inputs import SharedRead, TaskInputs
 
-PromptKind = Literal["zero", "icl", "icl_shuffled"]
+PromptKind = Literal["zero", "icl", "icl_flipped", "icl_random", "icl_permuted"]
 
-# the prompts every task has; "icl_shuffled" (demonstrations with shuffled labels) is built
-# only for a suite with a probe that asks for it
+# the prompts every task has; each label control (the same demonstrations with other labels,
+# cgar_interp.data.prompts) is built only for a suite with a probe that asks for it
 BASE_PROMPT_KINDS: frozenset[str] = frozenset({"zero", "icl"})
-SHUFFLED = "icl_shuffled"
+FLIPPED = "icl_flipped"  # every label through one derangement of the classes
+RANDOM_LABELS = "icl_random"  # every label uniform over the classes (Min et al., 2022)
+PERMUTED = "icl_permuted"  # the prompt's labels permuted across its demonstrations (Todd et al.)
 
 # the self-check paths of the suffix passes that resume the zero-shot prompts' KV caches
 # (names from cgar_interp.selfcheck.PATHS)
@@ -73,8 +75,9 @@ class ProbeConfig:
         return False
 
     def prompt_kinds(self) -> frozenset[str]:
-        """The prompt kinds (:data:`PromptKind`) the probe reads; ``"icl_shuffled"`` asks the
-        task preparation for demonstrations with shuffled labels."""
+        """The prompt kinds (:data:`PromptKind`) the probe reads; a label control
+        (:data:`FLIPPED`, :data:`RANDOM_LABELS`, :data:`PERMUTED`) asks the task preparation
+        for those prompts."""
         return BASE_PROMPT_KINDS
 
     def self_check_paths(self) -> frozenset[str]:

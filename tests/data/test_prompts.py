@@ -81,17 +81,18 @@ def test_explicit_pinned_ids_are_used_in_order_and_never_queried(sst2):
         build_prompts(sst2, PromptConfig(pinned_ids=("nope",)))
 
 
-def test_fixed_class_order_and_shuffled_labels(trec):
+def test_fixed_class_order_and_flipped_labels(trec):
     prompts = build_prompts(
-        trec, PromptConfig(k=2, n_fit=2, n_eval=6, shuffle_order=False, shuffled_labels=True)
+        trec,
+        PromptConfig(k=2, n_fit=2, n_eval=6, shuffle_order=False, label_controls=("icl_flipped",)),
     )
-    for icl, shuffled in zip(prompts.get("icl"), prompts.get("icl_shuffled"), strict=True):
+    for icl, flipped in zip(prompts.get("icl"), prompts.get("icl_flipped"), strict=True):
         assert icl.demo_labels == (0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5)
-        assert shuffled.demo_ids == icl.demo_ids and shuffled.query == icl.query
-        assert all(a != b for a, b in zip(icl.demo_labels, shuffled.demo_labels, strict=True))
+        assert flipped.demo_ids == icl.demo_ids and flipped.query == icl.query
+        assert all(a != b for a, b in zip(icl.demo_labels, flipped.demo_labels, strict=True))
         # a consistent relabelling: each class is shown under one other label
-        assert len(set(zip(icl.demo_labels, shuffled.demo_labels, strict=True))) == 6
-    assert prompts.kinds == ("zero", "icl", "icl_shuffled")
+        assert len(set(zip(icl.demo_labels, flipped.demo_labels, strict=True))) == 6
+    assert prompts.kinds == ("zero", "icl", "icl_flipped")
 
 
 def test_frame_and_manifest(sst2):

@@ -47,7 +47,10 @@ PROBE = st.fixed_dictionaries(
         "layers": st.one_of(
             st.sampled_from(["all", "last", "x"]), st.lists(st.integers(-40, 40), max_size=3)
         ),
-        "vectors": st.lists(st.sampled_from(["context", "random", "shuffled", "y"]), max_size=3),
+        "vectors": st.lists(
+            st.sampled_from(["context", "random", "flipped", "random_labels", "shuffled", "y"]),
+            max_size=3,
+        ),
     },
 )
 

@@ -58,7 +58,7 @@ def test_remote_code_is_never_trusted(tiny_handles):
 
 def test_nan_in_activations_is_reported_with_layer_and_prompt(tiny_handles):
     handle = tiny_handles["hf"]
-    inputs = synthetic_inputs(n=6, shuffled=False)
+    inputs = synthetic_inputs(n=6, controls=False)
     block = handle.backend.hf_model.model.layers[0]
 
     def poison(module, args, out):
