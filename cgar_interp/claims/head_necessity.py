@@ -49,8 +49,9 @@ def draw_position(tested: float, draws: np.ndarray) -> tuple[float, float]:
     the share (%) of draws with a smaller drop, and ``(1 + #{draws with drop >= tested}) /
     (1 + n_draws)``.
 
-    >>> draw_position(0.5, np.array([0.1, 0.2, 0.6]))
-    (66.66666666666667, 0.5)
+    >>> percentile, p = draw_position(0.5, np.array([0.1, 0.2, 0.6]))
+    >>> round(percentile, 4), p
+    (66.6667, 0.5)
     """
     draws = np.asarray(draws, float)
     return (

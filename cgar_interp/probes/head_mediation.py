@@ -327,8 +327,9 @@ def draw_test(tested: float, draws: np.ndarray) -> tuple[float, float]:
     ``p = (1 + #{draws whose drop >= the tested drop}) / (1 + n_draws)`` (a permutation-style
     p-value of "the tested set's drop is no larger than a random set's"); NaN without draws.
 
-    >>> draw_test(-0.5, np.array([-0.1, -0.2, -0.6]))
-    (66.66666666666667, 0.5)
+    >>> percentile, p = draw_test(-0.5, np.array([-0.1, -0.2, -0.6]))
+    >>> round(percentile, 4), p
+    (66.6667, 0.5)
     """
     draws = np.asarray(draws, dtype=float)
     if draws.size == 0:
