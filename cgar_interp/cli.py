@@ -334,9 +334,19 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A finished run director
 @app.command()
 def verdict(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    rows: Annotated[
+        bool,
+        typer.Option(
+            "--rows",
+            help="Every row: task, test, the split it selected on, the difference with its "
+            "paired interval, alpha_i, the detectable difference, the queries that would "
+            "decide an inconclusive row.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """The claims ledger of a run: each claim, its test, its number and the verdict."""
+    """The claims ledger of a run as a claim x task matrix (100 columns): each cell's verdict
+    and key difference with its interval, then each claim's rule and correction once."""
     from .claims import build_ledger
     from .runner import RunResults
 
@@ -347,44 +357,36 @@ def verdict(
     if json_out:
         print(ledger.to_json(orient="records"))
         return
-    print_ledger(ledger)
+    print_verdict(ledger, rows=rows, title=f"Verdict of {run_dir}")
 
 
-def print_ledger(ledger) -> None:
-    """The ledger as a terminal table, then one line per claim counting its verdicts."""
-    from rich.table import Table
+TONE_STYLES = {"green": "green", "red": "red", "amber": "yellow", "grey": "bright_black"}
+"""The terminal colour of each tone of :data:`cgar_interp.claims.matrix.TONES`."""
 
-    table = Table(title="claims ledger (cgar_interp/claims; rules in each row of claims.parquet)")
-    for column in ("claim", "task", "test", "value [95% CI]", "control", "difference", "verdict"):
-        table.add_column(column, overflow="fold")
-    colours = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
-    for row in ledger.itertuples():
-        value = (
-            f"{row.value:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
-            if row.value == row.value
-            else ""
-        )
-        control = f"{row.control_value:.3f}" if row.control_value == row.control_value else ""
-        diff = (
-            f"{row.diff:+.3f} [{row.diff_low:+.3f}, {row.diff_high:+.3f}]"
-            if row.diff == row.diff
-            else ""
-        )
-        colour = colours.get(row.verdict, "cyan")
-        table.add_row(
-            row.claim_id,
-            row.task,
-            row.test,
-            value,
-            f"{row.control} {control}".strip(),
-            diff,
-            f"[{colour}]{row.verdict}[/]",
-        )
-    console.print(table)
-    for claim_id, part in ledger.groupby("claim_id", sort=False):
-        counts = part.verdict.value_counts()
-        summary = ", ".join(f"{n} {v}" for v, n in counts.items())
-        console.print(f"claim {claim_id}: {part.claim.iloc[0]} -- {summary}")
+
+def print_verdict(ledger, rows: bool = False, title: str = "Verdict", width: int = 100) -> None:
+    """The ledger on stdout, no line wider than ``width``: the claim x task matrix with what
+    its cells say and each claim's rule and correction once, or (``rows``) every row."""
+    from rich.text import Text
+
+    from .claims.matrix import legend_lines, matrix_lines, row_lines, verdict_matrix
+
+    out = Console(highlight=False, soft_wrap=True, width=width)
+    if ledger.empty:
+        out.print(f"{title}: the ledger has no rows (no probe of this run feeds a claim)")
+        return
+    matrix = verdict_matrix(ledger)
+    if rows:
+        lines = row_lines(matrix, width)
+    else:
+        head = f"{title}: {len(matrix.claims)} claims x {len(matrix.tasks)} tasks"
+        lines = [[(head[:width], None)], *matrix_lines(matrix, width), [("", None)]]
+        lines += legend_lines(matrix, width)
+    for line in lines:
+        text = Text()
+        for piece, tone in line:
+            text.append(piece, style=TONE_STYLES.get(tone or "", ""))
+        out.print(text)
 
 
 @app.command()

@@ -29,6 +29,15 @@ table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px so
 th{background:#f5f5f5}td.l,th.l{text-align:left}.prov td{text-align:left}.muted{color:#777;font-size:.85em}
 .banner{background:#b00020;color:#fff;padding:.8em 1em;border-radius:4px;font-weight:600}
 .fail{color:#b00020;font-weight:600}.pass{color:#1b7f3b}
+.t-green{color:#1b7f3b;font-weight:600}.t-red{color:#b00020;font-weight:600}
+.t-amber{color:#8a5a00;font-weight:600}.t-grey{color:#666}
+table.matrix td.v{padding:0}table.matrix td.v a{display:block;padding:.3em .6em;color:inherit;text-decoration:none}
+table.matrix td.v a:hover{outline:2px solid #333}table.matrix th.l{max-width:24em;font-weight:normal}
+.v-green{background:#dcf2e1}.v-red{background:#f9dcdf}.v-amber{background:#fff1c7}
+.v-grey{background:#eee}.v-mixed{background:#fff}.v-none{color:#aaa;text-align:center}
+.num{font-variant-numeric:tabular-nums;font-size:.9em}.seeds{font-family:monospace;font-size:.85em}
+details.claim{margin:.3em 0}details.claim summary{cursor:pointer}tr:target{background:#ffffc8}
+td.test,td.note{min-width:16em}
 """
 
 PROVENANCE_KEYS = (
@@ -144,67 +153,174 @@ def self_check_html(manifest: dict, banner: bool = True) -> str:
     return "".join(parts)
 
 
-VERDICT_CLASS = {
-    "supported": "pass",
-    "not supported": "fail",
-    "inconclusive": "muted",
-    "pending": "muted",
-    "consistency check": "muted",
-}
-
-
 def _num(v, lo, hi) -> str:
     if v != v:  # NaN
         return ""
     return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo == lo and hi == hi else "")
 
 
-def ledger_html(ledger: pd.DataFrame | None, figure_names) -> str:
-    """The claims ledger as the report's first section; each row links to its figure."""
-    if ledger is None or ledger.empty:
-        return ""
-    rows = []
-    for r in ledger.itertuples():
+class _Ids:
+    """Element ids from data-derived text: only ``[A-Za-z0-9._-]``, each handed out once."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def __call__(self, *parts: str) -> str:
+        base = "-".join(safe_filename(str(p)) for p in parts)
+        name, i = base, 1
+        while name in self.used:
+            i += 1
+            name = f"{base}-{i}"
+        self.used.add(name)
+        return name
+
+
+def _matrix_cell(cell, href: str | None) -> str:
+    if cell is None:
+        return '<td class="v-none">&ndash;</td>'
+    words = "".join(
+        f'<span class="t-{tone}">{_e(text)}</span>' if tone else _e(text)
+        for text, tone in cell.word_segments()
+    )
+    body = words
+    if cell.number:
+        body += f'<br><span class="num">{_e(cell.number)}</span>'
+    if cell.seeds:
+        seeds = " ".join(f"{seed}:{letter}" for seed, letter in cell.seeds)
+        body += f'<br><span class="seeds" title="verdict per seed">{_e(seeds)}</span>'
+    return f'<td class="v v-{cell.tone}"><a href="#{href}">{body}</a></td>'
+
+
+def _claim_rows_html(matrix, summary, anchors: dict, figure_names) -> str:
+    """The rows of one claim id, every column of the ledger a reader needs; a column empty in
+    all of them is left out (``n needed`` where none is inconclusive, ...)."""
+    from .claims.matrix import TONES, number_text
+
+    frame = matrix.ledger
+    cells: list[dict[str, tuple[str, str]]] = []  # per row: column -> (class, html)
+    for i in summary.rows:
+        r = frame.loc[i]
+        figure = r["figure"] or ""
         link = (
-            f'<a href="#fig-{_e(safe_filename(r.figure))}">{_e(r.figure)}</a>'
-            if r.figure and r.figure in figure_names
-            else _e(r.figure or "")
+            f'<a href="#fig-{_e(safe_filename(figure))}">{_e(figure)}</a>'
+            if figure and figure in figure_names
+            else _e(figure)
         )
         details = "; ".join(
             _e(part)
-            for part in (r.rule, r.correction, f"reads {r.reads}" if r.reads else "", r.note)
+            for part in (r["method"], f"reads {r['reads']}" if r["reads"] else "", r["note"])
             if part
         )
-        control = f"{r.control} {_num(r.control_value, r.control_ci_low, r.control_ci_high)}"
-        rows.append(
-            "<tr>"
-            f'<td class="l">{_e(r.claim_id)}</td><td class="l">{_e(r.claim)}</td>'
-            f'<td class="l">{_e(r.task)}</td><td class="l">{_e(r.test)}</td>'
-            f"<td>{_e(_num(r.value, r.ci_low, r.ci_high))}</td>"
-            f'<td class="l">{_e(control.strip())}</td>'
-            f"<td>{_e(_num(r.diff, r.diff_low, r.diff_high))}</td>"
-            f'<td class="l {VERDICT_CLASS.get(r.verdict, "")}">{_e(r.verdict)}</td>'
-            f'<td class="l muted">{details}</td><td class="l">{link}</td></tr>'
+        ctl = _num(r["control_value"], r["control_ci_low"], r["control_ci_high"])
+        needed = (
+            number_text(r["n_needed"], ".0f", missing="") if r["verdict"] == "inconclusive" else ""
         )
-    heads = (
-        "claim",
-        "statement",
-        "task",
-        "test",
-        "value [95% CI]",
-        "control",
-        "difference [corrected CI]",
-        "verdict",
-        "rule, correction, rows read",
-        "figure",
+        row = {
+            "task": ("l", _e(r["task"])),
+            "seed": ("l", _e(r["seed"]) if "seed" in frame.columns else ""),
+            "test": ("l test", _e(r["test"])),
+            "value [95% CI]": ("", _e(_num(r["value"], r["ci_low"], r["ci_high"]))),
+            "control": ("l", _e(f"{r['control']} {ctl}".strip())),
+            "difference [corrected CI]": ("", _e(_num(r["diff"], r["diff_low"], r["diff_high"]))),
+            "verdict": (f"l t-{TONES.get(r['verdict'], 'grey')}", _e(r["verdict"])),
+            "selected on": ("l", _e(r["selected_on"])),
+            "n": ("", _e(number_text(r["n"], ".0f", missing="") if r["n"] else "")),
+            "p": ("", _e(number_text(r["p_value"], missing=""))),
+            "alpha_i": ("", _e(number_text(r["alpha"], missing=""))),
+            "detectable": ("", _e(number_text(r["detectable"], missing=""))),
+            "n needed": ("", _e(needed)),
+            "method, rows read, note": ("l muted note", details),
+            "figure": ("l", link),
+        }
+        cells.append(row)
+    always = ("task", "test", "verdict")
+    columns = [c for c in cells[0] if c in always or any(row[c][1] for row in cells)]
+    head = "".join(f'<th class="l">{c}</th>' for c in columns)
+    rows = []
+    for i, row in zip(summary.rows, cells, strict=True):
+        row_id = f' id="{anchors[i]}"' if i in anchors else ""
+        tds = "".join(f'<td class="{row[c][0]}">{row[c][1]}</td>' for c in columns)
+        rows.append(f"<tr{row_id}>{tds}</tr>")
+    return f'<table class="ledger"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+OPEN_TARGET_JS = """
+function cgarOpenTarget(){var id=location.hash.slice(1);var t=id&&document.getElementById(id);
+if(!t)return;for(var e=t;e;e=e.parentElement){if(e.tagName==='DETAILS')e.open=true;}
+t.scrollIntoView();}
+window.addEventListener('hashchange',cgarOpenTarget);
+document.addEventListener('DOMContentLoaded',cgarOpenTarget);
+"""
+"""Opens the ``<details>`` holding a link's target (a matrix cell's rows), where the browser
+does not do so itself."""
+
+
+def ledger_html(ledger: pd.DataFrame | None, figure_names) -> str:
+    """The claims ledger as the report's first section: the claim x task matrix (each cell
+    coloured by its verdict and linked to its rows), the correction's family once, then per
+    claim a collapsible ``<details>`` with its rule and correction once and its rows (each
+    linking to its figure)."""
+    if ledger is None or ledger.empty:
+        return ""
+    from .claims.matrix import verdict_matrix
+
+    matrix = verdict_matrix(ledger)
+    ids = _Ids()
+    claim_ids = {cid: ids("claim", cid) for cid in matrix.claims}
+    cell_ids = {key: ids("rows", *key) for key in matrix.cells}
+    anchors: dict[int, str] = {}  # ledger position -> id, on the first row of each cell
+    seen: set[tuple[str, str]] = set()
+    for cid in matrix.claims:
+        for i in matrix.summaries[cid].rows:
+            key = (cid, matrix.ledger.at[i, "task"])
+            if key in cell_ids and key not in seen:
+                seen.add(key)
+                anchors[i] = cell_ids[key]
+    head = '<th class="l">claim</th>' + "".join(f"<th>{_e(t)}</th>" for t in matrix.tasks)
+    body = []
+    for cid in matrix.claims:
+        s = matrix.summaries[cid]
+        short = s.short if len(s.short) <= 70 else s.short[:69] + "…"
+        cells = "".join(
+            _matrix_cell(matrix.cell(cid, task), cell_ids.get((cid, task))) for task in matrix.tasks
+        )
+        body.append(
+            f'<tr><th class="l" title="{_e(s.title)}"><a href="#{claim_ids[cid]}">{_e(cid)}</a> '
+            f"{_e(short)}</th>{cells}</tr>"
+        )
+    family = "; ".join(_e(f) for f in matrix.family) or "none (no row yields a p-value)"
+    seeds = (
+        f" Below it, the verdict of each seed ({_e(', '.join(matrix.seeds))}); the cell's is "
+        "the overall verdict, supported only if every seed supports."
+        if matrix.seeds
+        else ""
     )
-    head = "".join(f'<th class="l">{h}</th>' for h in heads)
+    claims = []
+    for cid in matrix.claims:
+        s = matrix.summaries[cid]
+        tally = ", ".join(f"{n} {v}" for v, n in s.counts)
+        rules = "".join(f"<li>{_e(rule)}</li>" for rule in s.rules) or "<li>none stated</li>"
+        claims.append(
+            f'<details id="{claim_ids[cid]}" class="claim"><summary><b>{_e(cid)}</b> '
+            f'{_e(s.title)} <span class="muted">({len(s.rows)} rows: {_e(tally)})</span>'
+            f'</summary><p class="muted">Rule:</p><ul class="muted">{rules}</ul>'
+            f'<p class="muted">Correction: {_e(s.correction)}.</p>'
+            f"{_claim_rows_html(matrix, s, anchors, figure_names)}</details>"
+        )
     return (
-        '<h2 id="verdict">Verdict: the claims ledger</h2>'
+        '<h2 id="verdict">Verdict: claims x tasks</h2>'
         '<p class="muted">Each claim of the paper that this run tests, computed from its tables '
-        "(tables/claims.parquet; <code>cgar verdict RUN_DIR</code> prints it). Decode-mode "
-        "agreement of the exact-norm model is a consistency check, not evidence.</p>"
-        f'<table class="ledger"><tr>{head}</tr>{"".join(rows)}</table>'
+        "(tables/claims.parquet; <code>cgar verdict RUN_DIR</code> prints this matrix, "
+        "<code>--rows</code> every row). A cell gives the verdict of its rows (the counts where "
+        "they disagree) and its headline row's value - control with its interval at the row's "
+        "Holm level (v= a value decided by a rule of its own); it links to its rows."
+        f"{seeds}</p>"
+        f'<table class="matrix"><tr>{head}</tr>{"".join(body)}</table>'
+        f'<p class="muted">Correction, for every row that yields a verdict: {family}. Each '
+        "row gives its own alpha_i. Decode-mode agreement of the exact-norm model is a "
+        "consistency check, not evidence.</p>"
+        f'<h3 id="verdict-rows">The rows of each claim</h3>{"".join(claims)}'
+        f"<script>{OPEN_TARGET_JS}</script>"
     )
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -139,6 +140,19 @@ def run_suite(
     """
     if remote:
         suite = replace(suite, remote=True, backend=remote_backend())
+    if suite.seeds:
+        return run_seeds(
+            suite,
+            out,
+            resume=resume,
+            force=force,
+            handle=handle,
+            progress=progress,
+            log=log,
+            report=report,
+            allow_self_check_failure=allow_self_check_failure,
+            self_check_rows=self_check_rows,
+        )
     settings = dict(
         resume=resume,
         force=force,
@@ -155,6 +169,96 @@ def run_suite(
 
     with remote_session(suite.model) as ledger:
         return _run_suite(suite, out, ledger=ledger, **settings)
+
+
+def seed_dir(out: str | Path, seed: int) -> Path:
+    """Where seed ``seed`` of a multi-seed run lives: ``<out>/seed-<seed>``."""
+    return Path(out) / f"seed-{seed}"
+
+
+def run_seeds(
+    suite: SuiteConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    handle: ModelHandle | None = None,
+    progress=None,
+    log: Callable[[str], None] | None = None,
+    report: bool = True,
+    allow_self_check_failure: bool = False,
+    self_check_rows: int = 3,
+) -> RunResults:
+    """A suite with ``seeds``: the whole suite once per seed, each a run of its own in
+    ``<out>/seed-<s>`` (resumable on its own: a finished seed is kept, a killed one resumes
+    at its unfinished units), then the ledgers side by side with the overall verdict per row
+    (:func:`cgar_interp.claims.seeds.combine_seeds`) in ``<out>/tables/claims.parquet``, and
+    ``<out>/tables/claims_<seed>.parquet`` per seed.
+
+    The same seed gives the same numbers as a one-seed run of that seed (``seed = s``)."""
+    from .claims.seeds import combine_seeds
+
+    say = log or (lambda _msg: None)
+    identity = {"config_hash": suite.config_hash(), "seeds": list(suite.seeds)}
+    with RunDir.open(out, identity, resume=resume, force=force) as run:
+        previous = run.read_manifest() or {}
+        manifest = {
+            "identity": identity,
+            "config_hash": identity["config_hash"],
+            "suite": suite.to_dict(),
+            "seeds": list(suite.seeds),
+            "seed_runs": {str(s): seed_dir(out, s).name for s in suite.seeds},
+            "started": previous.get("started", now_utc()),
+            "status": "running",
+            "resumed": bool(previous),
+        }
+        run.write_manifest(manifest)
+        ledgers, last = {}, None
+        if handle is None:  # one model for every seed
+            handle = load_model(
+                suite.model,
+                backend=suite.backend,
+                device=suite.device,
+                dtype=suite.dtype,
+                prepend_bos=suite.prepend_bos,
+                remote=suite.remote,
+                remote_rows=suite.remote_rows,
+            )
+        for s in suite.seeds:
+            say(f"seed {s}: {seed_dir(out, s)}")
+            one = replace(suite, seed=s, seeds=())
+            target = seed_dir(out, s)
+            done = (target / "tables" / "claims.parquet").exists() and (
+                json.loads((target / "manifest.json").read_text()).get("status") == "finished"
+            )
+            if done and resume:
+                say(f"seed {s}: finished earlier, kept")
+                last = RunResults.load(target)
+            else:
+                last = run_suite(
+                    one,
+                    target,
+                    resume=resume,
+                    force=force,
+                    handle=handle,
+                    progress=progress,
+                    log=log,
+                    report=report,
+                    allow_self_check_failure=allow_self_check_failure,
+                    self_check_rows=self_check_rows,
+                )
+            ledgers[s] = last.tables["claims"]
+            run.write_table(f"claims_{s}", ledgers[s])
+        combined = combine_seeds(ledgers)
+        run.write_table("claims", combined)
+        provenance = {k: v for k, v in last.manifest.items() if k not in manifest}
+        manifest.update(
+            {k: provenance[k] for k in provenance if k not in ("seed", "tasks", "stages")},
+            status="finished",
+            finished=now_utc(),
+        )
+        run.write_manifest(manifest)
+    return RunResults(Path(out), manifest, {"claims": combined})
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,9 @@ class SuiteConfig:
     dtype: str | None = None
     prepend_bos: bool = True
     seed: int = 0
+    # seed robustness: run the whole suite once per seed (demonstrations and the fit/eval
+    # split redrawn), each into <out>/seed-<s>, and decide every claim per seed and overall
+    seeds: tuple[int, ...] = ()
     tasks: tuple[str, ...] = ("sst2-mini",)
     # [[task]] tables (cgar_interp.task_spec.TaskSpec); run after the `tasks` strings
     task: tuple[TaskSpec, ...] = ()
@@ -83,6 +86,10 @@ class SuiteConfig:
             )
         if len(set(shots)) != len(shots):
             raise ConfigError(f"key 'shots' repeats a value: {list(shots)}")
+        if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.seeds):
+            raise ConfigError(f"key 'seeds' must list ints >= 0; got {list(self.seeds)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"key 'seeds' repeats a value: {list(self.seeds)}")
         if self.n_boot < 0:
             raise ConfigError(f"key 'n_boot' must be >= 0; got {self.n_boot}")
         if not isinstance(self.remote_rows, int) or self.remote_rows < 1:
@@ -131,6 +138,8 @@ class SuiteConfig:
         out = to_dict(replace(self, probes=()))
         if not self.task:  # keeps the hash of suites written before [[task]] tables existed
             out.pop("task")
+        if not self.seeds:  # likewise for suites of one seed
+            out.pop("seeds")
         if not self.remote:  # likewise for suites that run here
             out.pop("remote")
             out.pop("remote_rows")

@@ -109,7 +109,7 @@ def test_a_claim_passed_to_the_ledger_gets_a_row_and_a_verdict():
     assert row.verdict == SUPPORTED  # a lift of 0.5 with intervals of half-width 0.02
     assert row.diff == pytest.approx(0.5)
     m = int((ledger.kind == "difference").sum())
-    assert f"Bonferroni over {m} comparisons" in row.correction  # counted with the paper's rows
+    assert f"Holm over the {m} rows" in row.correction  # counted with the paper's rows
     assert ledger.claim_id.iloc[-1] == TOY_ID  # after claim 8's rows: ordered by claim number
     assert TOY_ID not in set(paper.claim_id)  # the default list does not have it
     assert len(ledger) == len(paper) + 1
@@ -158,9 +158,10 @@ def test_the_report_shows_the_claim_in_its_ledger(tmp_path):
         # the stored ledger, as a run writes it, with the researcher's claim in it
         run.write_table("claims", build_ledger(tables, MANIFEST, claims=(*PAPER_CLAIMS, TOY)))
     page = build_report(tmp_path / "run").read_text()
-    ledger = page[page.index('id="verdict"') : page.index("</table>", page.index('id="verdict"'))]
-    assert f'<td class="l">{TOY_ID}</td><td class="l">{TOY_TITLE}</td>' in ledger
-    assert '<a href="#fig-context_gate-t">context_gate-t</a>' in ledger.split(TOY_TITLE)[1]
+    start = page.index(f'<details id="claim-{TOY_ID}"', page.index('id="verdict"'))
+    claim = page[start : page.index("</details>", start)]  # the claim's rows in the ledger
+    assert f"<b>{TOY_ID}</b> {TOY_TITLE}" in claim
+    assert '<a href="#fig-context_gate-t">context_gate-t</a>' in claim.split(TOY_TITLE)[1]
 
 
 def test_the_report_of_a_run_without_a_stored_ledger_has_the_registered_claim(
@@ -175,4 +176,4 @@ def test_the_report_of_a_run_without_a_stored_ledger_has_the_registered_claim(
         )
         run.write_table("context_gate", gate_table())
     page = build_report(tmp_path / "run").read_text()
-    assert f'<td class="l">{TOY_ID}</td><td class="l">{TOY_TITLE}</td>' in page
+    assert f"<b>{TOY_ID}</b> {TOY_TITLE}" in page

@@ -1,15 +1,16 @@
-"""Claims 5-6 of the ledger (cgar_interp.claims.theory_fit, .gate_regime) on synthetic tables
-with known verdicts, against independent computations with the theory functions, and on
-runs/demo when present.
+"""Claims 5-6 of the ledger (cgar_interp.claims.theory_fit, .gate_regime) on synthetic
+per-query tables with known verdicts, against independent numpy computations and the theory
+functions, and on runs/demo when present.
 
-Fast: no model; the only numerics are R^2 and the fixed-point search on 2-6 memories.
+Fast: no model; the numerics are R^2 over a few points, paired bootstraps of 2000 resamples
+and the fixed-point search on 2-3 memories. The residual-scale test on the tiny Llama is in
+tests/test_claims_scale.py.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,18 @@ from cgar_interp.claims.base import (
     INCONCLUSIVE,
     NOT_SUPPORTED,
     SUPPORTED,
+    UNTESTABLE,
     VERDICTS,
+    decide_rows,
 )
 from cgar_interp.claims.gate_regime import fixed_point_counts, gate_regime
-from cgar_interp.claims.theory_fit import icl_verdict, r2_verdict, theory_predicts
+from cgar_interp.claims.theory_fit import (
+    ICL_MARGIN,
+    R2_MARGIN,
+    R2_THRESHOLD,
+    change_r2_samples,
+    theory_predicts,
+)
 from cgar_interp.theory import GatedMemory
 
 L = 4  # layers of the synthetic model: patch rows have q = L, c = L is the decode
@@ -35,76 +44,115 @@ MODELS = ("first_order", "frozen_norm", "normed")
 METRICS = ("label_mass", "label_correct")
 MANIFEST = {"architecture": {"n_layers": L}}
 DEMO = Path(__file__).resolve().parents[1] / "runs" / "demo"
+N_BOOT = 2000
 
-# the R^2 each (model, metric) gets on the non-circular points, and the verdict it must get
-TARGET_R2 = {
-    ("first_order", "label_mass"): (0.9, SUPPORTED),
-    ("first_order", "label_correct"): (0.05, NOT_SUPPORTED),
-    ("frozen_norm", "label_mass"): (0.35, INCONCLUSIVE),
-    ("frozen_norm", "label_correct"): (-2.0, NOT_SUPPORTED),
-    ("normed", "label_mass"): (0.5, SUPPORTED),
-    ("normed", "label_correct"): (0.1999, NOT_SUPPORTED),
+# how each model's per-query prediction is made from the measured values
+PRED_KIND = {
+    ("first_order", "label_mass"): "exact",  # changes exact, levels off by +5: R^2 = 1
+    ("first_order", "label_correct"): "noise",  # changes are noise: not supported
+    ("frozen_norm", "label_mass"): "half",  # half the change
+    ("frozen_norm", "label_correct"): "noise",
+    ("normed", "label_mass"): "exact",
+    ("normed", "label_correct"): "anchor",  # changes exact, the lambda = 0 anchor off by -3
 }
-# predictions at c = q = L, lambda = 1 against ICL: label_mass 0.5 [0.4, 0.6], label_correct
-# 0.7 [0.6, 0.8] (not-supported band: outside [0.3, 0.7] and [0.5, 0.9])
-ICL = {"label_mass": (0.5, 0.4, 0.6), "label_correct": (0.7, 0.6, 0.8)}
-ICL_PRED = {
-    ("first_order", "label_mass"): (0.55, SUPPORTED),
-    ("first_order", "label_correct"): (0.95, NOT_SUPPORTED),
-    ("frozen_norm", "label_mass"): (0.9, NOT_SUPPORTED),
-    ("frozen_norm", "label_correct"): (0.6, SUPPORTED),
-    ("normed", "label_mass"): (0.65, INCONCLUSIVE),
-    ("normed", "label_correct"): (0.52, INCONCLUSIVE),
+# per query at c = q = L, lambda = 1: prediction = ICL value + shift + noise
+ICL_SHIFT = {
+    ("first_order", "label_mass"): (0.0, 0.02),
+    ("first_order", "label_correct"): (0.4, 0.05),
+    ("frozen_norm", "label_mass"): (0.01, 0.02),
+    ("frozen_norm", "label_correct"): (-0.5, 0.05),
+    ("normed", "label_mass"): (0.0, 0.01),
+    ("normed", "label_correct"): (0.3, 0.02),
+}
+ICL_VERDICT = {
+    ("first_order", "label_mass"): SUPPORTED,
+    ("first_order", "label_correct"): NOT_SUPPORTED,
+    ("frozen_norm", "label_mass"): SUPPORTED,
+    ("frozen_norm", "label_correct"): NOT_SUPPORTED,
+    ("normed", "label_mass"): SUPPORTED,
+    ("normed", "label_correct"): NOT_SUPPORTED,
 }
 
 
-def _with_r2(y: np.ndarray, r2: float, rng: np.random.Generator) -> np.ndarray:
-    """Predictions whose R^2 against ``y`` is exactly ``r2``."""
-    v = rng.normal(size=y.shape)
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    return y + v * math.sqrt((1 - r2) * ss_tot / float(np.sum(v**2)))
+def _effect(c: int, lam: float) -> float:
+    return 0.0 if lam == 0 else 0.08 * c * math.log1p(lam) + 0.05 * math.sin(7 * c + lam)
 
 
-def _claim5_tables(task: str = "t") -> dict[str, pd.DataFrame]:
-    rng = np.random.default_rng(0)
-    rows = []
-    for model in MODELS:
-        for metric in METRICS:
-            measured = {(c, lam): float(rng.uniform(0.1, 0.9)) for c in CS for lam in LAMS}
-            keys = [k for k in measured if k[0] < L and k[1] > 0]
-            y = np.array([measured[k] for k in keys])
-            pred = dict(zip(keys, _with_r2(y, TARGET_R2[model, metric][0], rng), strict=True))
-            for (c, lam), m in measured.items():
-                if (c, lam) in pred:
-                    p = pred[c, lam]
-                elif c == L and lam == 1.0:
-                    p = ICL_PRED[model, metric][0]
-                else:  # circular points far off: they must not enter the evidence
-                    p = m + 5.0
-                for mode in ("decode", "patch"):
-                    rows.append(
-                        {
-                            "task": task,
-                            "q_layer": L,
-                            "c_layer": c,
-                            "model": model,
-                            "lam": lam,
-                            "point": "measured",
-                            "norm_ratio": 0.1 * lam,
-                            "beta_ratio": 1.0,
-                            "bound_nonvacuous": 0.5,
-                            "metric": metric,
-                            "kind": "prediction",
-                            "predicted": p,
-                            "mode": mode,
-                            "measured": m,
-                            "ci_low": m - 0.05,
-                            "ci_high": m + 0.05,
-                            "within_ci": abs(p - m) <= 0.05,
-                        }
-                    )
-    compare = pd.DataFrame(rows)
-    compare["residual"] = compare.measured - compare.predicted
+def _claim5_tables(task: str = "t", n: int = 40, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Per-query measured (context_gate_queries) and predicted (theory_queries) values."""
+    rng = np.random.default_rng(seed)
+    meas, pred = [], []
+    queries = np.arange(100, 100 + n)
+    for metric in METRICS:
+        base = rng.uniform(0.2, 0.6, n)
+        icl = rng.uniform(0.3, 0.9, n)
+        measured = {
+            (c, lam): base + _effect(c, lam) + rng.normal(0, 0.05, n) for c in CS for lam in LAMS
+        }
+        for (c, lam), v in measured.items():
+            meas += [
+                {
+                    "task": task,
+                    "probe": "context_gate",
+                    "mode": "patch",
+                    "vector": "context",
+                    "q_layer": L,
+                    "c_layer": c,
+                    "lam": lam,
+                    "metric": metric,
+                    "query": int(qi),
+                    "split": "eval",
+                    "value": float(x),
+                }
+                for qi, x in zip(queries, v, strict=True)
+            ]
+        meas += [
+            {
+                "task": task,
+                "probe": "context_gate",
+                "mode": "baseline",
+                "vector": "icl",
+                "q_layer": L,
+                "c_layer": -1,
+                "lam": 0.0,
+                "metric": metric,
+                "query": int(qi),
+                "split": "eval",
+                "value": float(x),
+            }
+            for qi, x in zip(queries, icl, strict=True)
+        ]
+        for model in MODELS:
+            kind = PRED_KIND[model, metric]
+            for (c, lam), v in measured.items():
+                anchor = measured[c, 0.0]
+                if c == L:  # circular points far off: they must not enter the evidence
+                    p = v + rng.normal(0, 3.0, n)
+                elif kind == "exact":
+                    p = v + 5.0
+                elif kind == "anchor":
+                    p = v - 3.0  # the same shift at lambda = 0 and after: changes exact
+                elif kind == "half":
+                    p = anchor + 0.5 * (v - anchor)
+                else:  # noise: the prediction does not follow lambda
+                    p = anchor + rng.normal(0, 0.3, n)
+                if c == L and lam == 1.0:
+                    shift, sd = ICL_SHIFT[model, metric]
+                    p = icl + shift + rng.normal(0, sd, n)
+                pred += [
+                    {
+                        "task": task,
+                        "q_layer": L,
+                        "c_layer": c,
+                        "model": model,
+                        "lam": lam,
+                        "metric": metric,
+                        "query": int(qi),
+                        "split": "eval",
+                        "value": float(x),
+                    }
+                    for qi, x in zip(queries, p, strict=True)
+                ]
     summary = []
     for model in MODELS:
         for metric in METRICS:
@@ -125,72 +173,150 @@ def _claim5_tables(task: str = "t") -> dict[str, pd.DataFrame]:
                         "max_abs_residual": 0.0 if exact else 2.0,
                     }
                 )
-    gate = pd.DataFrame(
-        [
-            {
-                "task": task,
-                "mode": "baseline",
-                "vector": "icl",
-                "q_layer": L,
-                "c_layer": -1,
-                "lam": 0.0,
-                "metric": metric,
-                "value": v,
-                "n": 48,
-                "ci_low": lo,
-                "ci_high": hi,
-            }
-            for metric, (v, lo, hi) in ICL.items()
-        ]
-    )
     return {
         "theory_summary": pd.DataFrame(summary),
-        "theory_compare": compare,
-        "context_gate": gate,
+        "theory_queries": pd.DataFrame(pred),
+        "context_gate_queries": pd.DataFrame(meas),
     }
+
+
+def _np_change_r2(tables, model, metric, circular=False, with_anchor=False) -> float:
+    """R^2 of changes from lambda = 0, recomputed with plain numpy loops."""
+    m, p = tables["context_gate_queries"], tables["theory_queries"]
+    ys, fs = [], []
+    for c in CS:
+        if (c == L) != circular:
+            continue
+        for lam in LAMS:
+            if lam == 0 and not with_anchor:
+                continue
+
+            def mean_at(frame, lam=lam, c=c, **keys):
+                sel = frame[(frame.c_layer == c) & (frame.lam == lam) & (frame.metric == metric)]
+                for k, v in keys.items():
+                    sel = sel[sel[k] == v]
+                return sel.sort_values("query").value.to_numpy()
+
+            dm = mean_at(m, mode="patch") - mean_at(m, lam=0.0, mode="patch")
+            dp = mean_at(p, model=model) - mean_at(p, lam=0.0, model=model)
+            ys.append(dm.mean())
+            fs.append(dp.mean())
+    y, f = np.array(ys), np.array(fs)
+    return 1 - np.sum((y - f) ** 2) / np.sum((y - y.mean()) ** 2)
+
+
+def _rows5(tables):
+    return decide_rows(theory_predicts(tables, MANIFEST), n_boot=N_BOOT)
 
 
 # --------------------------------------------------------------------------------------------
 # claim 5
 
 
-def test_r2_and_icl_rules():
-    assert r2_verdict(0.9, 12) == SUPPORTED
-    assert r2_verdict(0.5, 12) == SUPPORTED
-    assert r2_verdict(0.05, 12) == NOT_SUPPORTED
-    assert r2_verdict(-4.0, 12) == NOT_SUPPORTED
-    assert r2_verdict(0.3, 12) == INCONCLUSIVE
-    assert r2_verdict(math.nan, 12) == INCONCLUSIVE
-    assert r2_verdict(0.99, 3) == INCONCLUSIVE  # too few points for an R^2
-    assert icl_verdict(0.5, 0.4, 0.6) == SUPPORTED
-    assert icl_verdict(0.65, 0.4, 0.6) == INCONCLUSIVE
-    assert icl_verdict(0.75, 0.4, 0.6) == NOT_SUPPORTED
-    assert icl_verdict(0.25, 0.4, 0.6) == NOT_SUPPORTED
-    assert icl_verdict(math.nan, 0.4, 0.6) == INCONCLUSIVE
+def test_change_r2_statistic_against_a_loop():
+    rng = np.random.default_rng(3)
+    dy, df = rng.normal(size=(15, 6)), rng.normal(size=(15, 6))
+    samples = change_r2_samples(dy, df)
+    idx = rng.integers(0, 15, size=(7, 15))
+    value, control = samples.statistic([idx])
+    for b in range(7):
+        y, f = dy[idx[b]].mean(0), df[idx[b]].mean(0)
+        expected = 1 - np.sum((y - f) ** 2) / np.sum((y - y.mean()) ** 2)
+        assert value[b] == pytest.approx(expected, rel=1e-12)
+    assert np.all(control == 0)
+    # a resample where the measured changes do not vary: R^2 undefined, not a number
+    flat = change_r2_samples(np.ones((4, 3)), df[:4, :3])
+    assert math.isnan(flat.point(0.0)[0])
+    with pytest.raises(ValueError, match="P >= 2"):
+        change_r2_samples(dy[:, :1], df[:, :1])
 
 
-def test_claim5_verdicts_on_synthetic_tables():
-    rows = theory_predicts(_claim5_tables(), MANIFEST)
+def test_claim5_r2_of_changes_recomputed_and_decided():
+    tables = _claim5_tables()
+    rows = _rows5(tables)
     assert all(r.verdict in VERDICTS and r.claim_id == "5" for r in rows)
-    patch = [r for r in rows if r.kind == "rule" and r.test.startswith("R^2")]
+    patch = {r.key: r for r in rows if r.key.startswith("patch_r2/")}
     assert len(patch) == len(MODELS) * len(METRICS)
-    for r in patch:
-        model = r.test.split("the ")[1].split(" model")[0]
-        metric = re.search(r"\((label_\w+)\)", r.test).group(1)
-        r2, verdict = TARGET_R2[model, metric]
-        # the circular points (c = L, lambda = 0) are off by 5 and were left out
-        assert r.value == pytest.approx(r2, abs=1e-9)
-        assert r.verdict == verdict, (model, metric)
-        assert "n = 12" in r.note and "R^2 = -3.25" in r.note  # the pooled value is quoted
-        assert r.figure == "theory_compare-t"
-    icl = [r for r in rows if "full-ICL" in r.test]
+    for (model, metric), kind in PRED_KIND.items():
+        r = patch[f"patch_r2/{model}/{metric}"]
+        assert r.kind == "difference" and r.rule_kind == "superiority"
+        assert (r.threshold, r.margin) == (R2_THRESHOLD, R2_MARGIN)
+        assert r.selected_on == "pre-specified" and r.n == 40 and r.samples is not None
+        # the value: R^2 over the 12 points c < L, lambda > 0 of the mean changes
+        expected = _np_change_r2(tables, model, metric)
+        assert r.value == pytest.approx(expected, rel=1e-10), (model, metric)
+        assert r.diff == pytest.approx(expected, rel=1e-10)
+        assert r.ci_low <= r.value <= r.ci_high or kind in ("exact", "anchor")
+        assert "12 points" in r.note and "R^2 = -3.25" in r.note  # in-sample figure, labelled
+        assert "in-sample, not evidence" in r.note
+        if kind in ("exact", "anchor"):
+            # changes exact even though levels are off by 5 (or the anchor by 3): R^2 = 1
+            assert r.value == pytest.approx(1.0, abs=1e-12)
+            assert r.verdict == SUPPORTED and r.diff_low > R2_THRESHOLD
+        if kind == "noise":
+            assert r.value < 0 and r.verdict == NOT_SUPPORTED and r.diff_high < R2_MARGIN
+        assert "Holm" in r.correction and "paired bootstrap over the 40 queries" in r.method
+
+
+def test_claim5_anchor_and_circular_points_do_not_enter():
+    tables = _claim5_tables()
+    rows = {r.key: r for r in theory_predicts(tables, MANIFEST)}
+    r = rows["patch_r2/frozen_norm/label_mass"]  # half the change: R^2 strictly inside (0, 1)
+    without = _np_change_r2(tables, "frozen_norm", "label_mass")
+    with_anchor = _np_change_r2(tables, "frozen_norm", "label_mass", with_anchor=True)
+    assert abs(without - with_anchor) > 0.01  # counting the anchor would change the number
+    assert r.value == pytest.approx(without, rel=1e-10)
+    # shifting the levels of c < L (the anchor and every lambda alike) moves nothing: only
+    # changes enter
+    moved = {k: v.copy() for k, v in tables.items()}
+    for name in ("context_gate_queries", "theory_queries"):
+        f = moved[name]
+        f.loc[(f.c_layer < L) & (f.c_layer >= 0), "value"] += 7.0
+    again = {r.key: r for r in theory_predicts(moved, MANIFEST)}
+    assert again["patch_r2/frozen_norm/label_mass"].value == pytest.approx(r.value, rel=1e-9)
+    # the circular points c = L (predictions pure noise there) are only quoted
+    circ = _np_change_r2(tables, "frozen_norm", "label_mass", circular=True)
+    assert f"c = L = {L} alone (4 points): {circ:.3g}" in r.note
+
+
+def test_claim5_icl_rows_are_paired_equivalence_rows():
+    tables = _claim5_tables()
+    rows = _rows5(tables)
+    icl = {r.key: r for r in rows if r.key.startswith("icl/")}
     assert len(icl) == len(MODELS) * len(METRICS)
-    for r in icl:
-        model = r.test.split("the ")[1].split(" model")[0]
-        metric = "label_mass" if "label-token mass" in r.test else "label_correct"
-        pred, verdict = ICL_PRED[model, metric]
-        assert r.value == pred and r.control_value == ICL[metric][0]
+    m, p = tables["context_gate_queries"], tables["theory_queries"]
+    for (model, metric), verdict in ICL_VERDICT.items():
+        r = icl[f"icl/{model}/{metric}"]
+        assert r.kind == "difference" and r.rule_kind == "equivalence"
+        assert r.margin == ICL_MARGIN[metric] and f"+-{r.margin:g}" in r.note
+        base = m[(m["mode"] == "baseline") & (m.metric == metric)].sort_values("query")
+        pr = p[
+            (p.model == model) & (p.metric == metric) & (p.c_layer == L) & (p.lam == 1.0)
+        ].sort_values("query")
+        assert r.value == pytest.approx(pr.value.mean()) and r.n == 40
+        assert r.control_value == pytest.approx(base.value.mean())
+        assert r.diff == pytest.approx((pr.value.to_numpy() - base.value.to_numpy()).mean())
         assert r.verdict == verdict, (model, metric)
+
+
+def test_claim5_few_queries_cannot_fake_icl_support():
+    # the prediction equals ICL on average but differs per query by +-0.3: with 6 queries the
+    # paired interval is wide, so equivalence within +-0.05 cannot be shown (the old rule called
+    # a point inside a wide interval "supported"); with 4000 queries it is shown
+    verdicts = {}
+    for n in (6, 4000):
+        rng = np.random.default_rng(5)
+        tables = _claim5_tables(n=n)
+        p = tables["theory_queries"]
+        m = tables["context_gate_queries"]
+        icl = m[(m["mode"] == "baseline") & (m.metric == "label_mass")].sort_values("query")
+        sel = (p.model == "normed") & (p.metric == "label_mass") & (p.c_layer == L) & (p.lam == 1)
+        diff = rng.choice([-0.3, 0.3], size=n)
+        diff -= diff.mean()
+        p.loc[sel, "value"] = icl.value.to_numpy() + diff
+        row = next(r for r in theory_predicts(tables, MANIFEST) if r.key == "icl/normed/label_mass")
+        verdicts[n] = decide_rows([row], n_boot=N_BOOT)[0].verdict
+    assert verdicts == {6: INCONCLUSIVE, 4000: SUPPORTED}
 
 
 def test_claim5_consistency_row_is_never_evidence():
@@ -208,23 +334,25 @@ def test_claim5_consistency_row_is_never_evidence():
     s.loc[sel, ["r2", "max_abs_residual"]] = [0.7, 0.3]
     (check,) = [r for r in theory_predicts(tables, MANIFEST) if r.kind == "consistency"]
     assert check.verdict == CONSISTENCY and "FAILS" in check.note
-    assert all(r.verdict != SUPPORTED for r in rows if r.kind == "consistency")
 
 
-def test_claim5_without_tables_and_fallbacks():
+def test_claim5_without_per_query_tables_is_untestable():
     assert theory_predicts({}, MANIFEST) == []
     tables = _claim5_tables()
-    # only theory_summary: the pooled value decides, and the note says it is not cleaned
     rows = theory_predicts({"theory_summary": tables["theory_summary"]}, MANIFEST)
-    patch = [r for r in rows if r.kind == "rule"]
-    assert len(patch) == 6 and all(r.value == -3.25 for r in patch)
-    assert all("could not be excluded" in r.note for r in patch)
-    assert all("not in the run" in r.note for r in patch)  # no ICL comparison possible
-    # no ICL baseline rows: said in the notes, no ICL rows
-    gate = tables["context_gate"].assign(vector="zero_shot")
-    rows = theory_predicts({**tables, "context_gate": gate}, MANIFEST)
-    assert not [r for r in rows if "full-ICL" in r.test]
-    assert all("no baseline icl rows" in r.note for r in rows if r.kind == "rule")
+    patch = [r for r in rows if r.key.startswith("patch_r2/")]
+    assert len(patch) == 6
+    assert all(r.kind == "untestable" and r.verdict == UNTESTABLE for r in patch)
+    assert all("no per-query values" in r.note and "R^2 = -3.25" in r.note for r in patch)
+    assert not [r for r in rows if r.key.startswith("icl/")]
+    # too few non-circular points: untestable, said why
+    few = {k: v.copy() for k, v in tables.items()}
+    for name in ("context_gate_queries", "theory_queries"):
+        f = few[name]
+        few[name] = f[(f.c_layer == L) | (f.c_layer == -1) | (f.lam < 0.05)]
+    rows = theory_predicts(few, MANIFEST)
+    patch = [r for r in rows if r.key.startswith("patch_r2/")]
+    assert all(r.verdict == UNTESTABLE and "3 non-circular points" in r.note for r in patch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,32 +380,36 @@ def _gate_terms(task: str, c: int, b: np.ndarray, g: np.ndarray) -> pd.DataFrame
     )
 
 
-def _claim6_tables() -> dict[str, pd.DataFrame]:
-    # task -> (beta_eff, lambda*, c*, K)
-    spec = {
-        "a": (0.1, 1.0, 2, 3),
-        "b": (0.014, 10.0, 3, 2),
-        "c": (0.0, 1.0, 2, 2),
-        "d": (4.0, 1.0, L, 2),
-    }
+# task -> (beta_eff, lambda* on the fit queries, c*, K); the eval aggregate peaks elsewhere
+SPEC6 = {
+    "a": (0.1, 1.0, 2, 3),
+    "b": (0.014, 10.0, 3, 2),
+    "c": (0.0, 1.0, 2, 2),
+    "d": (4.0, 1.0, 3, 2),
+}
+EVAL_PEAK = (1, 0.1)  # (c, lambda) of the largest eval-query label mass: a different point
+
+
+def _claim6_tables(scale: float = 1.0) -> dict[str, pd.DataFrame]:
+    """``scale``: the residual stream's scale a (b, g times a, beta_eff divided by a)."""
     fit = pd.DataFrame(
         [
             {
                 "task": t,
                 "q_layer": L,
                 "n_classes": k,
-                "beta_eff": beta,
+                "beta_eff": beta / scale,
                 "fit_converged": True,
             }
-            for t, (beta, _, _, k) in spec.items()
+            for t, (beta, _, _, k) in SPEC6.items()
         ]
     )
-    gate, terms = [], []
+    gate, queries, terms = [], [], []
     rng = np.random.default_rng(1)
-    for t, (_, lam_star, c_star, k) in spec.items():
+    for t, (_, lam_star, c_star, k) in SPEC6.items():
         for c in CS:
             for lam in LAMS:
-                value = 0.9 if (c, lam) == (c_star, lam_star) else 0.1 + 0.01 * lam / 10
+                value = 0.9 if (c, lam) == EVAL_PEAK else 0.1 + 0.01 * lam / 10
                 gate.append(
                     {
                         "task": t,
@@ -293,14 +425,31 @@ def _claim6_tables() -> dict[str, pd.DataFrame]:
                         "ci_high": value + 0.1,
                     }
                 )
-        if t == "d":  # b = g = 0: Phi(p) = softmax(4 p), three fixed points for K = 2
+                fit_value = 0.8 if (c, lam) == (c_star, lam_star) else 0.2
+                queries += [
+                    {
+                        "task": t,
+                        "mode": "patch",
+                        "vector": "context",
+                        "q_layer": L,
+                        "c_layer": c,
+                        "lam": lam,
+                        "metric": "label_mass",
+                        "query": i,
+                        "split": "fit",
+                        "value": fit_value + 0.01 * i,
+                    }
+                    for i in range(3)
+                ]
+        if t == "d":  # b = g = 0: Phi(p) = softmax(lambda^2 p) in logit units
             b, g = np.zeros((2, k)), np.zeros((2, k))
         else:
-            b, g = rng.normal(size=(3, k)), np.tile(rng.normal(size=k), (3, 1))
-        terms.append(_gate_terms(t, c_star, b, g))
+            b, g = rng.normal(size=(3, k)) * 20, np.tile(rng.normal(size=k) * 20, (3, 1))
+        terms.append(_gate_terms(t, c_star, scale * b, scale * g))
     return {
         "theory_fit": fit,
         "context_gate": pd.DataFrame(gate),
+        "context_gate_queries": pd.DataFrame(queries),
         "gate_terms": pd.concat(terms, ignore_index=True),
     }
 
@@ -313,46 +462,64 @@ def _roots_sigmoid(gain: float) -> int:
     return int(np.sum(np.sign(f[1:]) != np.sign(f[:-1])))
 
 
-def test_claim6_against_the_theory_functions():
+def test_claim6_is_untestable_with_scale_free_descriptions():
     tables = _claim6_tables()
     rows = {r.task: r for r in gate_regime(tables, MANIFEST)}
     assert set(rows) == {"a", "b", "c", "d"}
-    assert all(r.claim_id == "6" and r.kind == "rule" for r in rows.values())
-    fit = tables["theory_fit"].set_index("task")
-    for task, lam, verdict in (
-        ("a", 1.0, SUPPORTED),
-        ("b", 10.0, INCONCLUSIVE),
-        ("d", 1.0, NOT_SUPPORTED),
-    ):
-        beta, k = float(fit.beta_eff[task]), int(fit.n_classes[task])
-        mem = GatedMemory(np.zeros(k), np.zeros(k), np.eye(k), alpha=0.0, lam=lam, beta=beta)
-        assert rows[task].value == pytest.approx(beta * lam**2 / 2, rel=1e-12)
-        assert rows[task].value == pytest.approx(mem.regime().contraction_bound, rel=1e-12)
-        assert rows[task].verdict == verdict, task
-        assert f"lambda* = {lam:g}" in rows[task].test
-    # fixed points, counted independently per query with the theory module
-    gt = tables["gate_terms"]
-    for task in ("a", "b", "d"):
+    for task, (beta, lam, c, k) in SPEC6.items():
+        r = rows[task]
+        assert r.claim_id == "6" and r.kind == "untestable" and r.verdict == UNTESTABLE
+        assert math.isnan(r.value) and r.samples is None
+        # lambda* chosen on the fit queries, not at the eval aggregate's peak
+        assert r.selected_on == "fit" and f"lambda* = {lam:g}, c* = {c}" in r.test
+        assert "not identified" in r.rule and "(lambda, u) -> (k lambda, u / k)" in r.note
+        assert f"lambda*^2 / 2 = {lam**2 / 2:.3g}" in r.note
+        assert "descriptive, scale-free" in r.note
+        # fixed points in logit units, counted independently with the theory module
+        gt = tables["gate_terms"]
         sel = gt[gt.task == task].sort_values(["query", "class"])
-        k = sel["class"].nunique()
         b = sel.b.to_numpy().reshape(-1, k)
         g = sel.g.to_numpy().reshape(-1, k)
-        beta = float(fit.beta_eff[task])
-        lam = 10.0 if task == "b" else 1.0
         expected = [
-            len(GatedMemory(bi, gi, np.eye(k), alpha=0.0, lam=lam, beta=beta).fixed_points())
+            len(
+                GatedMemory(
+                    beta * bi, beta * gi, np.eye(k), alpha=0.0, lam=lam, beta=1.0
+                ).fixed_points()
+            )
             for bi, gi in zip(b, g, strict=True)
         ]
-        n_fixed, n_stable = fixed_point_counts(b, g, lam, beta)
+        n_fixed, _ = fixed_point_counts(beta * b, beta * g, lam, 1.0)
         assert n_fixed.tolist() == expected
-        assert np.all(n_stable >= 1)
-    # d: the bistable case, checked against a closed form: x = sigmoid(4 (2x - 1))
-    assert _roots_sigmoid(4.0) == 3
-    assert "3 for 2/2 queries (stable: 2)" in rows["d"].note
-    assert "1 for 3/3 queries (stable: 1)" in rows["a"].note
-    # beta_eff = 0: the condition holds vacuously, and the row says it decides nothing
-    assert rows["c"].verdict == INCONCLUSIVE and rows["c"].value == 0.0
+        assert f"{expected[0]} for " in r.note
+    # d: b = g = 0 at lambda* = 1 in logit units: x = sigmoid(2x - 1) has one root; the raw
+    # units (beta_eff = 4) would give x = sigmoid(4 (2x - 1)), three
+    assert _roots_sigmoid(1.0) == 1 and _roots_sigmoid(4.0) == 3
+    assert "1 for 2/2 queries (stable: 1)" in rows["d"].note
     assert "beta_eff = 0" in rows["c"].note
+
+
+def test_claim6_does_not_move_when_the_residual_stream_is_rescaled():
+    base = {r.task: r for r in gate_regime(_claim6_tables(), MANIFEST)}
+    for a in (0.1, 7.0):
+        scaled = {r.task: r for r in gate_regime(_claim6_tables(a), MANIFEST)}
+        for task, r in base.items():
+            assert scaled[task].verdict == r.verdict and scaled[task].note == r.note, (a, task)
+        # while the raw-unit bound of the old row moves by 1 / a
+        fit = _claim6_tables(a)["theory_fit"].set_index("task")
+        for task, (beta, lam, _, _) in SPEC6.items():
+            old = float(fit.beta_eff[task]) * lam**2 / 2
+            assert old == pytest.approx(beta * lam**2 / 2 / a, rel=1e-12)
+
+
+def test_claim6_falls_back_to_the_eval_aggregate_and_says_so():
+    tables = _claim6_tables()
+    del tables["context_gate_queries"]
+    rows = gate_regime(tables, MANIFEST)
+    c, lam = EVAL_PEAK
+    assert all(r.selected_on == "eval (in-sample)" for r in rows)
+    assert all(f"lambda* = {lam:g}, c* = {c}" in r.test and "in-sample" in r.test for r in rows)
+    # gate_terms hold no rows at the eval peak's c: said in the note
+    assert all(f"no rows at c = {c}" in r.note for r in rows)
 
 
 def test_claim6_missing_inputs():
@@ -360,16 +527,20 @@ def test_claim6_missing_inputs():
     assert gate_regime({}, MANIFEST) == []
     assert gate_regime({"theory_fit": tables["theory_fit"]}, MANIFEST) == []
     rows = gate_regime({k: v for k, v in tables.items() if k != "gate_terms"}, MANIFEST)
-    assert all("fixed points not counted" in r.note for r in rows if r.task != "c")
-    no_patch = tables["context_gate"].assign(mode="decode")
-    rows = gate_regime({**tables, "context_gate": no_patch}, MANIFEST)
-    assert all(r.verdict == INCONCLUSIVE and math.isnan(r.value) for r in rows)
+    assert all("fixed points not counted" in r.note for r in rows)
+    no_patch = {
+        **tables,
+        "context_gate": tables["context_gate"].assign(mode="decode"),
+        "context_gate_queries": tables["context_gate_queries"].assign(mode="decode"),
+    }
+    rows = gate_regime(no_patch, MANIFEST)
+    assert all(r.verdict == UNTESTABLE and math.isnan(r.value) for r in rows)
     assert all(
         "lambda* (the lambda maximising patch label mass) is undefined" in r.note for r in rows
     )
     unconverged = tables["theory_fit"].assign(fit_converged=False)
     rows = gate_regime({**tables, "theory_fit": unconverged}, MANIFEST)
-    assert all(r.verdict == INCONCLUSIVE and math.isnan(r.value) for r in rows)
+    assert all(r.verdict == UNTESTABLE and "fit converged: False" in r.note for r in rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,7 +548,8 @@ def test_claim6_missing_inputs():
 
 
 @pytest.mark.skipif(
-    not (DEMO / "tables" / "theory_summary.parquet").is_file(), reason="runs/demo not present"
+    not (DEMO / "tables" / "theory_queries.parquet").is_file(),
+    reason="runs/demo with per-query theory tables not present",
 )
 def test_demo_rows_recomputed_from_the_raw_tables():
     tables = {p.stem: pd.read_parquet(p) for p in (DEMO / "tables").glob("*.parquet")}
@@ -386,50 +558,32 @@ def test_demo_rows_recomputed_from_the_raw_tables():
     rows = theory_predicts(tables, manifest)
     assert rows and all(r.verdict in VERDICTS for r in rows)
     assert all(r.verdict == CONSISTENCY for r in rows if r.kind == "consistency")
-    (row,) = [
-        r
-        for r in rows
-        if r.task == "sst2-mini"
-        and r.test.startswith("R^2 of the normed")
-        and "label_mass" in r.test
+    (row,) = [r for r in rows if r.task == "sst2-mini" and r.key == "patch_r2/normed/label_mass"]
+    m = tables["context_gate_queries"]
+    p = tables["theory_queries"]
+    if "shots" in m:
+        m = m[m.shots.isin([0, m.shots.max()])]
+        p = p[p.shots == p.shots.max()]
+    m = m[
+        (m.task == "sst2-mini")
+        & (m.split == "eval")
+        & (m["mode"] == "patch")
+        & (m.vector == "context")
+        & (m.metric == "label_mass")
     ]
-    cmp = tables["theory_compare"]
-    patch = cmp[
-        (cmp.task == "sst2-mini")
-        & (cmp["mode"] == "patch")
-        & (cmp.model == "normed")
-        & (cmp.metric == "label_mass")
-        & (cmp.kind == "prediction")
-    ]
-    # the theory_summary pooled row is the R^2 over every patch point: recompute it
-    s = tables["theory_summary"]
-    pooled = s[
-        (s.task == "sst2-mini")
-        & s.pooled
-        & (s["mode"] == "patch")
-        & (s.model == "normed")
-        & (s.metric == "label_mass")
-    ].r2.iloc[0]
-    y, f = patch.measured.to_numpy(), patch.predicted.to_numpy()
-    assert 1 - np.sum((y - f) ** 2) / np.sum((y - y.mean()) ** 2) == pytest.approx(pooled)
-    assert f"pooled patch R^2 = {pooled:.3g}" in row.note
-    # the row's value: the same over c < L and lambda > 0 only
-    keep = patch[(patch.c_layer < n_layers) & (patch.lam > 0)]
-    y, f = keep.measured.to_numpy(), keep.predicted.to_numpy()
-    r2 = 1 - np.sum((y - f) ** 2) / np.sum((y - y.mean()) ** 2)
-    assert row.value == pytest.approx(r2) and len(keep) == 12
-    # claim 6: the bound at the fitted beta and the lambda of the largest patch label mass
-    gate = tables["context_gate"]
-    sel = gate[
-        (gate.task == "sst2-mini")
-        & (gate["mode"] == "patch")
-        & (gate.vector == "context")
-        & (gate.metric == "label_mass")
-        & (gate.lam > 0)
-    ]
-    lam = float(sel.loc[sel.value.idxmax()].lam)
-    fit = tables["theory_fit"]
-    beta = float(fit[fit.task == "sst2-mini"].beta_eff.iloc[0])
+    p = p[(p.task == "sst2-mini") & (p.model == "normed") & (p.metric == "label_mass")]
+    p = p[p.q_layer == n_layers]
+    ys, fs = [], []
+    for c in sorted(set(m.c_layer) - {n_layers}):
+        for lam in sorted(set(m.lam) - {0.0}):
+            at = [
+                f[(f.c_layer == c) & np.isclose(f.lam, x)].set_index("query").value.sort_index()
+                for f in (m, p)
+                for x in (lam, 0.0)
+            ]
+            ys.append((at[0] - at[1]).mean())
+            fs.append((at[2] - at[3]).mean())
+    y, f = np.array(ys), np.array(fs)
+    assert row.value == pytest.approx(1 - np.sum((y - f) ** 2) / np.sum((y - y.mean()) ** 2))
     (regime,) = [r for r in gate_regime(tables, manifest) if r.task == "sst2-mini"]
-    assert regime.value == pytest.approx(beta * lam**2 / 2)
-    assert "fixed points of Phi" in regime.note
+    assert regime.verdict == UNTESTABLE and regime.selected_on == "fit"

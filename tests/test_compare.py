@@ -304,6 +304,35 @@ def test_section2_world_recovers_beta_and_fits_exactly(section2_tables):
         assert (sel.frac_within_ci == 1.0).all()
 
 
+def test_theory_queries_are_the_per_query_predictions_behind_theory_compare(section2_tables):
+    # per query: recomputed here from the world's own b, g and beta (not from compare/)
+    terms, _ = section2_world()
+    tq = section2_tables["theory_queries"]
+    assert set(tq.split) == {"eval"} and set(tq.model) == {"first_order"}
+    assert set(tq.lam) == set(LAMS)
+    for c, frame in terms.groupby("c_layer"):
+        frame = frame.sort_values(["query", "class"])
+        k = frame["class"].nunique()
+        b = frame.b.to_numpy().reshape(-1, k)
+        g = frame.g.to_numpy().reshape(-1, k)
+        gold = frame.gold.to_numpy()[::k]
+        for lam in LAMS:
+            want = label_only_metrics(BETA_TRUE * (b + lam * g), gold)
+            for metric, values in want.items():
+                got = tq[(tq.c_layer == c) & (tq.lam == lam) & (tq.metric == metric)]
+                got = got.sort_values("query")
+                assert got["query"].tolist() == sorted(frame["query"].unique().tolist())
+                np.testing.assert_allclose(got.value, values, rtol=1e-7, atol=1e-9)
+    # and their means are theory_compare's predictions
+    cmp_ = section2_tables["theory_compare"]
+    pred = cmp_[
+        (cmp_.point == "measured") & (cmp_.kind == "prediction") & (cmp_["mode"] == "decode")
+    ]
+    means = tq.groupby(["c_layer", "lam", "metric"]).value.mean()
+    for row in pred.itertuples():
+        assert means[(row.c_layer, row.lam, row.metric)] == pytest.approx(row.predicted, rel=1e-12)
+
+
 def test_section2_world_theorem_bound_holds_and_lower_bounds_accuracy(section2_tables):
     bound = section2_tables["theory_bound"]
     assert bound.bound_holds.all()

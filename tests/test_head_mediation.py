@@ -127,7 +127,8 @@ def _run(handle, config, inputs=None, seed=0):
 
 @pytest.fixture(scope="module")
 def tiny_result(tiny_handles):
-    config = HeadMediationConfig(top_k=3, n_random=3, max_queries=6, n_permutations=200)
+    # top_k = 2: on 2 blocks x 4 heads the two tested sets leave heads for matched draws
+    config = HeadMediationConfig(top_k=2, n_random=3, max_queries=6, n_permutations=200)
     return _run(tiny_handles["hf"], config)
 
 
@@ -148,10 +149,19 @@ def test_probe_tables_have_the_right_shapes(tiny_result):
     assert sorted(fv.layer.unique()) == [0, 1, 2] and set(fv.set) == {"top_aie", "top_label"}
     assert set(fv.n) == {len(inputs.eval)}
     ablation = table[table.part == "ablation"]
-    assert {"clean", "top_aie", "top_label", "random", "random_00", "random_02"} <= set(
-        ablation.set
-    )
+    assert set(ablation.set) == {
+        "clean",
+        "top_aie",
+        "top_label",
+        "random_top_aie",
+        "random_top_label",
+    }
+    assert set(ablation.ablation) == {"none", "zero_mean", "icl_mean"}
+    draws = ablation[ablation.set == "random_top_label"]
+    assert sorted(draws["draw"].unique()) == [-1, 0, 1, 2]  # the mean over draws, each draw
     assert len(join) == 1 and join.overlap_chance.iloc[0] == pytest.approx(8 * 8 / 8)
+    assert join.selected_on.iloc[0] == "fit" and join.random_top_label_n_draws.iloc[0] == 3
+    assert set(heads.selected_on) == {"fit"} and heads.top_aie.sum() == heads.top_label.sum() == 2
     assert -1 <= join.spearman_rho.iloc[0] <= 1 and 0 < join.spearman_p.iloc[0] <= 1
     assert join.corrupted.iloc[0] == "permuted" and set(heads.corrupted) == {"permuted"}
 
@@ -175,16 +185,36 @@ def test_aie_of_one_head_matches_full_forwards(tiny_handles, tiny_result):
     expected = float((patched - clean).mean())
     heads = tables["head_mediation_heads"].set_index(["layer", "head"])
     assert heads.loc[(layer, head), "aie"] == pytest.approx(expected, abs=1e-5)
+    # the AIE that chooses the top-AIE heads: the same on the fit queries' corrupted prompts
+    fit = inputs.fit[:6]
+    corrupted = inputs.icl_permuted.select(fit)
+    gold = inputs.label_ids[inputs.gold[fit]]
+    rows = torch.arange(len(fit))
+    clean = torch.softmax(handle.logits(corrupted, positions=-1).float(), -1)[rows, gold]
+    patched_logits = handle.run_with_patches(
+        corrupted, [Patch(f"z.{layer}", -1, _replace_z([head], mean_z))], logits_positions=-1
+    ).logits
+    patched = torch.softmax(patched_logits.float(), -1)[rows, gold]
+    assert heads.loc[(layer, head), "aie_fit"] == pytest.approx(
+        float((patched - clean).mean()), abs=1e-5
+    )
 
 
-def test_ablation_matches_full_forwards(tiny_handles, tiny_result):
-    """Each ablated set, recomputed with plain full-forward z patches over several blocks."""
+def _parse_heads(names: str) -> list[tuple[int, int]]:
+    """``"L0H1,L1H3"`` -> ``[(0, 1), (1, 3)]``."""
+    return [tuple(int(x) for x in n[1:].split("H")) for n in names.split(",") if n]
+
+
+@pytest.mark.parametrize("ablation, source", [("zero_mean", "zero"), ("icl_mean", "icl")])
+def test_ablation_matches_full_forwards(tiny_handles, tiny_result, ablation, source):
+    """The tested sets and one matched random draw, recomputed with plain full-forward z
+    patches over several blocks, z := the mean over the fit queries' zero-shot / ICL prompts."""
     tables, inputs = tiny_result
     handle = tiny_handles["hf"]
     table = tables["head_mediation"]
-    heads = tables["head_mediation_heads"]
+    join = tables["head_mediation_join"].iloc[0]
     ev = inputs.eval[:6]
-    zero_z = handle.capture(inputs.zero.select(inputs.fit), ["z.0", "z.1"], -1)
+    fit_z = handle.capture(getattr(inputs, source).select(inputs.fit), ["z.0", "z.1"], -1)
     clean_batch = inputs.icl.select(ev)
     gold = inputs.label_ids[inputs.gold[ev]]
     rows = torch.arange(len(ev))
@@ -194,19 +224,32 @@ def test_ablation_matches_full_forwards(tiny_handles, tiny_result):
         return p[:, inputs.label_ids].sum(-1), p[rows, gold]
 
     clean_mass, clean_gold = label_mass(handle.logits(clean_batch, positions=-1))
-    top = heads.nsmallest(3, "rank_aie")
-    by_block = {}
-    for layer, head in zip(top.layer, top["head"], strict=True):
-        by_block.setdefault(int(layer), []).append(int(head))
-    patches = [
-        Patch(f"z.{b}", -1, _replace_z(hs, zero_z[f"z.{b}"].float().mean(0)))
-        for b, hs in by_block.items()
-    ]
-    logits = handle.run_with_patches(clean_batch, patches, logits_positions=-1).logits
-    mass, gold_p = label_mass(logits)
-    got = table[(table.part == "ablation") & (table.set == "top_aie")].set_index("metric").value
-    assert got["label_mass_drop"] == pytest.approx(float((mass - clean_mass).mean()), abs=1e-5)
-    assert got["gold_mass_drop"] == pytest.approx(float((gold_p - clean_gold).mean()), abs=1e-5)
+    cases = {
+        ("top_aie", -1): join.top_aie,
+        ("top_label", -1): join.top_label,
+        ("random_top_label", 1): join.random_top_label_sets.split(";")[1],
+    }
+    assert len({frozenset(_parse_heads(v)) for v in cases.values()}) == 3
+    for (set_name, draw), names in cases.items():
+        by_block = {}
+        for layer, head in _parse_heads(names):
+            by_block.setdefault(layer, []).append(head)
+        patches = [
+            Patch(f"z.{b}", -1, _replace_z(hs, fit_z[f"z.{b}"].float().mean(0)))
+            for b, hs in by_block.items()
+        ]
+        logits = handle.run_with_patches(clean_batch, patches, logits_positions=-1).logits
+        mass, gold_p = label_mass(logits)
+        got = table[
+            (table.part == "ablation")
+            & (table.set == set_name)
+            & (table.ablation == ablation)
+            & (table["draw"] == draw)
+        ].set_index("metric")
+        expected = float((mass - clean_mass).mean())
+        assert got.value["label_mass_drop"] == pytest.approx(expected, abs=1e-5), set_name
+        expected = float((gold_p - clean_gold).mean())
+        assert got.value["gold_mass_drop"] == pytest.approx(expected, abs=1e-5), set_name
 
 
 def test_label_attention_is_read_from_the_hopfield_table(tiny_handles):
@@ -351,7 +394,13 @@ def test_config_reads_the_chosen_corrupted_prompts():
     ):
         reads = HeadMediationConfig(corrupted=corrupted).shared_reads(inputs, 2)
         controls = [r for r in reads if r.kind.startswith("icl_")]
-        assert [r.kind for r in controls] == [kind] and controls[0].keep_states
+        # the fit queries' (where the top-AIE heads are chosen) and the eval queries'
+        assert [r.kind for r in controls] == [kind, kind]
+        assert all(r.keep_states for r in controls)
+        assert [r.rows for r in controls] == [
+            tuple(inputs.fit[:24].tolist()),
+            tuple(inputs.eval[:24].tolist()),
+        ]
 
 
 def test_probe_refuses_inputs_without_its_corrupted_prompts(tiny_handles):

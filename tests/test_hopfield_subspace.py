@@ -15,6 +15,7 @@ from cgar_interp.config import ConfigError, build
 from cgar_interp.figures import FIGURES, figures_for
 from cgar_interp.probes import ProbeContext, TaskInputs, get_probe
 from cgar_interp.probes.hopfield_heads import (
+    QUERY_METRICS,
     HeadReads,
     HopfieldHeadsConfig,
     head_metrics,
@@ -237,6 +238,120 @@ def test_hopfield_reads_only_the_requested_blocks(tiny_handles):
         get_probe("hopfield_heads").run(HopfieldHeadsConfig(layers=(2,)), ctx)
 
 
+def control_inputs(n: int = 12, seed: int = 1) -> TaskInputs:
+    """:func:`cue_inputs`' prompts with disjoint fit (the first third) and eval queries, and the
+    random-label control: the same demonstrations, each label drawn anew (here 11, 10)."""
+    base = cue_inputs(n, seed)
+    rand = []
+    for i in range(n):
+        ids = base.icl.ids[i, : base.icl.lengths[i]].tolist()
+        ids[9], ids[16] = 11, 10  # the two cue-following labels (BOS at 0)
+        rand.append(ids)
+    return TaskInputs(
+        task="cue-tiny",
+        classes=base.classes,
+        label_ids=base.label_ids,
+        gold=base.gold,
+        fit=torch.arange(n // 3),
+        eval=torch.arange(n // 3, n),
+        zero=base.zero,
+        icl=base.icl,
+        icl_random=TokenBatch.from_sequences(rand),
+    )
+
+
+@pytest.fixture(scope="module")
+def control_run(tiny_handles):
+    inputs = control_inputs()
+    ctx = ProbeContext(tiny_handles["hf"], inputs, (), n_boot=40)
+    config = HopfieldHeadsConfig(select_queries=3)
+    tables = get_probe("hopfield_heads").run(config, ctx)
+    return inputs, tables, ctx.take_query_table()
+
+
+def test_hopfield_keeps_eval_and_fit_queries_apart(control_run):
+    inputs, tables, per_query = control_run
+    assert set(tables["hopfield_heads"].prompt_kind) == {
+        "zero_shot",
+        "icl",
+        "icl_random_labels",
+        "icl_minus_zero",
+    }
+    ev, fit = per_query[per_query.split == "eval"], per_query[per_query.split == "fit"]
+    assert set(per_query.split) == {"eval", "fit"}
+    for kind in ("zero_shot", "icl", "icl_random_labels"):
+        part = ev[ev.prompt_kind == kind]
+        assert set(part.metric) == set(QUERY_METRICS)
+        assert set(part["query"]) == set(inputs.eval.tolist())
+    # the fit queries: the first select_queries of them, ICL label masses only
+    assert set(fit.prompt_kind) == {"icl"}
+    assert set(fit.metric) == {"label_mass", "gold_label_mass"}
+    assert set(fit["query"]) == set(inputs.fit[:3].tolist())
+    assert len(fit) == 2 * 3 * 2 * 4  # metrics x queries x layers x heads
+    assert tables["hopfield_heads"].n.max() == len(inputs.eval)
+
+
+def test_hopfield_per_query_values_recompute_the_tidy_means(control_run):
+    _, tables, per_query = control_run
+    tidy = tables["hopfield_heads"].set_index(["layer", "head", "prompt_kind", "metric"]).value
+    ev = per_query[per_query.split == "eval"]
+    means = ev.groupby(["layer", "head", "prompt_kind", "metric"]).value.apply(
+        lambda v: float(np.mean(v.to_numpy()))
+    )
+    assert len(means) == 2 * 4 * 3 * len(QUERY_METRICS)
+    for key, value in means.items():
+        assert tidy[key] == pytest.approx(value, abs=1e-12), key
+    fr = ev[ev.metric.str.startswith("frac_")].groupby(["layer", "head", "prompt_kind", "query"])
+    np.testing.assert_allclose(fr.value.sum(), 1.0)  # one regime per (head, query)
+
+
+def test_hopfield_fit_label_masses_match_eager_attention(control_run, tiny_handles):
+    inputs, _, per_query = control_run
+    model = tiny_handles["hf"].backend.hf_model
+    positions = {0: 9, 1: 16}  # class -> the cue-following label position in every ICL prompt
+    fit = per_query[per_query.split == "fit"].set_index(["layer", "head", "metric", "query"])
+    for i in inputs.fit[:3].tolist():
+        ids = inputs.icl.ids[i, : inputs.icl.lengths[i]]
+        for layer in (0, 1):
+            att = eager_last_row_attention(model, ids, layer)  # [H, L]
+            for h in range(4):
+                label = float(att[h, [9, 16]].sum())
+                gold = float(att[h, positions[int(inputs.gold[i])]])
+                assert fit.value[(layer, h, "label_mass", i)] == pytest.approx(label, abs=1e-5)
+                assert fit.value[(layer, h, "gold_label_mass", i)] == pytest.approx(gold, abs=1e-5)
+
+
+def test_the_length_matched_control_has_the_icl_context_length(control_run, tiny_handles):
+    inputs, _, per_query = control_run
+    ev = per_query[(per_query.split == "eval") & (per_query.metric == "n_keys")]
+    keys = ev.groupby(["prompt_kind", "query"]).value.first()
+    np.testing.assert_array_equal(keys["icl"].to_numpy(), keys["icl_random_labels"].to_numpy())
+    assert (keys["zero_shot"].to_numpy() < keys["icl"].to_numpy()).all()
+    # its label masses are read on its own labels: class 1 at position 9, class 0 at 16
+    model = tiny_handles["hf"].backend.hf_model
+    ctl = per_query[(per_query.prompt_kind == "icl_random_labels") & (per_query.split == "eval")]
+    ctl = ctl.set_index(["layer", "head", "metric", "query"]).value
+    i = int(inputs.eval[0])
+    att = eager_last_row_attention(
+        model, inputs.icl_random.ids[i, : inputs.icl_random.lengths[i]], 1
+    )
+    own = {1: 9, 0: 16}[int(inputs.gold[i])]
+    for h in range(4):
+        assert ctl[(1, h, "gold_label_mass", i)] == pytest.approx(float(att[h, own]), abs=1e-5)
+
+
+def test_hopfield_without_the_control_prompts_reads_two_kinds(tiny_handles):
+    inputs = cue_inputs(n=4)  # no icl_random prompts
+    config = HopfieldHeadsConfig(select_queries=0)
+    assert config.kinds_read(inputs) == ("zero", "icl")
+    assert "icl_random" in config.prompt_kinds()
+    assert "icl_random" not in HopfieldHeadsConfig(length_control=False).prompt_kinds()
+    ctx = ProbeContext(tiny_handles["hf"], inputs, (), n_boot=10)
+    table = get_probe("hopfield_heads").run(config, ctx)["hopfield_heads"]
+    assert set(table.prompt_kind) == {"zero_shot", "icl", "icl_minus_zero"}
+    assert set(ctx.take_query_table().split) <= {"eval", "fit"}
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -249,6 +364,8 @@ def test_hopfield_reads_only_the_requested_blocks(tiny_handles):
         ({"layers": "paper"}, r"layers 'paper' is not valid: use all or upper_half"),
         ({"layers": ()}, r"layers is empty"),
         ({"max_queries": 0}, r"max_queries=0 is not valid: it must be an int >= 1 or None"),
+        ({"select_queries": -1}, r"select_queries=-1 is not valid: it must be an int >= 0"),
+        ({"length_control": "yes"}, r"length_control='yes' is not valid: it must be true"),
     ],
 )
 def test_hopfield_config_errors_name_the_value(kwargs, message):

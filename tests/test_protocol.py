@@ -75,8 +75,12 @@ def test_label_control_prompts_only_where_a_probe_asks():
     }
     mediation = PROBES["head_mediation"].config_cls
     assert mediation().prompt_kinds() == BASE_PROMPT_KINDS | {PERMUTED}
-    for kind in ("task_vectors", "hopfield_heads", "subspace"):
-        assert PROBES[kind].config_cls().prompt_kinds() == BASE_PROMPT_KINDS
+    assert mediation(corrupted="flipped").prompt_kinds() == BASE_PROMPT_KINDS | {FLIPPED}
+    # the Hopfield probe's length-matched control (random labels), unless switched off
+    hopfield = PROBES["hopfield_heads"].config_cls
+    assert hopfield().prompt_kinds() == BASE_PROMPT_KINDS | {RANDOM_LABELS}
+    assert hopfield(length_control=False).prompt_kinds() == BASE_PROMPT_KINDS
+    assert PROBES["task_vectors"].config_cls().prompt_kinds() == BASE_PROMPT_KINDS
 
 
 # what the self-check planned per shipped suite before the probes declared their paths
@@ -87,6 +91,7 @@ PLANNED_BEFORE = {
     "layers": (True, False, True, False, False),
     "own_data_example": (True, True, True, False, False),
     "paper": (True, True, True, True, True),
+    "paper_seeds": (True, True, True, True, True),
     "paper_ndif": (True, True, True, True, False),
     "shots": (False, False, True, False, False),
     "subspace": (False, False, False, False, False),

@@ -54,22 +54,28 @@ def test_shared_pass_runs_each_prompt_once_and_gives_the_same_tables(tiny_handle
 
     # zero-shot and ICL prompts of every query, the flipped- and random-label prompts of the fit
     # queries (the gate's flipped and random_labels vectors), the permuted-label prompts of the
-    # AIE's eval queries and of the fit queries (every label control's base rows, read by no
-    # probe here): each once, nothing else
-    assert rows_shared == 2 * n + 3 * n_fit + n_ev
+    # AIE's fit queries (where it chooses the top-AIE heads; also every label control's base
+    # rows) and eval queries, and the random-label prompts of the Hopfield probe's eval queries
+    # (its length-matched control): each once, nothing else
+    assert rows_shared == 2 * n + 3 * n_fit + n_ev + n_ev
     # on their own: Hopfield's 2 x 4 prompts, the mediation probe's fit ICL + fit zero-shot +
-    # clean eval ICL prompts again
-    assert rows_own == rows_shared + 2 * n_ev + 2 * n_fit + n_ev
+    # fit permuted-label prompts and the clean eval ICL prompts once per ablation (zero-shot
+    # mean, ICL mean), Hopfield's fit ICL prompts (where it selects heads) and the gate's fit
+    # zero-shot prompts (where it scores lambda for the claims' choice)
+    assert rows_own == rows_shared + 2 * n_ev + 3 * n_fit + 2 * n_ev + n_fit + n_fit
 
     for name in KEYS:
         a, b = own[name], shared[name]
         assert list(a.columns) == list(b.columns) and len(a) == len(b), name
         for column in a.columns:
-            if column in ("value", "ci_low", "ci_high", "aie", "aie_ci_low", "aie_ci_high"):
+            if column in (
+                *("value", "ci_low", "ci_high", "aie", "aie_ci_low", "aie_ci_high"),
+                *("aie_fit", "label_attention", "label_attention_fit"),
+            ):
                 np.testing.assert_allclose(
                     a[column].to_numpy(float), b[column].to_numpy(float), atol=2e-5, err_msg=name
                 )
-            elif column not in ("rank_aie", "rank_label"):  # near-ties may swap ranks
+            elif column not in ("rank_aie", "rank_label", "top_aie", "top_label"):  # near-ties
                 assert a[column].tolist() == b[column].tolist(), (name, column)
 
 

@@ -272,6 +272,9 @@ def decide_rows(rows: list[Claim], alpha: float = ALPHA, n_boot: int = N_BOOT) -
         for i, r in enumerate(rows)
         if r.kind == "difference" or (r.kind == "rule" and math.isfinite(r.p_value))
     ]
+    # a bootstrap p-value is at least 1 / (B + 1): B must let the smallest Holm level
+    # (alpha / m, two-sided) be reached, with room to spare
+    n_boot = max(n_boot, min_resamples(len(family), alpha))
     pending: dict[int, _Pending] = {}
     for i in family:
         r = rows[i]
@@ -346,6 +349,17 @@ def decide_rows(rows: list[Claim], alpha: float = ALPHA, n_boot: int = N_BOOT) -
             correction=correction,
         )
     return out
+
+
+def min_resamples(m: int, alpha: float = ALPHA) -> int:
+    """Bootstrap resamples a family of ``m`` rows needs: the smallest p-value a bootstrap
+    gives, ``1 / (B + 1)``, doubled (two-sided), must lie well below Holm's smallest level
+    ``alpha / m``: ``B >= 20 m / alpha`` (ten times what reaches it).
+
+    >>> min_resamples(50)
+    20000
+    """
+    return int(math.ceil(20 * max(m, 1) / alpha))
 
 
 def decide_difference(row: Claim, m: int) -> Claim:

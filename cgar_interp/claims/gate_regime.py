@@ -1,13 +1,27 @@
 """Claim 6: the gate is in the regime the theory needs (a unique fixed point).
 
-The claim maps the measured terms onto :class:`cgar_interp.theory.GatedMemory` as the
-``first_order`` model of :mod:`cgar_interp.compare` does (memories = the task's K labels,
-``beta = theory_fit.beta_eff``, ``b`` = raw label scores ``W_U h_zero``, gate drive
-``g = A^-1 u = W_U cbar``, ``lambda`` = the measured lambda) and evaluates the paper's
-uniqueness condition (Thm 3.4) and the fixed points at the lambda that maximises label mass in
-patch mode. The run measures neither the context similarity ``G`` nor the competition weight
-``alpha``; ``G`` has a unit diagonal (cosine similarity), so ``eta_min(A) <= 1`` and the bound
-at ``A = I`` (``alpha = 0``, the simulations' default) is the smallest it can be.
+The paper's uniqueness condition (Thm 3.4) is ``beta lambda^2 / (2 eta_min) < 1`` for the
+self-consistent map ``Phi(p) = softmax(beta (b + lambda A^-1 u + lambda^2 A^-1 p))``. Mapped
+onto a run as the ``first_order`` model of :mod:`cgar_interp.compare` maps it (memories = the
+task's K labels, ``b = W_U h_zero``, ``A^-1 u = g = W_U cbar``, ``beta = beta_eff``), the bound
+is **not identified** by the run's data, so the row is ``untestable``:
+
+- every first-order quantity the run measures sees the drive only as the product
+  ``lambda u`` (the logits ``beta (b + lambda g)``), while the feedback ``lambda^2 A^-1 p``
+  scales with ``lambda^2``: the map ``(lambda, u) -> (k lambda, u / k)`` leaves every
+  first-order measurement unchanged and multiplies the bound by ``k^2``;
+- in particular, scaling the residual stream by ``a > 0`` (embeddings and every block's output
+  projections; RMSNorm makes the predictions the same up to its epsilon) scales ``b`` and ``g``
+  by ``a`` and the fitted ``beta_eff`` by ``1 / a``: the raw-unit bound ``beta_eff lambda^2 / 2``
+  moves by ``1 / a`` while nothing the model computes does.
+
+What the row keeps is descriptive and scale-free: the normalisation that absorbs ``beta`` into
+the scores (logit units: ``b' = beta_eff b``, ``u' = beta_eff g``, ``beta = 1``; ``beta_eff b``
+is invariant), under which the bound at ``A = I`` is ``lambda*^2 / 2`` -- a function of lambda*
+alone, which shows the number is fixed by that choice of units, not measured -- and the fixed
+points of ``Phi`` per eval query under the same normalisation. ``lambda*`` (the lambda
+maximising patch-mode label mass over c and lambda > 0) is chosen on the *fit* queries
+(``context_gate_queries``, ``split = "fit"``).
 """
 
 from __future__ import annotations
@@ -19,22 +33,28 @@ import pandas as pd
 
 from ..compare import GateTerms
 from ..theory import GatedMemory
-from .base import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, ClaimDefinition
+from .base import UNTESTABLE, Claim, ClaimDefinition
+from .per_query import query_table, select
 from .sweep import largest_shots
 from .theory_tables import fmt, n_layers_of, query_layer
-
-BOUND_SUPPORTED = 0.5
 
 TITLE = "The gate is in the regime the theory needs (a unique fixed point)"
 
 RULE = (
-    "uniqueness (Thm 3.4): beta lambda^2 / (2 eta_min) < 1. value = the bound at eta_min = 1 "
-    "(A = I: alpha = 0, no competition), the smallest it can be, since G has a unit diagonal and "
-    "so eta_min <= 1. not supported if value >= 1 (fails for every admissible G, alpha); "
-    f"supported if value < {BOUND_SUPPORTED:g} (holds for any competition that keeps "
-    f"eta_min > {BOUND_SUPPORTED:g}, e.g. alpha up to 1/2 when mu_min(G) = 0); inconclusive in "
-    "between (holds only while eta_min > value, and the run measures neither G nor alpha), and "
-    "when beta_eff = 0 or its fit did not converge"
+    "untestable: the uniqueness bound beta lambda^2 / (2 eta_min) of Thm 3.4 is not identified "
+    "by first-order measurements (they fix the product lambda u, not lambda and u apart; "
+    "(lambda, u) -> (k lambda, u / k) changes the bound by k^2, and scaling the residual stream "
+    "by a, which the model's predictions do not see, changes the raw-unit bound by 1 / a)"
+)
+
+WHY = (
+    "untestable: first-order measurements identify only the product lambda u (the logits "
+    "beta (b + lambda g)), while Phi's feedback lambda^2 A^-1 p scales with lambda^2, so "
+    "(lambda, u) -> (k lambda, u / k) leaves every first-order measured quantity unchanged and "
+    "multiplies the bound beta lambda^2 / (2 eta_min) by k^2; in raw units (b = W_U h_zero, "
+    "beta = beta_eff fitted on them) scaling the residual stream by a, which RMSNorm hides from "
+    "every prediction, divides the bound by a. The raw-unit bound beta_eff lambda*^2 / 2 is "
+    "therefore not reported; the theory gives no normalisation of u that would fix it"
 )
 
 
@@ -52,7 +72,7 @@ def fixed_point_counts(
     """Fixed points of ``Phi`` per query at ``A = I`` (``u = g``): ``(n_fixed, n_stable)``.
 
     Args:
-        b: ``[n, K]`` raw label scores per query.
+        b: ``[n, K]`` label scores per query.
         g: ``[n, K]`` gate drive per query (``W_U cbar`` at the labels).
         lam, beta: gate coupling and inverse temperature.
     """
@@ -63,6 +83,14 @@ def fixed_point_counts(
         n_fixed.append(len(points))
         n_stable.append(sum(fp.stable for fp in points))
     return np.array(n_fixed, dtype=int), np.array(n_stable, dtype=int)
+
+
+def logit_unit_counts(
+    b: np.ndarray, g: np.ndarray, lam: float, beta_eff: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed points per query with ``beta_eff`` absorbed into the scores (``b' = beta_eff b``,
+    ``u' = beta_eff g``, ``beta = 1``): invariant under a rescaling of the residual stream."""
+    return fixed_point_counts(beta_eff * np.asarray(b), beta_eff * np.asarray(g), lam, 1.0)
 
 
 def _count_text(n_fixed: np.ndarray, n_stable: np.ndarray) -> str:
@@ -77,26 +105,46 @@ def _count_text(n_fixed: np.ndarray, n_stable: np.ndarray) -> str:
     return "; ".join(parts)
 
 
-def _regime_extras(tables, task, q, c, lam, n) -> list[str]:
-    """The normed model's bound and the bridge's regime diagnostics at (c, lambda*)."""
+def select_lambda(
+    gate: pd.DataFrame, queries: pd.DataFrame | None, task: str
+) -> tuple[float, int, float, str] | None:
+    """``(lambda*, c*, mean label mass there, split)``: the argmax of patch-mode label mass over
+    ``c`` and ``lambda > 0`` on the *fit* queries (``context_gate_queries``); without them, on
+    the eval aggregate (split ``"eval (in-sample)"``). None when there is no such row."""
+    if queries is not None:
+        fit = select(queries, "fit", task=task, mode="patch", vector="context", metric="label_mass")
+        fit = fit[fit.lam > 0]
+        if not fit.empty:
+            means = fit.groupby(["c_layer", "lam"]).value.mean()
+            (c, lam), best = means.idxmax(), float(means.max())
+            return float(lam), int(c), best, "fit"
+    patch = gate[
+        (gate.task == task)
+        & (gate["mode"] == "patch")
+        & (gate.vector == "context")
+        & (gate.metric == "label_mass")
+        & (gate.lam > 0)
+    ]
+    if patch.empty:
+        return None
+    best = patch.loc[patch.value.idxmax()]
+    return float(best.lam), int(best.c_layer), float(best.value), "eval (in-sample)"
+
+
+def _scale_free_extras(compare, gate, task, q, c, lam) -> list[str]:
+    """Scale-free diagnostics at (c*, lambda*): the eval label mass, the norm ratio and the
+    share of queries with a non-vacuous Thm 3.1 bound (beta_eff Delta is invariant)."""
     out = []
-    bound = largest_shots(tables.get("theory_bound"))
-    if bound is not None and {"beta_mean", "model"} <= set(bound.columns):
-        sel = bound[
-            (bound.task == task)
-            & (bound.q_layer == q)
-            & (bound.c_layer == c)
-            & (bound.model == "normed")
-            & np.isclose(bound.lam, lam)
-        ]
-        if not sel.empty:
-            s = float(sel.beta_mean.iloc[0])
-            out.append(
-                f"with the normed model's inverse temperature s(lambda*) = {fmt(s)} "
-                f"(theory_bound.beta_mean; gamma-scaled scores) the bound is "
-                f"{fmt(contraction_bound(s, lam, n))}"
-            )
-    compare = largest_shots(tables.get("theory_compare"))
+    sel = gate[
+        (gate.task == task)
+        & (gate["mode"] == "patch")
+        & (gate.vector == "context")
+        & (gate.metric == "label_mass")
+        & (gate.c_layer == c)
+        & np.isclose(gate.lam, lam)
+    ]
+    if not sel.empty:
+        out.append(f"eval-query patch label mass there: {float(sel.value.iloc[0]):.3g}")
     if compare is not None:
         sel = compare[
             (compare.task == task)
@@ -106,146 +154,120 @@ def _regime_extras(tables, task, q, c, lam, n) -> list[str]:
             & np.isclose(compare.lam, lam)
         ]
         if not sel.empty:
-            ratio = float(sel.norm_ratio.iloc[0])
-            out.append(f"norm ratio lambda*|cbar|/|h| = {fmt(ratio)} (theory_compare)")
+            out.append(
+                f"norm ratio lambda*|cbar|/|h| = {fmt(float(sel.norm_ratio.iloc[0]))} "
+                "(theory_compare)"
+            )
             fo = sel[sel.model == "first_order"]
             if not fo.empty:
                 out.append(
-                    "fraction of queries with a non-vacuous Thm 3.1 bound (first_order): "
-                    f"{fmt(float(fo.bound_nonvacuous.iloc[0]))}"
+                    "fraction of queries with a non-vacuous Thm 3.1 bound (first_order, "
+                    f"beta_eff Delta): {fmt(float(fo.bound_nonvacuous.iloc[0]))}"
                 )
     return out
 
 
-def _regime_row(tables, task, q, fit_row, patch, gate_terms, lams) -> Claim:
-    best = patch.loc[patch.value.idxmax()]
-    lam, c = float(best.lam), int(best.c_layer)
-    n = int(fit_row.n_classes)
-    beta = float(fit_row.beta_eff)
-    converged = bool(fit_row.fit_converged) if "fit_converged" in fit_row else True
-    test = (
-        f"Thm 3.4 uniqueness condition at beta_eff = {fmt(beta)} and lambda* = {lam:g} (the "
-        f"lambda maximising patch-mode label mass, at c = {c}: {float(best.value):.3g}); fixed "
-        "points of Phi counted per eval query"
-    )
-    reads = (
-        f"theory_fit: task={task}, q_layer={q} (beta_eff, n_classes); context_gate: mode=patch, "
-        f"vector=context, metric=label_mass (argmax over c, lambda > 0); gate_terms: c_layer={c} "
-        "(b, g per query)"
-    )
+def _regime_row(tables, task, q, fit_row, gate, queries, gate_terms) -> Claim:
     base = dict(
         claim_id="6",
         claim=TITLE,
-        test=test,
-        reads=reads,
         task=task,
-        kind="rule",
+        kind="untestable",
         rule=RULE,
+        verdict=UNTESTABLE,
         figure=f"context_gate-{task}",
-        control="1 (the condition's threshold)",
-        control_value=1.0,
+        key="uniqueness",
     )
-    if not math.isfinite(beta) or beta < 0 or not converged:
+    chosen = select_lambda(gate, queries, task)
+    if chosen is None:
         return Claim(
             **base,
-            verdict=INCONCLUSIVE,
-            note=f"beta_eff = {beta!r} (fit converged: {converged}): no usable inverse "
-            "temperature, so the condition is not evaluated",
+            test="Thm 3.4 uniqueness condition at lambda*",
+            reads="context_gate(_queries): mode=patch, vector=context, metric=label_mass",
+            note=f"{WHY}. Nothing to describe either: context_gate has no patch-mode label_mass "
+            "rows with lambda > 0, so lambda* (the lambda maximising patch label mass) is "
+            "undefined",
         )
-    value = contraction_bound(beta, lam, n)
-    per_lam = ", ".join(f"{x:g}: {fmt(contraction_bound(beta, x, n))}" for x in lams)
-    notes = [
-        "mapping as compare/'s first_order model: memories = the task's "
-        f"K = {n} labels, b = W_U h_zero, g = A^-1 u = W_U cbar, A = I (G and alpha are not "
-        "measured)",
-        f"bound at every measured lambda: {per_lam}",
+    lam, c, best, split = chosen
+    n = int(fit_row.n_classes)
+    beta = float(fit_row.beta_eff)
+    converged = bool(fit_row.fit_converged) if "fit_converged" in fit_row else True
+    where = "fit queries" if split == "fit" else "eval queries (in-sample: no fit split)"
+    test = (
+        f"Thm 3.4 uniqueness condition at lambda* = {lam:g}, c* = {c} (the lambda maximising "
+        f"patch-mode label mass on the {where}: {best:.3g})"
+    )
+    reads = (
+        f"context_gate_queries: split={split.split()[0]}, mode=patch, vector=context, "
+        f"metric=label_mass (argmax over c, lambda > 0); theory_fit: task={task}, q_layer={q} "
+        f"(beta_eff, n_classes); gate_terms: c_layer={c} (b, g per eval query)"
+    )
+    notes = [WHY]
+    described = [
+        f"descriptive, scale-free: with beta_eff absorbed into the scores (logit units: "
+        f"b' = beta_eff b, u' = beta_eff g, beta = 1; A = I, K = {n}) the bound is "
+        f"lambda*^2 / 2 = {fmt(lam**2 / 2)}, a function of lambda* alone (the number is fixed "
+        "by this choice of units, not measured)"
     ]
-    if beta > 0:
-        notes[0] += f"; the condition needs eta_min > {fmt(value)}"
-    if beta == 0:
-        notes.insert(
-            0,
-            "beta_eff = 0: the raw scores do not favour the decode's label distribution (the "
-            "fit sits at its boundary), so the first-order softmax is uniform and the condition "
-            "holds vacuously; it says nothing about the gate",
+    if not math.isfinite(beta) or beta < 0 or not converged:
+        described.append(
+            f"fixed points not counted: beta_eff = {beta!r} (fit converged: {converged})"
         )
-        verdict = INCONCLUSIVE
-    else:
-        lam_max = math.sqrt(2.0 / beta)
-        notes.append(f"largest lambda meeting it at A = I: {fmt(lam_max)}")
-        if value >= 1:
-            verdict = NOT_SUPPORTED
-        elif value < BOUND_SUPPORTED:
-            verdict = SUPPORTED
-        else:
-            verdict = INCONCLUSIVE
-    if beta == 0:
-        notes.append("fixed points: 1 (Phi is constant at beta = 0)")
     elif gate_terms is None:
-        notes.append("fixed points not counted: gate_terms (b, g per query) is not in the run")
+        described.append("fixed points not counted: gate_terms (b, g per query) is not in the run")
     else:
         sel = gate_terms[
             (gate_terms.task == task) & (gate_terms.q_layer == q) & (gate_terms.c_layer == c)
         ]
         if sel.empty:
-            notes.append(f"fixed points not counted: gate_terms has no rows at c = {c}")
+            described.append(f"fixed points not counted: gate_terms has no rows at c = {c}")
         else:
             terms = GateTerms.from_frame(sel)
-            n_fixed, n_stable = fixed_point_counts(terms.b, terms.g, lam, beta)
-            notes.append(
-                f"fixed points of Phi at A = I (a multi-start search, GatedMemory.fixed_points): "
-                f"{_count_text(n_fixed, n_stable)}"
+            n_fixed, n_stable = logit_unit_counts(terms.b, terms.g, lam, beta)
+            described.append(
+                "fixed points of Phi per eval query in those units (a multi-start search, "
+                f"GatedMemory.fixed_points): {_count_text(n_fixed, n_stable)}"
             )
-    notes.extend(_regime_extras(tables, task, q, c, lam, n))
-    notes.append("no interval: beta_eff is a point fit")
-    return Claim(**base, value=value, verdict=verdict, note="; ".join(notes))
+            if beta == 0:
+                described.append(
+                    "beta_eff = 0: the raw scores do not favour the decode's label distribution, "
+                    "so in logit units b' = u' = 0 and Phi is softmax(lambda*^2 p)"
+                )
+    compare = largest_shots(tables.get("theory_compare"))
+    described.extend(_scale_free_extras(compare, gate, task, q, c, lam))
+    notes.extend(described)
+    return Claim(
+        **base,
+        test=test,
+        reads=reads,
+        selected_on=split,
+        n=0,
+        note="; ".join(notes) + ".",
+    )
 
 
 def gate_regime(tables: dict[str, pd.DataFrame], manifest: dict) -> list[Claim]:
-    """Claim 6: the uniqueness condition and the fixed points at beta_eff and lambda*."""
+    """Claim 6: untestable (the bound is not identified), with scale-free descriptions at the
+    lambda* chosen on the fit queries."""
     fit = largest_shots(tables.get("theory_fit"))
     gate = largest_shots(tables.get("context_gate"), keep_zero=True)
     if fit is None or gate is None:
         return []
     gate_terms = largest_shots(tables.get("gate_terms"))
+    queries = query_table(tables, "context_gate")
     n_layers = n_layers_of(manifest, gate)
     rows = []
     for task in sorted(fit.task.unique()):
         frame = fit[fit.task == task]
         q = query_layer(frame, n_layers)
         fit_row = frame[frame.q_layer == q].iloc[0]
-        patch = gate[
-            (gate.task == task)
-            & (gate["mode"] == "patch")
-            & (gate.vector == "context")
-            & (gate.metric == "label_mass")
-            & (gate.lam > 0)
-        ]
-        if patch.empty:
-            rows.append(
-                Claim(
-                    claim_id="6",
-                    claim=TITLE,
-                    test="Thm 3.4 uniqueness condition at beta_eff and lambda*",
-                    reads="context_gate: mode=patch, vector=context, metric=label_mass",
-                    task=task,
-                    kind="rule",
-                    rule=RULE,
-                    verdict=INCONCLUSIVE,
-                    figure=f"context_gate-{task}",
-                    note="context_gate has no patch-mode label_mass rows with lambda > 0, so "
-                    "lambda* (the lambda maximising patch label mass) is undefined",
-                )
-            )
-            continue
-        lams = sorted(float(x) for x in patch.lam.unique())
-        rows.append(_regime_row(tables, task, q, fit_row, patch, gate_terms, lams))
+        rows.append(_regime_row(tables, task, q, fit_row, gate, queries, gate_terms))
     return rows
 
 
 GATE_REGIME_CLAIM = ClaimDefinition(
     "6",
     TITLE,
-    ("theory_fit", "context_gate", "gate_terms", "theory_bound", "theory_compare"),
+    ("theory_fit", "context_gate", "context_gate_queries", "gate_terms", "theory_compare"),
     gate_regime,
 )

@@ -55,15 +55,17 @@ correctly: label accuracy ``>=`` the fraction of queries meeting that condition,
 Tables written to ``RUN_DIR/tables`` (atomically): ``theory_terms`` (per query margins),
 ``theory_fit`` (beta per task and q, reconstruction checks), ``theory_compare`` (tidy predicted
 vs measured rows, with per-lambda residuals and regime diagnostics, plus a dense lambda grid of
-predictions), ``theory_bound`` (Theorem 3.1 per lambda and model) and ``theory_summary`` (R^2,
-RMSE, worst lambda and a diagnosis per curve, per c and pooled over c).
+predictions), ``theory_bound`` (Theorem 3.1 per lambda and model), ``theory_summary`` (R^2,
+RMSE, worst lambda and a diagnosis per curve, per c and pooled over c) and ``theory_queries``
+(every model's prediction per eval query at the measured lambdas, the per-query values whose
+means are ``theory_compare``'s ``predicted``: what claim 5 resamples).
 
 This package draws nothing: the figure of ``theory_compare`` is
 :func:`cgar_interp.figures.theory.theory_compare_figure`.
 """
 
 from .predict import BetaFit, Prediction, fit_beta, label_margin, predict, r_squared
-from .tables import compare_run, compare_tables, simulation_summary
+from .tables import compare_run, compare_tables, query_rows, simulation_summary
 from .terms import INF_COLUMNS, METRICS, MODELS, TABLES, CompareConfig, GateTerms
 
 __all__ = [
@@ -80,6 +82,7 @@ __all__ = [
     "fit_beta",
     "label_margin",
     "predict",
+    "query_rows",
     "r_squared",
     "simulation_summary",
 ]

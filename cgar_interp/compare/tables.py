@@ -89,6 +89,41 @@ def _diagnosis(
     return "; ".join(reasons)
 
 
+def query_rows(terms: GateTerms, model: str, lams: np.ndarray, pred) -> pd.DataFrame:
+    """The per-query predictions of one model at (task, q, c): one row per (lambda, metric,
+    eval query), ``value`` the prediction for that query (``theory_compare``'s ``predicted``
+    is their mean over the queries). Columns: ``task``, ``q_layer``, ``c_layer``, ``model``,
+    ``lam``, ``metric``, ``query``, ``split`` (``"eval"``: gate_terms holds the eval queries),
+    ``value``.
+
+    Args:
+        terms: one (task, q, c).
+        model: the model of ``pred``.
+        lams: ``[L]`` the lambdas of ``pred``.
+        pred: :class:`~cgar_interp.compare.predict.Prediction` of ``model`` at ``lams``.
+    """
+    n = len(terms.query)
+    frames = []
+    for metric, values in pred.metrics.items():
+        frames.append(
+            pd.DataFrame(
+                {
+                    "lam": np.repeat(np.asarray(lams, dtype=np.float64), n),
+                    "metric": metric,
+                    "query": np.tile(terms.query, len(lams)),
+                    "value": np.asarray(values, dtype=np.float64).reshape(-1),
+                }
+            )
+        )
+    out = pd.concat(frames, ignore_index=True)
+    out.insert(0, "model", model)
+    out.insert(0, "c_layer", terms.c_layer)
+    out.insert(0, "q_layer", terms.q_layer)
+    out.insert(0, "task", terms.task)
+    out["split"] = "eval"
+    return out[["task", "q_layer", "c_layer", "model", "lam", "metric", "query", "split", "value"]]
+
+
 def compare_tables(
     gate_terms: pd.DataFrame,
     context_gate: pd.DataFrame,
@@ -131,7 +166,7 @@ def compare_tables(
             ]
         )
 
-    term_frames, fit_rows, compare_rows, bound_rows = [], [], [], []
+    term_frames, fit_rows, compare_rows, bound_rows, query_frames = [], [], [], [], []
     keys = ["task", "q_layer", "c_layer"]
     groups = {k: f for k, f in gate_terms.groupby(keys, sort=True)}
     betas: dict[tuple[str, int], BetaFit] = {}
@@ -214,6 +249,7 @@ def compare_tables(
                         }
                     )
                 if which == "measured":
+                    query_frames.append(query_rows(terms, model, lam_set, pred))
                     err = 1.0 - pred.p_gold
                     for li, lam in enumerate(lam_set):
                         row = {
@@ -266,6 +302,9 @@ def compare_tables(
         "theory_bound": bound_table,
         "theory_summary": summary,
         "theory_gate_strength": gate_strength(groups, context_gate),
+        "theory_queries": pd.concat(query_frames, ignore_index=True)
+        if query_frames
+        else pd.DataFrame(),
     }
 
 

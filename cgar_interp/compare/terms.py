@@ -17,6 +17,7 @@ TABLES = (
     "theory_bound",
     "theory_summary",
     "theory_gate_strength",
+    "theory_queries",
 )
 MODES = ("decode", "patch")
 BASE_COLUMNS = ("task", "query", "gold", "q_layer", "c_layer", "class", "b", "g", "normed_logit")

@@ -23,8 +23,9 @@ CORRUPTED_NAMES = {
 def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
     """Head mediation per head: AIE heatmap (layer x head) beside AIE vs label attention.
 
-    Hover: the head's name (``L17H3``), its AIE with the bootstrap 95% interval, its ICL
-    label-token attention mass and its two ranks.
+    Hover: the head's name (``L17H3``), its AIE (eval queries) with the bootstrap 95%
+    interval, its ICL label-token attention mass and its two ranks (on the fit queries, where
+    the top sets are chosen: fit AIE and fit label attention, when the table has them).
     """
     data = table[table.task == task]
     if data.empty:
@@ -35,10 +36,19 @@ def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
     corrupted = data.corrupted.iloc[0] if "corrupted" in data.columns else None
     corrupted = CORRUPTED_NAMES.get(corrupted, "corrupted")
 
+    fit = "aie_fit" in data.columns  # ranks on the fit queries (the selection)
+
     def text(r) -> str:
+        rank = "fit rank" if fit else "rank"
+        extra = (
+            f"<br>fit: AIE={r.aie_fit:.4f}, label attention={r.label_attention_fit:.3f}"
+            if fit
+            else ""
+        )
         return (
-            f"{r.name_}<br>AIE={ci_text(r.aie, r.aie_ci_low, r.aie_ci_high)} (rank {r.rank_aie})"
-            f"<br>label attention={r.label_attention:.3f} (rank {r.rank_label})<br>n={r.n}"
+            f"{r.name_}<br>AIE={ci_text(r.aie, r.aie_ci_low, r.aie_ci_high)} ({rank} "
+            f"{r.rank_aie})<br>label attention={r.label_attention:.3f} ({rank} {r.rank_label})"
+            f"{extra}<br>n={r.n}"
         )
 
     data = data.rename(columns={"name": "name_"})
@@ -100,7 +110,7 @@ def head_mediation_figure(table: pd.DataFrame, task: str) -> go.Figure:
         subplot_titles=(
             "FV (and task vector): accuracy, full vocab",
             "FV (and task vector): label mass",
-            "Ablation (zero-shot mean): ablated - clean",
+            "Ablation: ablated - clean",
         ),
     )
     fv = data[data.part.isin(["function_vector", "task_vector"])]
@@ -146,19 +156,24 @@ def head_mediation_figure(table: pd.DataFrame, task: str) -> go.Figure:
                     col=col,
                 )
     abl = data[(data.part == "ablation") & data.metric.str.endswith("_drop")]
-    abl = abl[~abl.set.str.startswith("random_")]
+    if "draw" in abl.columns:  # the tested sets and the mean over their matched random draws
+        abl = abl[abl["draw"] < 0]
+        names = abl.set + " · " + abl.ablation.str.replace("_", " ")
+    else:  # an older table: one ablation (zero-shot mean), unmatched random sets
+        abl = abl[~abl.set.str.startswith("random_")]
+        names = abl.set
     for i, metric in enumerate(("label_mass_drop", "vocab_correct_drop")):
         sel = abl[abl.metric == metric]
         fig.add_trace(
             go.Bar(
-                x=sel.set,
+                x=names[sel.index],
                 y=sel.value,
                 name=metric,
                 marker_color=PALETTE[(i + 4) % len(PALETTE)],
                 error_y=ci_error_y(sel.value, sel.ci_low, sel.ci_high),
                 text=[
-                    f"{r.set}<br>{metric}={ci_text(r.value, r.ci_low, r.ci_high)}<br>n={r.n}"
-                    for r in sel.itertuples()
+                    f"{name}<br>{metric}={ci_text(r.value, r.ci_low, r.ci_high)}<br>n={r.n}"
+                    for name, r in zip(names[sel.index], sel.itertuples(), strict=True)
                 ],
                 hovertemplate=HOVER,
                 textposition="none",

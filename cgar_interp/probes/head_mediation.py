@@ -1,45 +1,62 @@
 """Which heads carry the task: causal head mediation and function vectors (Todd et al., 2024).
 
-Per block ``l`` and query head ``h`` (every head of the blocks in ``layers``):
+Every choice this probe makes is made on the *fit* queries and judged on the *eval* queries
+(``docs/science.md#head-mediation``). Per block ``l`` and query head ``h`` (every head of the
+blocks in ``layers``):
 
-- **a_lh**: the mean over the *fit* queries of the head's output at the last position of the
+- **a_lh**: the mean over the fit queries of the head's output at the last position of the
   clean ICL prompt (``head_out.l``, its contribution ``W_O z`` to the residual).
-- **AIE** (average indirect effect): the eval queries' ICL prompts under a label control are
-  the corrupted runs (``corrupted``: by default ``permuted``, the prompt's labels permuted
-  across its demonstrations, as Todd et al.; or ``random_labels``, ``flipped``). For each query and head, the head's output at the
-  last position is replaced by ``a_lh``; the effect is the change of the gold label's
-  probability (first label token, full vocabulary; metric ``gold_mass``). AIE is the mean over
-  the eval queries (the first ``max_queries``), with a bootstrap interval. The intervention sits
-  at the last position only, so it is exact and cheap: ``resid_mid.l' = resid_mid.l + a_lh -
+- **AIE** (average indirect effect): ICL prompts under a label control are the corrupted runs
+  (``corrupted``: by default ``permuted``, the prompt's labels permuted across its
+  demonstrations, as Todd et al.; or ``random_labels``, ``flipped``). For each query and head,
+  the head's output at the last position is replaced by ``a_lh``; the effect is the change of
+  the gold label's probability (first label token, full vocabulary; metric ``gold_mass``). It
+  is computed on the fit queries (the first ``max_queries``; ``aie_fit``: the ranking that
+  *chooses* the top-AIE heads) and on the eval queries (the first ``max_queries``; ``aie``,
+  with a bootstrap interval: the figure and the Spearman join). The intervention sits at the
+  last position only, so it is exact and cheap: ``resid_mid.l' = resid_mid.l + a_lh -
   head_out_lh`` for all heads of a block at once as variants, then block ``l``'s MLP and the
   blocks above as one-token suffix passes over the corrupted prompt's KV cache
   (:func:`cgar_interp.prefix.resume_from_mid`).
-- **Function vector**: ``FV = sum of a_lh`` over the ``top_k`` heads by AIE, added to the
-  zero-shot residual at the last position at each residual layer of ``fv_layers``; full-vocab
-  accuracy and label mass per layer (``part = "function_vector"``, ``set = "top_aie"``), beside
-  zero-shot and full ICL (``part = "baseline"``). The same with the ``top_k`` label-reading
-  heads (``set = "top_label"``) asks whether those heads are *sufficient*. When the suite runs
-  ``task_vectors`` before this probe, its accuracy and label mass per layer are copied beside
-  the FV curves (``part = "task_vector"``, ``set = "theta"``, for the figure) and the join table
-  names both best layers (``fv_best_layer``, ``tv_best_layer``) and their accuracies.
 - **Label attention** (the Hopfield view): each head's attention mass at the last position on
-  the demonstrations' label positions under ICL. When the suite runs ``hopfield_heads`` first
-  (it must come before this probe), this probe reads that table of the same run (``prompt_kind
-  = icl``, ``metric = label_mass``: the eval queries it read); otherwise it computes the same
-  quantity (:func:`~cgar_interp.probes.hopfield_heads.label_positions`, the Hopfield probe's
-  definition) on the fit queries. ``label_attention_source`` in the join table says which.
-- **Ablation** (``part = "ablation"``): heads' ``z`` at the last position of the clean ICL
-  prompts replaced by their *zero-shot* mean (fit queries), ``top_k`` heads at a time: the top
-  AIE heads, the top label-reading heads and ``n_random`` seeded random sets. Per-query drops
-  (ablated - clean) of label mass and full-vocab accuracy; random sets as the mean over draws
-  (``set = "random"``, per query, CI over queries) and each draw (``random_00`` ...). Every
-  set is one variant of one suffix pass over the clean prompts' KV cache, from the lowest
-  ablated block, with the sets' ``z`` replacements inside the blocks
-  (:func:`cgar_interp.prefix.suffix_patches`).
+  the demonstrations' label positions under ICL
+  (:func:`~cgar_interp.probes.hopfield_heads.label_positions`, the Hopfield probe's
+  definition). The label-reading heads (``top_label``) are chosen by it on the fit queries'
+  ICL prompts (``label_attention_fit``). When the suite runs ``hopfield_heads`` first, that
+  table's ICL ``label_mass`` (its eval queries) is reported as ``label_attention`` and joins
+  the AIE in the Spearman correlation; otherwise ``label_attention`` is the fit-query value.
+  ``label_attention_source`` in the join table says which.
+- **Function vector**: ``FV = sum of a_lh`` over the ``top_k`` heads by fit AIE, added to the
+  zero-shot residual at the last position at each residual layer of ``fv_layers``; full-vocab
+  accuracy and label mass per layer on the eval queries (``part = "function_vector"``,
+  ``set = "top_aie"``), beside zero-shot and full ICL (``part = "baseline"``). The same with
+  the ``top_k`` label-reading heads (``set = "top_label"``) asks whether those heads are
+  *sufficient*. The FV is scored on the fit queries too (per query only, in
+  ``head_mediation_queries``, ``split = "fit"``): the best layer (``fv_best_layer``) is chosen
+  there and its eval accuracy reported. When the suite runs ``task_vectors`` first, its curve
+  is copied beside the FV curves (``part = "task_vector"``, ``set = "theta"``) and the join
+  names its best layer (chosen by that probe, ``tv_best_layer_selected_on``).
+- **Ablation** (``part = "ablation"``): the ``z`` of a set of heads at the last position of the
+  clean ICL prompts of the eval queries (the first ``max_queries``) replaced by their mean
+  over the fit queries' *zero-shot* prompts (``ablation = "zero_mean"``) or over the fit
+  queries' *ICL* prompts (``ablation = "icl_mean"``: removes what a head does on one prompt
+  beyond what it does on every ICL prompt, without leaving the ICL distribution). Sets: the
+  fit-chosen ``top_aie`` and ``top_label``, and for each of them ``n_random`` seeded random
+  sets *matched by layer* (the same number of heads in every block as the tested set, drawn
+  from that block's heads outside both tested sets): ``set = "random_top_label"`` with
+  ``draw = 0, 1, ...`` per draw and ``draw = -1`` for the per-query mean over draws. Per-query
+  changes (ablated - clean, metrics ``*_drop``) of label mass, full-vocab accuracy and gold
+  mass, every one kept per query (``head_mediation_queries``). Every set is one variant of a
+  suffix pass over the clean prompts' KV cache, from the lowest ablated block, with the sets'
+  ``z`` replacements inside the blocks (:func:`cgar_interp.prefix.suffix_patches`).
 
-Tables: ``head_mediation`` (tidy), ``head_mediation_heads`` (one row per head) and
-``head_mediation_join`` (one row per task: Spearman rank correlation of AIE with label attention
-and its permutation p-value, the overlap of the two top-``overlap_k`` sets against chance).
+Tables: ``head_mediation`` (tidy: eval queries), ``head_mediation_queries`` (per query, fit and
+eval), ``head_mediation_heads`` (one row per head) and ``head_mediation_join`` (one row per
+task: the chosen sets and the split that chose them, the Spearman rank correlation of AIE with
+label attention and its permutation p-value, the overlap of the two top-``overlap_k`` sets
+against chance, the best FV layer, and per ablation and tested set the matched random draws'
+distribution of mean changes with the tested set's percentile in it and a permutation-style
+p-value).
 """
 
 from __future__ import annotations
@@ -71,6 +88,13 @@ CORRUPTED = {"permuted": PERMUTED, "random_labels": RANDOM_LABELS, "flipped": FL
 
 ABLATION_METRICS = ("label_mass", "vocab_correct", "gold_mass")
 FV_METRICS = ("vocab_correct", "label_mass", "gold_mass")
+TESTED_SETS = ("top_aie", "top_label")  # chosen on the fit queries
+# how an ablated head's z is replaced: its mean z over the fit queries' prompts of this kind
+ABLATIONS = {"zero_mean": "zero", "icl_mean": "icl"}
+JOIN_METRICS = ("label_mass_drop", "vocab_correct_drop")
+MAX_VARIANTS = 24  # ablated sets per suffix pass (bounds the [variants, rows, vocab] logits)
+
+Head = tuple[int, int]  # (block, head)
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> None:
@@ -88,9 +112,10 @@ class HeadMediationConfig(ProbeConfig):
         top_k: heads in the function vector and in each ablated set (>= 1).
         fv_layers: residual layers the function vector is added at (a layer spec as in
             ``task_vectors``: ``"all"`` is ``0 .. n_layers``).
-        n_random: seeded random sets of ``top_k`` heads to ablate (>= 0).
-        max_queries: eval queries used for AIE and ablation (the first ones; >= 1, or None
-            for all). The function vector is scored on every eval query.
+        n_random: seeded layer-matched random sets per tested set and ablation (>= 0).
+        max_queries: fit queries whose AIE chooses the top-AIE heads, and eval queries used
+            for the reported AIE and the ablations (the first ones of each split; >= 1, or
+            None for all). The function vector is scored on every fit and eval query.
         label_cue_tokens: as in ``hopfield_heads``: the answer cue a label position follows.
         overlap_k: size of the two top sets whose overlap is reported (>= 1).
         n_permutations: permutations for the Spearman p-value (>= 1).
@@ -133,18 +158,33 @@ class HeadMediationConfig(ProbeConfig):
         return resolve_blocks(self.layers, n_layers, "layers")
 
     def shared_reads(self, inputs: TaskInputs, n_layers: int) -> tuple[SharedRead, ...]:
-        """What the probe reads at the last position, in the suite's shared capture pass:
-        head outputs (and patterns, for label attention without ``hopfield_heads``) of the fit
-        queries' ICL prompts, their zero-shot ``z``, the corrupted prompts of the AIE with their
-        KV caches, and the clean ICL prompts the ablations resume."""
+        """What the probe reads at the last position, in the suite's shared capture pass: head
+        outputs, ``z`` and patterns of the fit queries' ICL prompts (a_lh, the ICL-mean
+        ablation, the label attention that chooses ``top_label``), the fit queries' zero-shot
+        ``z`` with their KV caches (the zero-mean ablation; the function vector scored on the
+        fit queries), the corrupted prompts of the AIE's fit and eval queries with their KV
+        caches, and the clean ICL prompts the ablations resume."""
         blocks = self.blocks(n_layers)
         fit, ev = inputs.fit, inputs.eval[: self.max_queries]
-        reads = [
-            SharedRead.of("icl", fit, mean_sites(blocks, "head_out", with_patterns=True)),
-            SharedRead.of("zero", fit, mean_sites(blocks, "z")),
-            SharedRead.of("icl", ev, site_names("resid", blocks), keep_states=True),
-        ]
         kind = self.corrupted_kind
+        reads = []
+        if len(fit):
+            reads += [
+                SharedRead.of("icl", fit, fit_icl_sites(blocks)),
+                SharedRead.of(
+                    "zero",
+                    fit,
+                    fit_zero_sites(blocks, self.needed_layers(n_layers)),
+                    keep_states=True,
+                ),
+            ]
+            if getattr(inputs, kind) is not None:
+                reads.append(
+                    SharedRead.of(
+                        kind, fit[: self.max_queries], effect_sites(blocks), keep_states=True
+                    )
+                )
+        reads.append(SharedRead.of("icl", ev, site_names("resid", blocks), keep_states=True))
         if getattr(inputs, kind) is not None:
             reads.append(SharedRead.of(kind, ev, effect_sites(blocks), keep_states=True))
         return tuple(reads)
@@ -234,6 +274,71 @@ def top_overlap(a: np.ndarray, b: np.ndarray, k: int) -> tuple[int, float]:
     return len(top_a & top_b), k * k / n
 
 
+def top_heads(values: dict[Head, float], k: int) -> list[Head]:
+    """The ``k`` heads of largest value (ties: the lower block, then the lower head), sorted
+    by (block, head)."""
+    order = sorted(values, key=lambda bh: (-values[bh], bh))
+    return sorted(order[: min(k, len(order))])
+
+
+def layer_histogram(heads: list[Head]) -> dict[int, int]:
+    """``{block: number of heads of the set in it}``, blocks ascending."""
+    out: dict[int, int] = {}
+    for b, _ in sorted(heads):
+        out[b] = out.get(b, 0) + 1
+    return out
+
+
+def matched_random_sets(
+    tested: list[Head],
+    exclude: set[Head],
+    n_heads: int,
+    n_draws: int,
+    rng: np.random.Generator,
+) -> list[list[Head]]:
+    """``n_draws`` random head sets with ``tested``'s layer histogram: per block, as many
+    heads as ``tested`` has there, drawn without replacement from that block's ``n_heads``
+    heads outside ``exclude`` (the tested sets). Empty when some block has too few heads
+    outside ``exclude`` (no matched control exists); each draw sorted by (block, head).
+
+    >>> sets = matched_random_sets([(0, 1), (2, 0), (2, 3)], {(0, 1), (2, 0), (2, 3)}, 4, 3,
+    ...                            np.random.default_rng(0))
+    >>> [layer_histogram(s) for s in sets] == [{0: 1, 2: 2}] * 3
+    True
+    """
+    histogram = layer_histogram(tested)
+    pools = {b: [h for h in range(n_heads) if (b, h) not in exclude] for b in histogram}
+    if any(len(pools[b]) < count for b, count in histogram.items()):
+        return []
+    draws = []
+    for _ in range(n_draws):
+        draw = []
+        for b, count in histogram.items():
+            picked = rng.choice(len(pools[b]), size=count, replace=False)
+            draw += [(b, pools[b][int(i)]) for i in picked]
+        draws.append(sorted(draw))
+    return draws
+
+
+def draw_test(tested: float, draws: np.ndarray) -> tuple[float, float]:
+    """Where a tested set's mean change (ablated - clean; more negative = a larger drop)
+    lies among the random draws' mean changes: ``(percentile, p)`` with ``percentile`` the
+    share (in %) of draws whose drop is smaller than the tested set's and
+    ``p = (1 + #{draws whose drop >= the tested drop}) / (1 + n_draws)`` (a permutation-style
+    p-value of "the tested set's drop is no larger than a random set's"); NaN without draws.
+
+    >>> percentile, p = draw_test(-0.5, np.array([-0.1, -0.2, -0.6]))
+    >>> round(percentile, 4), p
+    (66.6667, 0.5)
+    """
+    draws = np.asarray(draws, dtype=float)
+    if draws.size == 0:
+        return float("nan"), float("nan")
+    percentile = 100.0 * float((draws > tested).mean())
+    p = (1 + int((draws <= tested).sum())) / (1 + draws.size)
+    return percentile, float(p)
+
+
 # --------------------------------------------------------------------------------------------
 # the probe
 
@@ -243,6 +348,19 @@ def mean_sites(blocks, kind: SiteKindName, with_patterns: bool = False) -> list[
     return list(site_names(kind, blocks)) + (
         list(site_names("attn_pattern", blocks)) if with_patterns else []
     )
+
+
+def fit_icl_sites(blocks) -> list[str]:
+    """What the fit queries' ICL prompts are read at: head outputs (a_lh), ``z`` (the ICL
+    mean of the ablation) and the attention patterns (the label attention that chooses the
+    label-reading heads)."""
+    return mean_sites(blocks, "head_out", with_patterns=True) + list(site_names("z", blocks))
+
+
+def fit_zero_sites(blocks, fv_layers) -> list[str]:
+    """What the fit queries' zero-shot prompts are read at (with their KV caches): ``z`` (the
+    zero-shot mean of the ablation) and the residuals the function vector is added to."""
+    return list(site_names("z", blocks)) + list(site_names("resid", fv_layers))
 
 
 def effect_sites(blocks) -> list[str]:
@@ -272,14 +390,21 @@ def head_means(
     return means, patterns
 
 
-def label_attention(patterns: Tensor, batch, label_ids: Tensor, cue_tokens: int) -> Tensor:
-    """``[n_heads]`` mean over rows of the attention mass on demonstration label positions."""
+def label_attention_per_query(
+    patterns: Tensor, batch, label_ids: Tensor, cue_tokens: int
+) -> Tensor:
+    """``[n, n_heads]`` each row's attention mass on its demonstrations' label positions."""
     per_row = []
     for i in range(batch.batch_size):
         length = int(batch.lengths[i])
         classes = label_positions(batch.ids[i, :length], label_ids, cue_tokens)
         per_row.append(patterns[i, :, :length][:, classes >= 0].sum(-1))
-    return torch.stack(per_row).mean(0)
+    return torch.stack(per_row)
+
+
+def label_attention(patterns: Tensor, batch, label_ids: Tensor, cue_tokens: int) -> Tensor:
+    """``[n_heads]`` mean over rows of the attention mass on demonstration label positions."""
+    return label_attention_per_query(patterns, batch, label_ids, cue_tokens).mean(0)
 
 
 def head_effects(
@@ -330,10 +455,11 @@ def head_effects(
 
 
 def ablation_patches(
-    sets: list[list[tuple[int, int]]], zero_z: dict[int, Tensor], n_heads: int
+    sets: list[list[Head]], means: dict[int, Tensor], n_heads: int
 ) -> tuple[int, list[Patch]]:
     """The lowest ablated block and one ``z`` patch per ablated block for a suffix pass whose
-    variant ``v`` ablates ``sets[v]``: those heads' ``z`` set to their zero-shot mean."""
+    variant ``v`` ablates ``sets[v]``: those heads' ``z`` set to ``means[block][head]`` (their
+    zero-shot or ICL mean ``z`` over the fit queries)."""
     chosen = sorted({b for heads in sets for b, _ in heads})
     masks = {b: torch.zeros(len(sets), n_heads, dtype=torch.bool) for b in chosen}
     for v, heads in enumerate(sets):
@@ -342,7 +468,7 @@ def ablation_patches(
     patches = []
     for b in chosen:
 
-        def replace(z: Tensor, mask=masks[b], mean=zero_z[b]) -> Tensor:
+        def replace(z: Tensor, mask=masks[b], mean=means[b]) -> Tensor:
             # z: [rows, n_var, n_heads, d_head]; mask [n_var, n_heads]; mean [n_heads, d_head]
             mask = mask.to(z.device)[None, :, :, None]
             return torch.where(mask, mean.to(device=z.device, dtype=z.dtype), z)
@@ -352,32 +478,45 @@ def ablation_patches(
 
 
 def ablate_sets(
-    ctx: ProbeContext, batch, indices: Tensor, sets: dict[str, list[tuple[int, int]]], zero_z
+    ctx: ProbeContext,
+    batch,
+    indices: Tensor,
+    sets: dict[str, list[Head]],
+    means: dict[int, Tensor],
+    max_variants: int = MAX_VARIANTS,
 ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
     """Per-query metrics of ``batch`` clean and with each set of heads mean-ablated at the
-    last position: one capture pass (KV cache kept), then every set as a variant of one suffix
-    pass from the lowest ablated block. Returns ``(clean {metric: [n]}, {set: {metric: [n]}})``.
-    ``batch`` is the ICL prompts of the queries ``indices``: read from the suite's shared pass
-    where the probe declared them (:meth:`ProbeContext.read`)."""
+    last position (``z`` := ``means``): one capture pass (KV cache kept), then the sets as
+    variants of suffix passes (at most ``max_variants`` per pass) from the lowest ablated
+    block. Returns ``(clean {metric: [n]}, {set: {metric: [n]}})``. ``batch`` is the ICL
+    prompts of the queries ``indices``: read from the suite's shared pass where the probe
+    declared them (:meth:`ProbeContext.read`)."""
     names = list(sets)
-    start, patches = ablation_patches([sets[n] for n in names], zero_z, ctx.handle.arch.n_heads)
-    run = ctx.read("icl", indices, [site_name("resid", start)], keep_states=True)
-    clean = {m: v.cpu() for m, v in ctx.score(run.logits.float(), indices).items()}
-    out = resume_variants(
-        ctx.handle,
-        batch,
-        [start],
-        lambda _, h_last, idx: h_last[None].expand(len(names), *h_last.shape),
-        lambda logits, idx: {
-            m: v
-            for m, v in ctx.score(logits.float(), indices[idx]).items()
-            if m in ABLATION_METRICS
-        },
-        batch_size=ctx.batch_size,
-        states=run.states,
-        patches=patches,
-    )[start]
-    return clean, {n: {m: out[m][v] for m in out} for v, n in enumerate(names)}
+    clean: dict[str, Tensor] = {}
+    ablated: dict[str, dict[str, Tensor]] = {}
+    for first in range(0, len(names), max_variants):
+        chunk = names[first : first + max_variants]
+        n_var = len(chunk)
+        start, patches = ablation_patches([sets[n] for n in chunk], means, ctx.handle.arch.n_heads)
+        run = ctx.read("icl", indices, [site_name("resid", start)], keep_states=True)
+        if not clean:
+            clean = {m: v.cpu() for m, v in ctx.score(run.logits.float(), indices).items()}
+        out = resume_variants(
+            ctx.handle,
+            batch,
+            [start],
+            lambda _, h_last, idx, n=n_var: h_last[None].expand(n, *h_last.shape),
+            lambda logits, idx: {
+                m: v
+                for m, v in ctx.score(logits.float(), indices[idx]).items()
+                if m in ABLATION_METRICS
+            },
+            batch_size=ctx.batch_size,
+            states=run.states,
+            patches=patches,
+        )[start]
+        ablated.update({n: {m: out[m][v] for m in out} for v, n in enumerate(chunk)})
+    return clean, ablated
 
 
 def hopfield_label_attention(
@@ -402,8 +541,28 @@ def hopfield_label_attention(
     }
 
 
+def best_layer(per_layer: dict[int, dict[str, Tensor]]) -> int:
+    """The layer of the largest mean ``vocab_correct`` (then ``label_mass``; ties: the lowest
+    layer) of ``{layer: {metric: [n]}}``."""
+    scores = [
+        (float(m["vocab_correct"].mean()), float(m["label_mass"].mean()), -layer)
+        for layer, m in per_layer.items()
+    ]
+    return -max(scores)[2]
+
+
+def _keys(part: str, **keys) -> dict:
+    """The key columns of a tidy row (every row has all of them)."""
+    out = {"part": part, "layer": -1, "head": -1, "set": "", "ablation": "none", "draw": -1}
+    out.update(keys)
+    return out
+
+
 def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[str, pd.DataFrame]:
-    """AIE of every head, function vectors, label-reading heads and ablations; tidy rows."""
+    """AIE of every head, function vectors, label-reading heads and ablations; tidy rows.
+
+    Every choice (the top-AIE and label-reading heads, the function vector's best layer) is
+    made on the fit queries; the tidy rows score the eval queries."""
     handle, inputs = ctx.handle, ctx.inputs
     corrupted = config.corrupted_kind
     if getattr(inputs, corrupted) is None:
@@ -412,67 +571,74 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
             f"{config.corrupted!r}); prepare the task with label_controls=({corrupted!r},) "
             "(a suite with this probe does so)"
         )
+    if not len(inputs.fit):
+        raise ValueError(
+            f"head_mediation chooses its heads on the fit queries; task {inputs.task!r} has none"
+        )
     n_heads = handle.arch.n_heads
     blocks = config.blocks(handle.n_layers)
     fit, ev_all = inputs.fit, inputs.eval
-    ev = ev_all[: config.max_queries]
+    ev, fit_aie = ev_all[: config.max_queries], fit[: config.max_queries]
     base = {"task": inputs.task, "probe": KIND}
 
     def tick(what: str, n: int):
         return ctx.progress(f"{inputs.task}: head mediation {what}", n) if ctx.progress else None
 
-    # 1. a_lh on the fit queries' clean ICL prompts; label attention read from the run's
-    #    hopfield_heads table (else on the same prompts); zero-shot mean z
+    # 1. on the fit queries' clean ICL prompts: a_lh, the ICL mean z, the label attention that
+    #    chooses the label-reading heads; on their zero-shot prompts: the zero-shot mean z
     icl_fit = inputs.icl.select(fit)
-    attention = hopfield_label_attention(ctx.tables, inputs.task, blocks, n_heads)
-    source = "hopfield_heads (icl label_mass)"
-    with_patterns = attention is None
-    a, patterns = head_means(
-        handle,
-        icl_fit,
-        blocks,
-        "head_out",
-        ctx.batch_size,
-        with_patterns,
-        run=ctx.read("icl", fit, mean_sites(blocks, "head_out", with_patterns)),
-    )
-    if attention is None:
+    icl_run = ctx.read("icl", fit, fit_icl_sites(blocks))
+    a, patterns = head_means(handle, icl_fit, blocks, "head_out", ctx.batch_size, True, icl_run)
+    icl_z, _ = head_means(handle, icl_fit, blocks, "z", ctx.batch_size, run=icl_run)
+    attention_fit = {  # [n_fit, n_heads]
+        b: label_attention_per_query(
+            patterns[b], icl_fit, inputs.label_ids, config.label_cue_tokens
+        ).double()
+        for b in blocks
+    }
+    fv_layers = config.needed_layers(handle.n_layers)
+    zero_run = ctx.read("zero", fit, fit_zero_sites(blocks, fv_layers), keep_states=True)
+    zero_z, _ = head_means(handle, None, blocks, "z", ctx.batch_size, run=zero_run)
+    means = {"zero_mean": zero_z, "icl_mean": icl_z}
+    reported = hopfield_label_attention(ctx.tables, inputs.task, blocks, n_heads)
+    if reported is None:
         source = f"head_mediation (fit queries, n={len(fit)})"
-        attention = {
-            b: label_attention(patterns[b], icl_fit, inputs.label_ids, config.label_cue_tokens)
-            for b in blocks
-        }
-    zero_z, _ = head_means(
-        handle,
-        inputs.zero.select(fit),
-        blocks,
-        "z",
-        ctx.batch_size,
-        run=ctx.read("zero", fit, mean_sites(blocks, "z")),
-    )
+        reported = {b: attention_fit[b].mean(0) for b in blocks}
+    else:
+        source = "hopfield_heads (icl label_mass)"
 
-    # 2. AIE on the eval queries' corrupted prompts
-    effects, _ = head_effects(
-        handle,
-        getattr(inputs, corrupted).select(ev),
-        ev,
-        blocks,
-        a,
-        ctx.gold_probability,
-        ctx.batch_size,
-        run=ctx.read(
-            corrupted,
-            ev,
-            effect_sites(blocks),
-            keep_states=True,
-            progress=tick("AIE", len(ev)),
-        ),
-    )
+    # 2. AIE on the corrupted prompts: the fit queries' choose, the eval queries' are reported
+    def effects_on(queries, what):
+        return head_effects(
+            handle,
+            getattr(inputs, corrupted).select(queries),
+            queries,
+            blocks,
+            a,
+            ctx.gold_probability,
+            ctx.batch_size,
+            run=ctx.read(
+                corrupted,
+                queries,
+                effect_sites(blocks),
+                keep_states=True,
+                progress=tick(what, len(queries)),
+            ),
+        )[0]
+
+    effects_fit = effects_on(fit_aie, "AIE (fit queries)")
+    effects = effects_on(ev, "AIE")
     rows, head_rows = [], []
     for b in blocks:
         for h in range(n_heads):
-            (row,) = ctx.rows(
-                {"aie": effects[b][h]}, **base, part="aie", layer=b, head=h, set="all"
+            keys = _keys("aie", layer=b, head=h, set="all")
+            (row,) = ctx.rows({"aie": effects[b][h]}, queries=ev, **base, **keys)
+            ctx.record_queries({"aie": effects_fit[b][h]}, fit_aie, **base, **keys)
+            ctx.record_queries(
+                {"label_attention": attention_fit[b][:, h]},
+                fit,
+                **base,
+                **_keys("label_attention", layer=b, head=h, set="all"),
             )
             rows.append(row)
             head_rows.append(
@@ -484,61 +650,72 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
                     "aie": row["value"],
                     "aie_ci_low": row["ci_low"],
                     "aie_ci_high": row["ci_high"],
-                    "label_attention": float(attention[b][h]),
+                    "aie_fit": float(effects_fit[b][h].mean()),
+                    "label_attention": float(reported[b][h]),
+                    "label_attention_fit": float(attention_fit[b][:, h].mean()),
                     "corrupted": config.corrupted,
                     "n": row["n"],
+                    "n_fit_aie": len(fit_aie),
+                    "n_fit": len(fit),
                 }
             )
     heads = pd.DataFrame(head_rows)
-    heads["rank_aie"] = heads["aie"].rank(ascending=False, method="first").astype(int)
-    heads["rank_label"] = heads["label_attention"].rank(ascending=False, method="first")
-    heads["rank_label"] = heads["rank_label"].astype(int)
     k = min(config.top_k, len(heads))
-    pick = {
-        "top_aie": heads.nsmallest(k, "rank_aie"),
-        "top_label": heads.nsmallest(k, "rank_label"),
+    by_head = {(int(r.layer), int(r.head)): r for r in heads.itertuples()}
+    sets: dict[str, list[Head]] = {
+        "top_aie": top_heads({bh: r.aie_fit for bh, r in by_head.items()}, k),
+        "top_label": top_heads({bh: r.label_attention_fit for bh, r in by_head.items()}, k),
     }
-    sets = {
-        name: list(zip(f.layer.tolist(), f["head"].tolist(), strict=True))
-        for name, f in pick.items()
-    }
+    for name, column in (("rank_aie", "aie_fit"), ("rank_label", "label_attention_fit")):
+        order = sorted(by_head, key=lambda bh, c=column: (-getattr(by_head[bh], c), bh))
+        rank = {bh: i + 1 for i, bh in enumerate(order)}
+        heads[name] = [
+            rank[(int(b), int(h))] for b, h in zip(heads.layer, heads["head"], strict=True)
+        ]
+    for name in TESTED_SETS:
+        chosen = set(sets[name])
+        heads[name] = [
+            (int(b), int(h)) in chosen for b, h in zip(heads.layer, heads["head"], strict=True)
+        ]
+    heads["selected_on"] = "fit"
 
-    # 3. function vectors (top AIE heads; top label-reading heads) in the zero-shot pass
-    fv_layers = config.needed_layers(handle.n_layers)
-    fvs = torch.stack([sum(a[b][h] for b, h in sets[name]) for name in ("top_aie", "top_label")])
-    out = resume_variants(
-        handle,
-        inputs.zero.select(ev_all),
-        fv_layers,
-        lambda layer, h_last, idx: h_last[None] + fvs[:, None, :].to(h_last.dtype),
-        lambda logits, idx: {
-            m: v for m, v in ctx.score(logits.float(), ev_all[idx]).items() if m in FV_METRICS
-        },
-        batch_size=ctx.batch_size,
-        progress=tick("function vector", len(ev_all)),
-        states=ctx.zero_states(),
-    )
+    # 3. function vectors (top AIE heads; top label-reading heads) in the zero-shot pass: the
+    #    eval queries (tidy rows) and the fit queries (per query: the best layer is chosen there)
+    fvs = torch.stack([sum(a[b][h] for b, h in sets[name]) for name in TESTED_SETS])
+
+    def fv_scores(queries, states, what):
+        return resume_variants(
+            handle,
+            inputs.zero.select(queries),
+            fv_layers,
+            lambda layer, h_last, idx: h_last[None] + fvs[:, None, :].to(h_last.dtype),
+            lambda logits, idx: {
+                m: v for m, v in ctx.score(logits.float(), queries[idx]).items() if m in FV_METRICS
+            },
+            batch_size=ctx.batch_size,
+            progress=tick(what, len(queries)),
+            states=states,
+        )
+
+    out = fv_scores(ev_all, ctx.zero_states(), "function vector")
+    out_fit = fv_scores(fit, zero_run.states, "function vector (fit queries)")
+    fv_eval: dict[str, dict[int, dict[str, Tensor]]] = {name: {} for name in TESTED_SETS}
+    fv_fit: dict[str, dict[int, dict[str, Tensor]]] = {name: {} for name in TESTED_SETS}
     for layer in fv_layers:
-        for v, name in enumerate(("top_aie", "top_label")):
-            rows += ctx.rows(
-                {m: val[v] for m, val in out[layer].items()},
-                **base,
-                part="function_vector",
-                layer=layer,
-                head=-1,
-                set=name,
-            )
+        for v, name in enumerate(TESTED_SETS):
+            keys = _keys("function_vector", layer=layer, set=name)
+            fv_eval[name][layer] = {m: val[v] for m, val in out[layer].items()}
+            fv_fit[name][layer] = {m: val[v] for m, val in out_fit[layer].items()}
+            rows += ctx.rows(fv_eval[name][layer], queries=ev_all, **base, **keys)
+            ctx.record_queries(fv_fit[name][layer], fit, **base, **keys)
     tv = ctx.tables.get(task_vectors.TABLE)
     if tv is not None:  # the task-vector curve of the same run, beside the FV curves
-        tv = tv[(tv["task"] == inputs.task) & tv["metric"].isin(FV_METRICS)]
-        for r in tv.itertuples():
+        tv = tv[tv["task"] == inputs.task]
+        for r in tv[tv["metric"].isin(FV_METRICS)].itertuples():
             rows.append(
                 {
                     **base,
-                    "part": "task_vector",
-                    "layer": int(r.layer),
-                    "head": -1,
-                    "set": "theta",
+                    **_keys("task_vector", layer=int(r.layer), set="theta"),
                     "metric": r.metric,
                     "value": float(r.value),
                     "n": int(r.n),
@@ -549,35 +726,58 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
     cap = ctx.captures()
     for kind, name in (("zero", "zero_shot"), ("icl", "icl")):
         scores = ctx.score(cap.logits[kind][ev_all], ev_all)
-        rows += ctx.rows(
-            {m: scores[m] for m in FV_METRICS}, **base, part="baseline", layer=-1, head=-1, set=name
-        )
+        rows += ctx.rows({m: scores[m] for m in FV_METRICS}, **base, **_keys("baseline", set=name))
 
-    # 4. ablations on the clean ICL prompts of the eval queries (zero-shot mean z)
+    # 4. ablations on the clean ICL prompts of the eval queries: the tested sets and their
+    #    layer-matched random sets, z replaced by the zero-shot mean and by the ICL mean
     rng = np.random.default_rng(ctx.seed)
-    all_heads = [(b, h) for b in blocks for h in range(n_heads)]
-    for i in range(config.n_random):
-        choice = rng.choice(len(all_heads), size=k, replace=False)
-        sets[f"random_{i:02d}"] = [all_heads[j] for j in sorted(choice.tolist())]
-    clean, ablated = ablate_sets(ctx, inputs.icl.select(ev), ev, sets, zero_z)
-    drops: dict[str, dict[str, Tensor]] = {
-        name: {f"{m}_drop": ablated[name][m] - clean[m] for m in ABLATION_METRICS} for name in sets
+    tested_heads = set(sets["top_aie"]) | set(sets["top_label"])
+    draws = {
+        name: matched_random_sets(sets[name], tested_heads, n_heads, config.n_random, rng)
+        for name in TESTED_SETS
     }
-    if config.n_random:
-        randoms = [drops[n] for n in sets if n.startswith("random_")]
-        drops["random"] = {m: torch.stack([d[m] for d in randoms]).mean(0) for m in randoms[0]}
+    ablated_sets = {name: sets[name] for name in TESTED_SETS}
+    for name in TESTED_SETS:
+        for i, heads_i in enumerate(draws[name]):
+            ablated_sets[f"random_{name}/{i}"] = heads_i
+    batch = inputs.icl.select(ev)
+    changes: dict[str, dict[str, dict[str, Tensor]]] = {}
+    clean = None
+    for ablation in ABLATIONS:
+        clean, ablated = ablate_sets(ctx, batch, ev, ablated_sets, means[ablation])
+        changes[ablation] = {
+            name: {f"{m}_drop": ablated[name][m] - clean[m] for m in ABLATION_METRICS}
+            for name in ablated_sets
+        }
     rows += ctx.rows(
         {m: clean[m] for m in ABLATION_METRICS},
+        queries=ev,
         **base,
-        part="ablation",
-        layer=-1,
-        head=-1,
-        set="clean",
+        **_keys("ablation", set="clean"),
     )
-    for name, per_query in drops.items():
-        rows += ctx.rows(per_query, **base, part="ablation", layer=-1, head=-1, set=name)
+    for ablation in ABLATIONS:
+        per_set = changes[ablation]
+        for name in TESTED_SETS:
+            keys = {"ablation": ablation}
+            rows += ctx.rows(
+                per_set[name], queries=ev, **base, **_keys("ablation", set=name, **keys)
+            )
+            per_draw = [per_set[f"random_{name}/{i}"] for i in range(len(draws[name]))]
+            if not per_draw:
+                continue
+            mean_draw = {m: torch.stack([d[m] for d in per_draw]).mean(0) for m in per_draw[0]}
+            rows += ctx.rows(
+                mean_draw, queries=ev, **base, **_keys("ablation", set=f"random_{name}", **keys)
+            )
+            for i, values in enumerate(per_draw):
+                rows += ctx.rows(
+                    values,
+                    queries=ev,
+                    **base,
+                    **_keys("ablation", set=f"random_{name}", draw=i, **keys),
+                )
 
-    # 5. the join: rank correlation and top-set overlap
+    # 5. the join: the chosen sets, rank correlation, top-set overlap, best layers, draws
     rho, p = spearman_permutation(
         heads["aie"].to_numpy(),
         heads["label_attention"].to_numpy(),
@@ -598,32 +798,75 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
         "overlap_k": min(config.overlap_k, len(heads)),
         "overlap": overlap,
         "overlap_chance": chance,
-        "top_aie": ",".join(pick["top_aie"]["name"]),
-        "top_label": ",".join(pick["top_label"]["name"]),
+        "top_aie": ",".join(f"L{b}H{h}" for b, h in sets["top_aie"]),
+        "top_label": ",".join(f"L{b}H{h}" for b, h in sets["top_label"]),
+        "selected_on": "fit",
+        "top_aie_selected_by": f"AIE on the fit queries' corrupted prompts (n={len(fit_aie)})",
+        "top_label_selected_by": f"ICL label attention on the fit queries (n={len(fit)})",
         "n": len(ev),
+        "n_fit": len(fit),
     }
-    for part, where, prefix in (
-        ("function_vector", "top_aie", "fv"),
-        ("task_vector", "theta", "tv"),
-    ):
-        acc = [
-            r
-            for r in rows
-            if r["part"] == part and r["set"] == where and r["metric"] == "vocab_correct"
-        ]
-        if acc:
-            best = max(acc, key=lambda r: (r["value"], -r["layer"]))  # ties: the lowest layer
-            join[f"{prefix}_best_layer"] = best["layer"]
-            join[f"{prefix}_best_vocab_correct"] = best["value"]
-    if config.n_random:
-        for metric in ("label_mass_drop", "vocab_correct_drop"):
-            per_draw = [float(drops[n][metric].mean()) for n in sets if n.startswith("random_")]
-            join[f"random_{metric}_mean"] = float(np.mean(per_draw))
-            join[f"random_{metric}_sd"] = (
-                float(np.std(per_draw, ddof=1)) if len(per_draw) > 1 else 0.0
-            )
-            join[f"random_{metric}_q05"] = float(np.quantile(per_draw, 0.05))
-            join[f"random_{metric}_q95"] = float(np.quantile(per_draw, 0.95))
+    for name, prefix in (("top_aie", "fv"), ("top_label", "fv_top_label")):
+        chosen = best_layer(fv_fit[name])
+        in_sample = best_layer(fv_eval[name])
+        join[f"{prefix}_best_layer"] = chosen
+        join[f"{prefix}_best_layer_selected_on"] = "fit"
+        join[f"{prefix}_best_vocab_correct"] = float(fv_eval[name][chosen]["vocab_correct"].mean())
+        join[f"{prefix}_best_vocab_correct_fit"] = float(
+            fv_fit[name][chosen]["vocab_correct"].mean()
+        )
+        join[f"{prefix}_best_layer_in_sample"] = in_sample  # eval argmax: descriptive only
+        join[f"{prefix}_best_vocab_correct_in_sample"] = float(
+            fv_eval[name][in_sample]["vocab_correct"].mean()
+        )
+    if tv is not None and len(tv):
+        acc = tv[tv["metric"] == "vocab_correct"]
+        if "best_layer" in tv.columns and int(tv["best_layer"].iloc[0]) in set(acc["layer"]):
+            chosen = int(tv["best_layer"].iloc[0])
+            split = str(tv.get("best_layer_selected_on", pd.Series(["fit"])).iloc[0])
+        elif len(acc):  # an older table: the eval maximum, labelled as such
+            chosen = int(acc.sort_values(["value", "layer"], ascending=[False, True]).layer.iloc[0])
+            split = "eval (in-sample)"
+        else:
+            chosen = None
+        if chosen is not None:
+            join["tv_best_layer"] = chosen
+            join["tv_best_layer_selected_on"] = split
+            join["tv_best_vocab_correct"] = float(acc[acc["layer"] == chosen].value.iloc[0])
+    for name in TESTED_SETS:
+        join[f"random_{name}_n_draws"] = len(draws[name])
+        join[f"random_{name}_layers"] = ",".join(
+            f"L{b}:{c}" for b, c in layer_histogram(sets[name]).items()
+        )
+        join[f"random_{name}_sets"] = ";".join(  # draw i's heads, in draw order
+            ",".join(f"L{b}H{h}" for b, h in heads_i) for heads_i in draws[name]
+        )
+        for ablation in ABLATIONS:
+            per_set = changes[ablation]
+            for metric in JOIN_METRICS:
+                tested = float(per_set[name][metric].mean())
+                per_draw = np.array(
+                    [
+                        float(per_set[f"random_{name}/{i}"][metric].mean())
+                        for i in range(len(draws[name]))
+                    ]
+                )
+                percentile, p_draws = draw_test(tested, per_draw)
+                stem = f"{ablation}_{name}_{metric}"
+                rand = f"{ablation}_random_{name}_{metric}"
+                join[stem] = tested
+                join[f"{rand}_mean"] = float(per_draw.mean()) if per_draw.size else float("nan")
+                join[f"{rand}_sd"] = (
+                    float(per_draw.std(ddof=1)) if per_draw.size > 1 else float("nan")
+                )
+                join[f"{rand}_q05"] = (
+                    float(np.quantile(per_draw, 0.05)) if per_draw.size else float("nan")
+                )
+                join[f"{rand}_q95"] = (
+                    float(np.quantile(per_draw, 0.95)) if per_draw.size else float("nan")
+                )
+                join[f"{stem}_percentile"] = percentile
+                join[f"{stem}_p"] = p_draws
     table = pd.DataFrame(rows)
     bad = first_non_finite(table)
     if bad is not None:

@@ -44,15 +44,27 @@ Per query, head and prompt kind (tidy rows, bootstrap CIs over queries):
   hold no demonstrations, so their label masses are 0 under the cue rule;
 - ``n_keys`` (context length) and ``recompute_err``.
 
-``prompt_kind`` is ``zero_shot``, ``icl`` or ``icl_minus_zero`` (per-query paired differences
-of the metrics in :data:`PAIRED`). The second table, ``hopfield_regimes``, has one row per
+``prompt_kind`` is ``zero_shot``, ``icl``, ``icl_random_labels`` or ``icl_minus_zero`` (per-query
+paired differences of the metrics in :data:`PAIRED`). ``icl_random_labels`` is the length-matched
+control (``length_control``): the same demonstrations with each label drawn at random,
+independent of its input (Min et al., 2022; the task's ``icl_random`` prompts), so its context
+holds as many keys as the ICL prompt's up to the label words' token counts. A regime cut-off
+that scales with ``n_keys`` (``global_min_fraction``) compares like with like only there: the
+zero-shot prompt is several times shorter.
+
+Per query: the values of :data:`QUERY_METRICS` of every head and prompt kind are kept per
+eval query (the ``hopfield_heads_queries`` table, split ``"eval"``; the claims ledger resamples
+them), and ``label_mass`` and ``gold_label_mass`` of the ICL prompts of up to
+``select_queries`` *fit* queries too (split ``"fit"``): the label-reading heads are chosen
+there, never on the queries that judge them (claim 7b). The second table, ``hopfield_regimes``, has one row per
 (layer, head): each prompt kind's majority regime over the queries (ties go to the sharper
 regime), whether it changes under context and in which direction, and the share of queries
 whose own regime changes.
 
 Cost: none of its own in a suite: the patterns, queries and KV caches (the keys) are read in the
 suite's shared capture pass (:class:`~cgar_interp.probes.base.SharedRead`); run alone, one
-forward pass per prompt.
+forward pass per prompt. Prompts: the eval queries' zero-shot, ICL and random-label prompts,
+and the ICL prompts of the fit queries read for selection.
 """
 
 from __future__ import annotations
@@ -78,8 +90,15 @@ from ..theory.mhn import (
     well_separated_threshold,
 )
 from ..tokens import TokenBatch
-from .base import ProbeContext, SharedRead, TaskInputs, first_non_finite, register_probe
-from .protocol import ProbeConfig
+from .base import (
+    ProbeContext,
+    SharedRead,
+    TaskInputs,
+    first_non_finite,
+    query_table_name,
+    register_probe,
+)
+from .protocol import RANDOM_LABELS, ProbeConfig
 
 KIND = "hopfield_heads"
 TABLE = "hopfield_heads"  # tidy: per head, prompt kind and metric
@@ -104,7 +123,20 @@ def check_block_spec(layers: str | tuple[int, ...]) -> None:
 
 
 QUERY_SETS = ("eval", "all")
-PROMPT_KINDS = {"zero": "zero_shot", "icl": "icl"}
+CONTROL_LABEL = "icl_random_labels"  # the length-matched control's prompt_kind in the tables
+PROMPT_KINDS = {"zero": "zero_shot", "icl": "icl", RANDOM_LABELS: CONTROL_LABEL}
+# what the per-query table keeps (the claims read these; the rest stays a per-head mean): the
+# regimes, the label masses and the context length
+QUERY_METRICS = (
+    "frac_single",
+    "frac_metastable",
+    "frac_global",
+    "label_mass",
+    "gold_label_mass",
+    "n_keys",
+)
+SELECT_METRICS = ("label_mass", "gold_label_mass")  # kept per fit query (where heads are chosen)
+QUERIES_TABLE = query_table_name(KIND)  # hopfield_heads_queries
 PAIRED = ("entropy", "n_eff", "k90_frac", "beta_eff", "delta_scaled", "top_mass", "sink_mass")
 
 
@@ -163,7 +195,15 @@ class HopfieldHeadsConfig(ProbeConfig):
             ``"all"``.
         max_queries: read only the first ``max_queries`` of that set (>= 1; ``None``: all).
             Queries are ordered class by class in rounds, so a prefix stays balanced; the
-            cost is two forward passes per query and prompt kind.
+            cost is one forward pass per query and prompt kind.
+        select_queries: ICL prompts of the first ``select_queries`` fit queries also read
+            (>= 0; ``None``: every fit query), their ``label_mass`` and ``gold_label_mass``
+            kept per query with split ``"fit"``: where claim 7b chooses its label-reading
+            heads. One forward pass each; fit queries already among ``queries`` are not read
+            twice.
+        length_control: also read the random-label ICL prompts (``icl_random``, the same
+            demonstrations and length; table ``prompt_kind = "icl_random_labels"``) of the
+            same queries: claim 7a's length-matched control. One forward pass per query.
     """
 
     layers: str | tuple[int, ...] = "all"
@@ -173,6 +213,8 @@ class HopfieldHeadsConfig(ProbeConfig):
     label_cue_tokens: int = 2
     queries: str = "eval"
     max_queries: int | None = None
+    select_queries: int | None = 16
+    length_control: bool = True
 
     def __post_init__(self):
         check_block_spec(self.layers)
@@ -205,6 +247,19 @@ class HopfieldHeadsConfig(ProbeConfig):
             raise ValueError(
                 f"max_queries={self.max_queries!r} is not valid: it must be an int >= 1 or None"
             )
+        if self.select_queries is not None and (
+            not isinstance(self.select_queries, int)
+            or isinstance(self.select_queries, bool)
+            or self.select_queries < 0
+        ):
+            raise ValueError(
+                f"select_queries={self.select_queries!r} is not valid: it must be an int >= 0 "
+                "or None"
+            )
+        if not isinstance(self.length_control, bool):
+            raise ValueError(
+                f"length_control={self.length_control!r} is not valid: it must be true or false"
+            )
 
     def needed_layers(self, n_layers: int) -> tuple[int, ...]:
         """Residual layers read at the last position: none (this probe reads its own sites)."""
@@ -214,16 +269,42 @@ class HopfieldHeadsConfig(ProbeConfig):
         """The blocks read on a model with ``n_layers`` blocks."""
         return resolve_blocks(self.layers, n_layers, "layers")
 
+    def prompt_kinds(self) -> frozenset[str]:
+        """Zero-shot and ICL prompts, and with ``length_control`` the random-label ones."""
+        return super().prompt_kinds() | ({RANDOM_LABELS} if self.length_control else set())
+
     def query_rows(self, inputs: TaskInputs) -> Tensor:
         """``[n]`` the queries read: the eval set (or all), the first ``max_queries``."""
         rows = inputs.eval if self.queries == "eval" else torch.arange(inputs.gold.shape[0])
         return rows[: self.max_queries]
 
+    def select_rows(self, inputs: TaskInputs) -> Tensor:
+        """``[m]`` the fit queries whose ICL prompts are read for selection only: the first
+        ``select_queries`` fit queries, less those :meth:`query_rows` reads anyway."""
+        fit = inputs.fit[: self.select_queries]
+        taken = set(self.query_rows(inputs).tolist())
+        return torch.tensor([int(q) for q in fit.tolist() if q not in taken], dtype=torch.long)
+
+    def kinds_read(self, inputs: TaskInputs) -> tuple[str, ...]:
+        """The prompt kinds read: zero-shot, ICL and (``length_control``, when the task has
+        them) the random-label prompts."""
+        control = self.length_control and getattr(inputs, RANDOM_LABELS, None) is not None
+        return tuple(k for k in PROMPT_KINDS if k != RANDOM_LABELS or control)
+
+    def rows_of(self, kind: str, inputs: TaskInputs) -> Tensor:
+        """The queries read of prompt ``kind``: :meth:`query_rows`, and for ICL also
+        :meth:`select_rows` after them."""
+        rows = self.query_rows(inputs)
+        return torch.cat([rows, self.select_rows(inputs)]) if kind == "icl" else rows
+
     def shared_reads(self, inputs: TaskInputs, n_layers: int) -> tuple[SharedRead, ...]:
-        """Patterns and queries at the last position of the zero-shot and ICL prompts, with
-        their KV caches (the keys): read in the suite's shared capture pass."""
-        rows, sites = self.query_rows(inputs), head_sites(self.blocks(n_layers))
-        return tuple(SharedRead.of(kind, rows, sites, keep_states=True) for kind in PROMPT_KINDS)
+        """Patterns and queries at the last position of every prompt kind read, with their KV
+        caches (the keys): read in the suite's shared capture pass."""
+        sites = head_sites(self.blocks(n_layers))
+        return tuple(
+            SharedRead.of(kind, self.rows_of(kind, inputs), sites, keep_states=True)
+            for kind in self.kinds_read(inputs)
+        )
 
     def self_check_paths(self) -> frozenset[str]:
         """Captured patterns vs softmax(beta q.k) recomputed, on a few rows before the run
@@ -467,25 +548,35 @@ def majority_regime(regimes: np.ndarray) -> str:
 
 
 def run_hopfield_heads(config: HopfieldHeadsConfig, ctx: ProbeContext) -> dict[str, pd.DataFrame]:
-    """Hopfield diagnostics of every head, zero-shot vs ICL; tidy rows and regime changes."""
+    """Hopfield diagnostics of every head, zero-shot vs ICL vs the length-matched random-label
+    control; tidy rows (per-query values kept), regime changes, and the fit queries' label
+    masses for selection."""
     handle, inputs = ctx.handle, ctx.inputs
     blocks = config.blocks(handle.n_layers)
     rows_idx = config.query_rows(inputs)
-    gold = inputs.gold[rows_idx]
+    n = len(rows_idx)
+    select_idx = config.select_rows(inputs)
+    kinds = config.kinds_read(inputs)
     group = handle.arch.n_heads // handle.arch.n_kv_heads
     per_kind: dict[str, dict[int, dict[str, np.ndarray]]] = {}
-    for kind in PROMPT_KINDS:
-        batch = getattr(inputs, kind).select(rows_idx)
+    fit_icl: dict[int, dict[str, np.ndarray]] = {}
+    for kind in kinds:
+        read_idx = config.rows_of(kind, inputs)
+        batch = getattr(inputs, kind).select(read_idx)
         tick = (
-            ctx.progress(f"{inputs.task}: hopfield heads {kind}", len(rows_idx))
+            ctx.progress(f"{inputs.task}: hopfield heads {kind}", len(read_idx))
             if ctx.progress
             else None
         )
-        run = ctx.read(kind, rows_idx, head_sites(blocks), keep_states=True, progress=tick)
+        run = ctx.read(kind, read_idx, head_sites(blocks), keep_states=True, progress=tick)
         reads = read_heads(handle, batch, blocks, batch_size=ctx.batch_size, run=run)
-        per_kind[kind] = {
-            b: head_metrics(reads[b], batch, inputs.label_ids, gold, config) for b in blocks
+        metrics = {
+            b: head_metrics(reads[b], batch, inputs.label_ids, inputs.gold[read_idx], config)
+            for b in blocks
         }
+        per_kind[kind] = {b: {m: v[:n] for m, v in metrics[b].items()} for b in blocks}
+        if kind == "icl":  # the fit queries read for selection follow the table's queries
+            fit_icl = {b: {m: metrics[b][m][n:] for m in SELECT_METRICS} for b in blocks}
     if ctx.self_check is not None:  # every row read, not only the self-check's few
         worst = max(
             float(np.nanmax(per_kind[kind][b]["recompute_err"]))
@@ -496,8 +587,8 @@ def run_hopfield_heads(config: HopfieldHeadsConfig, ctx: ProbeContext) -> dict[s
             "recompute_err",
             inputs.task,
             worst,
-            rows=len(rows_idx),
-            detail=f"{len(blocks)} blocks x {len(PROMPT_KINDS)} prompt kinds",
+            rows=n + len(select_idx),
+            detail=f"{len(blocks)} blocks x {len(kinds)} prompt kinds",
         )
     base = {"task": inputs.task, "probe": KIND}
     rows, regime_rows = [], []
@@ -505,12 +596,26 @@ def run_hopfield_heads(config: HopfieldHeadsConfig, ctx: ProbeContext) -> dict[s
         zero, icl = per_kind["zero"][b], per_kind["icl"][b]
         for h in range(handle.arch.n_heads):
             keys = {**base, "layer": b, "head": h, "kv_head": h // group}
-            for kind, label in PROMPT_KINDS.items():
+            for kind in kinds:
                 metrics = per_kind[kind][b]
                 per_query = {m: v[:, h] for m, v in metrics.items() if m != "regime"}
                 for regime in REGIMES:
                     per_query[f"frac_{regime}"] = (metrics["regime"][:, h] == regime).astype(float)
-                rows += ctx.rows(per_query, **keys, prompt_kind=label)
+                rows += ctx.rows(
+                    per_query,
+                    queries=rows_idx,
+                    query_metrics=QUERY_METRICS,
+                    **keys,
+                    prompt_kind=PROMPT_KINDS[kind],
+                )
+            if len(select_idx):  # selection only: per query, no tidy row
+                ctx.record_queries(
+                    {m: fit_icl[b][m][:, h] for m in SELECT_METRICS},
+                    select_idx,
+                    SELECT_METRICS,
+                    **keys,
+                    prompt_kind=PROMPT_KINDS["icl"],
+                )
             paired = {m: icl[m][:, h] - zero[m][:, h] for m in PAIRED}
             rows += ctx.rows(paired, **keys, prompt_kind="icl_minus_zero")
             r_zero = majority_regime(zero["regime"][:, h])
@@ -533,7 +638,7 @@ def run_hopfield_heads(config: HopfieldHeadsConfig, ctx: ProbeContext) -> dict[s
                     "label_mass_icl": float(icl["label_mass"][:, h].mean()),
                     "well_separated_zero": float(zero["well_separated"][:, h].mean()),
                     "well_separated_icl": float(icl["well_separated"][:, h].mean()),
-                    "n": len(rows_idx),
+                    "n": n,
                 }
             )
     table = pd.DataFrame(rows)
@@ -550,6 +655,6 @@ register_probe(
     KIND,
     HopfieldHeadsConfig,
     zero_shot_rows=lambda name, frame: (
-        frame["prompt_kind"] == "zero_shot" if name == TABLE else False
+        frame["prompt_kind"] == "zero_shot" if name in (TABLE, QUERIES_TABLE) else False
     ),
 )(run_hopfield_heads)
