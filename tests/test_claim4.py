@@ -22,8 +22,8 @@ from cgar_interp.claims.subspace import (
     claim_subspace,
 )
 from cgar_interp.probes import ProbeContext, get_probe
+from cgar_interp.probes.protocol import RANDOM_LABELS
 from cgar_interp.probes.subspace import (
-    RANDOM_LABELS,
     SubspaceConfig,
     frequency_matched_tokens,
     query_energies,
@@ -153,8 +153,6 @@ def test_energy_rows_cover_the_eval_queries_and_their_aggregate(energy_run):
 
 def test_random_label_energy_of_one_query_matches_a_plain_forward(tiny_handles):
     inputs = synthetic_inputs(n=12)
-    if getattr(inputs, RANDOM_LABELS, None) is None:
-        pytest.skip("these inputs have no random-label prompts (the label controls' branch)")
     config = SubspaceConfig(cv_folds=2, n_random=20)
     ctx = ProbeContext.for_probes(tiny_handles["hf"], inputs, [config], n_boot=60)
     assert any(read.kind == RANDOM_LABELS for read in ctx.reads)  # read in the shared pass
@@ -163,7 +161,7 @@ def test_random_label_energy_of_one_query_matches_a_plain_forward(tiny_handles):
     model = tiny_handles["hf"].backend.hf_model
     w_u = model.lm_head.weight.detach().double().numpy()
     layer, query = 1, int(inputs.eval[3])
-    shift = _last_hidden(model, getattr(inputs, RANDOM_LABELS), query, layer) - _last_hidden(
+    shift = _last_hidden(model, inputs.icl_random, query, layer) - _last_hidden(
         model, inputs.zero, query, layer
     )
     got = queries[
@@ -199,12 +197,12 @@ def test_config_asks_for_the_random_label_prompts():
     assert RANDOM_LABELS in SubspaceConfig().prompt_kinds()
     assert RANDOM_LABELS not in SubspaceConfig(random_labels=False).prompt_kinds()
     inputs = synthetic_inputs(n=6)
-    if getattr(inputs, RANDOM_LABELS, None) is None:  # a run without those prompts reads none
-        assert SubspaceConfig(layers=(0, 2)).shared_reads(inputs, 2) == ()
-    else:
-        (read,) = SubspaceConfig(layers=(0, 2)).shared_reads(inputs, 2)
-        assert read.kind == RANDOM_LABELS and read.sites == ("resid.2",)
-        assert read.rows == tuple(inputs.eval.tolist())
+    (read,) = SubspaceConfig(layers=(0, 2)).shared_reads(inputs, 2)
+    assert read.kind == RANDOM_LABELS and read.sites == ("resid.2",)  # no shift at layer 0
+    assert read.rows == tuple(inputs.eval.tolist())
+    assert SubspaceConfig(random_labels=False).shared_reads(inputs, 2) == ()
+    # a run without those prompts reads none
+    assert SubspaceConfig().shared_reads(synthetic_inputs(n=6, controls=False), 2) == ()
     with pytest.raises(ValueError, match="random_labels"):
         SubspaceConfig(random_labels="yes")
 

@@ -81,6 +81,9 @@ def test_label_control_prompts_only_where_a_probe_asks():
     assert hopfield().prompt_kinds() == BASE_PROMPT_KINDS | {RANDOM_LABELS}
     assert hopfield(length_control=False).prompt_kinds() == BASE_PROMPT_KINDS
     assert PROBES["task_vectors"].config_cls().prompt_kinds() == BASE_PROMPT_KINDS
+    subspace = PROBES["subspace"].config_cls  # claim 4b's random-label shift
+    assert subspace().prompt_kinds() == BASE_PROMPT_KINDS | {RANDOM_LABELS}
+    assert subspace(random_labels=False).prompt_kinds() == BASE_PROMPT_KINDS
 
 
 # what the self-check planned per shipped suite before the probes declared their paths

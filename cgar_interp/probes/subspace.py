@@ -72,15 +72,12 @@ from ..layers import NAMED, resolve_layers
 from ..sites import site_name, site_names
 from .base import ProbeContext, register_probe
 from .inputs import SharedRead, TaskInputs
-from .protocol import ProbeConfig
+from .protocol import RANDOM_LABELS, ProbeConfig  # random labels: Min et al., 2022
 
 KIND = "subspace"
 TABLE = "subspace"  # tidy: per layer, subject and measure
 QUERY_SETS = ("all", "eval", "fit")
 READOUTS = ("unembed", "unembed_norm")
-# the random-label prompts (protocol.RANDOM_LABELS: each demonstration's label drawn uniformly
-# over the classes, independent of its input; Min et al., 2022)
-RANDOM_LABELS = "icl_random"
 
 
 @dataclass(frozen=True)
@@ -172,7 +169,7 @@ class SubspaceConfig(ProbeConfig):
 
 def random_label_layers(config: SubspaceConfig, inputs: TaskInputs, n_layers: int) -> list[int]:
     """The layers whose random-label residuals the probe reads (none without the prompts)."""
-    if not config.random_labels or getattr(inputs, RANDOM_LABELS, None) is None:
+    if not config.random_labels or inputs.icl_random is None:
         return []
     return [layer for layer in config.needed_layers(n_layers) if layer > 0]
 
