@@ -391,3 +391,13 @@ def test_the_subspace_figure_draws_the_claim_4_shares(energy_run):
     assert {"shift: label_energy", "shift: nonlabel_energy"} <= set(traces)
     per = table[(table.metric == "label_energy") & (table.subject == "shift")].sort_values("layer")
     np.testing.assert_allclose(traces["shift: label_energy"].y, per.value)
+
+
+def test_a_sweep_is_noted_and_a_run_of_one_k_is_not():
+    one = synthetic_queries([0.2] * 5, [0.1] * 5).assign(shots=4)
+    (a,) = [r for r in claim_subspace({"subspace_queries": one}, MANIFEST) if r.claim_id == "4a"]
+    assert "k-shot sweep" not in a.note
+    small = synthetic_queries([0.1] * 5, [0.1] * 5).assign(shots=1)
+    sweep = pd.concat([small, one], ignore_index=True)
+    (a,) = [r for r in claim_subspace({"subspace_queries": sweep}, MANIFEST) if r.claim_id == "4a"]
+    assert "read at the largest k = 4" in a.note and a.value == pytest.approx(0.2)

@@ -45,6 +45,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..shots import shot_counts
 from .base import PENDING, UNTESTABLE, Claim, ClaimDefinition
 from .per_query import mean_ci, paired, query_table, select, values
 from .stats import Samples
@@ -223,9 +224,16 @@ def _subspace_row(data: pd.DataFrame, task: str, metric: str, layer_l: int, k: i
     )
 
 
+def _sweep_k(table: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
+    """The largest k's rows, and that k only where the table holds several (a run of one k
+    is tagged ``shots = k`` too, and is no sweep to note)."""
+    data, k = at_largest_k_noted(table)
+    return data, k if len(shot_counts(table)) > 1 else None
+
+
 def legacy_rows(table: pd.DataFrame, manifest: dict) -> list[Claim]:
     """An old run's claim 4 (no per-query table): the aggregate rows against the Haar band."""
-    data, k = at_largest_k_noted(table)
+    data, k = _sweep_k(table)
     layer_l = _layer_l(data[data.subject == "shift"], data, manifest)
     rows = []
     for task in data.task.unique():
@@ -463,9 +471,9 @@ def claim_subspace(tables: dict[str, pd.DataFrame], manifest: dict) -> list[Clai
         if table is None or table.empty:
             return []
         return legacy_rows(table, manifest)
-    data, k = (None, None) if table is None or table.empty else at_largest_k_noted(table)
+    data, k = (None, None) if table is None or table.empty else _sweep_k(table)
     if data is None:
-        k = at_largest_k_noted(tables[QUERIES])[1]
+        k = _sweep_k(tables[QUERIES])[1]
     shift = q[q.subject == "shift"]
     layer_l = _layer_l(shift, q, manifest)
     rows = []
