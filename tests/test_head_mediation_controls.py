@@ -64,13 +64,17 @@ def test_matched_random_sets_have_the_layer_histogram_and_avoid_the_tested_heads
     for b, _ in tested:
         histogram[b] = histogram.get(b, 0) + 1
     free = {b: n_heads - sum(1 for x, _ in exclude if x == b) for b in histogram}
-    if any(free[b] < c for b, c in histogram.items()):
-        assert draws == []  # no matched set exists
+    own = {b: n_heads - sum(1 for x, _ in tested if x == b) for b in histogram}
+    if any(own[b] < c for b, c in histogram.items()):
+        assert draws == []  # no matched set exists, even with the other set's heads
         return
     assert len(draws) == 5
     for draw in draws:
         assert len(set(draw)) == len(draw) == len(tested)
-        assert not set(draw) & exclude
+        assert not set(draw) & set(tested)  # never a tested head
+        for b, h in draw:  # the other set's heads only where the block has too few others
+            if (b, h) in exclude:
+                assert free[b] < histogram[b]
         assert all(0 <= h < n_heads for _, h in draw)
         counts = {}
         for b, _ in draw:
@@ -274,17 +278,17 @@ def test_per_query_values_are_the_source_of_the_ablation_rows(result):
 
 
 def test_no_matched_set_means_no_random_rows_and_an_untestable_claim(tiny_handles):
-    """top_k = 3 on 2 x 4 heads: the two tested sets leave some block too few free heads."""
+    """top_k = 5 on 2 x 4 heads: some block holds 3 or more of a tested set, leaving it at
+    most 1 other head (pigeonhole): no layer-matched set exists."""
     from cgar_interp.claims.base import UNTESTABLE
     from cgar_interp.claims.head_necessity import heads_are_necessary
 
-    config = HeadMediationConfig(top_k=3, n_random=3, max_queries=6, n_permutations=50)
+    config = HeadMediationConfig(top_k=5, n_random=3, max_queries=6, n_permutations=50)
     tables, queries = _run(tiny_handles["hf"], labelled_inputs(), config)
     join = tables["head_mediation_join"].iloc[0]
-    tested = set(_heads(join.top_aie)) | set(_heads(join.top_label))
     for name in ("top_aie", "top_label"):
         hist = layer_histogram(_heads(join[name]))
-        free = {b: 4 - sum(1 for x, _ in tested if x == b) for b in hist}
+        free = {b: 4 - c for b, c in hist.items()}
         assert any(free[b] < c for b, c in hist.items())  # truly infeasible
         assert join[f"random_{name}_n_draws"] == 0
     assert not tables["head_mediation"].set.str.startswith("random").any()

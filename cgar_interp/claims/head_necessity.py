@@ -125,7 +125,7 @@ def task_rows(frame: pd.DataFrame, task: str) -> list[Claim]:
                             test,
                             reads,
                             "no layer-matched random set exists (some block of the tested set "
-                            "has too few heads outside both tested sets): no control that could "
+                            "has too few heads outside the tested set): no control that could "
                             "fail",
                         )
                     )

@@ -298,16 +298,27 @@ def matched_random_sets(
 ) -> list[list[Head]]:
     """``n_draws`` random head sets with ``tested``'s layer histogram: per block, as many
     heads as ``tested`` has there, drawn without replacement from that block's ``n_heads``
-    heads outside ``exclude`` (the tested sets). Empty when some block has too few heads
-    outside ``exclude`` (no matched control exists); each draw sorted by (block, head).
+    heads outside ``exclude`` (the tested sets). A block where the heads outside ``exclude``
+    are too few draws from its heads outside ``tested`` alone (the other tested set's heads
+    may then be drawn: never the tested heads themselves). Empty when even that leaves too few
+    (no matched control exists); each draw sorted by (block, head).
 
     >>> sets = matched_random_sets([(0, 1), (2, 0), (2, 3)], {(0, 1), (2, 0), (2, 3)}, 4, 3,
     ...                            np.random.default_rng(0))
     >>> [layer_histogram(s) for s in sets] == [{0: 1, 2: 2}] * 3
     True
+    >>> full = matched_random_sets([(0, 0)], {(0, 0), (0, 1)}, 2, 1, np.random.default_rng(0))
+    >>> full  # block 0's other head belongs to the other tested set: drawn, never (0, 0)
+    [[(0, 1)]]
     """
     histogram = layer_histogram(tested)
-    pools = {b: [h for h in range(n_heads) if (b, h) not in exclude] for b in histogram}
+    own = set(tested)
+    pools = {}
+    for b, count in histogram.items():
+        pool = [h for h in range(n_heads) if (b, h) not in exclude]
+        if len(pool) < count:  # the other tested set fills the block: only the tested are out
+            pool = [h for h in range(n_heads) if (b, h) not in own]
+        pools[b] = pool
     if any(len(pools[b]) < count for b, count in histogram.items()):
         return []
     draws = []
