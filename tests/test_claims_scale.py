@@ -66,7 +66,7 @@ def scaled_pair(tiny_llama_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("scaled")
     one = _variant(tiny_llama_dir, root / "a1", 1.0)
     big = _variant(tiny_llama_dir, root / "a8", A)
-    inputs = synthetic_inputs(n=18, shuffled=False)
+    inputs = synthetic_inputs(n=18, controls=False)
     return one, big, inputs, _tables(one, inputs), _tables(big, inputs)
 
 

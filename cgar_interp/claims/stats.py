@@ -188,7 +188,7 @@ def holm_levels(p_values: Sequence[float], alpha: float = ALPHA) -> tuple[np.nda
     ``rejected[i]`` is True for the rows before the first rank whose p exceeds its level.
 
     >>> levels, rejected = holm_levels([0.01, 0.04, 0.03], 0.05)
-    >>> [round(x, 4) for x in levels], rejected.tolist()
+    >>> [round(float(x), 4) for x in levels], rejected.tolist()
     ([0.0167, 0.05, 0.025], [True, False, False])
     """
     p = np.asarray(p_values, float)
