@@ -216,7 +216,7 @@ def numpy_holm(p: np.ndarray, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarr
     return levels, rejected
 
 
-def numpy_gate_row(queries, r, n_layers, n_boot):
+def numpy_gate_row(queries, r, n_layers):
     """A gate claim's row recomputed from the per-query table with numpy alone: lambda*
     from the fit means, the eval queries paired, a plain bootstrap of the mean difference."""
     keys = {"task": r.task}
@@ -250,14 +250,21 @@ def numpy_gate_row(queries, r, n_layers, n_boot):
     both = a.index.intersection(b.index).sort_values()
     a, b = a.loc[both].to_numpy(), b.loc[both].to_numpy()
     rng = np.random.default_rng(zlib.crc32(f"{r.claim_id}|{r.task}|{r.key}".encode()))
-    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
+    n_boot = int(r.n_boot)  # the ledger's B (at least 20 m / alpha)
+    block = max(1, 2_000_000 // len(a))  # drawn in blocks of that many resamples
+    idx = np.concatenate(
+        [
+            rng.integers(0, len(a), size=(min(block, n_boot - start), len(a)))
+            for start in range(0, n_boot, block)
+        ]
+    )
     draws = a[idx].mean(1) - b[idx].mean(1)
     p_above = (1 + (draws <= r.threshold).sum()) / (1 + n_boot)
     p_below = (1 + (draws >= r.margin).sum()) / (1 + n_boot)
     return a.mean() - b.mean(), draws, min(1.0, 2 * min(p_above, p_below)), p_above, p_below
 
 
-def check_ledger_against_raw_tables(run_dir, n_layers=30, n_boot=20_000):
+def check_ledger_against_raw_tables(run_dir, n_layers=30):
     """Every gate row of a run's ledger recomputed from its per-query table with numpy, and
     the Holm levels and verdicts of every row recomputed from the rows' p-values."""
     ledger = pd.read_parquet(run_dir / "tables" / "claims.parquet")
@@ -269,7 +276,7 @@ def check_ledger_against_raw_tables(run_dir, n_layers=30, n_boot=20_000):
     assert family.alpha.to_numpy() == pytest.approx(levels, rel=1e-12)
     for r, ok in zip(family.itertuples(), rejected, strict=True):
         if r.claim_id in ("1", "2", "3a", "3b", "3c"):
-            diff, draws, p, p_above, p_below = numpy_gate_row(queries, r, n_layers, n_boot)
+            diff, draws, p, p_above, p_below = numpy_gate_row(queries, r, n_layers)
             assert r.diff == pytest.approx(diff, abs=1e-12)
             assert r.p_value == pytest.approx(p, abs=1e-12)
             low, high = np.quantile(draws, [r.alpha / 2, 1 - r.alpha / 2])

@@ -114,7 +114,9 @@ class Samples:
 
     def bootstrap(self, constant: float, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
         """``[n_boot, 2]`` resampled (value, control): queries drawn with replacement within
-        each stratum, the same draws for value and control (paired), seeded."""
+        each stratum, the same draws for value and control (paired), seeded. The index
+        arrays are drawn in blocks of ``2_000_000 // n`` resamples (``rng.integers`` per
+        stratum and block, in that order), so memory stays a few MB at any ``n_boot``."""
         rng = np.random.default_rng(seed)
         out = np.empty((n_boot, 2))
         step = max(1, 2_000_000 // max(self.n, 1))  # index arrays of a few MB at a time
