@@ -392,3 +392,39 @@ def test_the_report_opens_with_the_matrix_and_each_claim_folds_its_rows(tmp_path
     assert fold.count("<tr") == 1 + 18 and "18 rows in the family" in fold
     n_family = int(ledger.alpha.notna().sum())
     assert body.count(f"Holm over the {n_family} rows") == 1
+
+
+def test_each_claim_states_its_split_power_and_the_queries_that_would_decide():
+    """Under the matrix, per claim: the split its rows selected on, the range of differences
+    they detect, and the most eval queries an inconclusive row needs."""
+    import math
+
+    import numpy as np
+
+    from cgar_interp.claims import Claim, build_ledger
+    from cgar_interp.claims.base import ClaimDefinition
+    from cgar_interp.claims.matrix import power_line, verdict_matrix
+    from cgar_interp.claims.stats import Samples
+
+    rng = np.random.default_rng(0)
+
+    def rows(tables, manifest):
+        out = []
+        for task, lift in (("a", 0.5), ("b", 0.1)):
+            v = rng.normal(lift, 0.3, 40)
+            out.append(
+                Claim("9", "toy", "t", "r", task, value=float(v.mean()), control_value=0.0,
+                      samples=Samples.paired(v, np.zeros(40)), selected_on="fit", margin=0.2,
+                      key="k")
+            )  # fmt: skip
+        return out
+
+    ledger = build_ledger({}, {}, claims=(ClaimDefinition("9", "toy", (), rows),))
+    line = power_line(verdict_matrix(ledger), "9")
+    inconclusive = ledger[ledger.verdict == "inconclusive"]
+    assert "selected on: fit" in line
+    lo, hi = ledger.detectable.min(), ledger.detectable.max()
+    assert f"detectable diff {lo:.3g}-{hi:.3g}" in line
+    assert len(inconclusive) == 1  # b: +0.1 with se 0.05, between 0 and the 0.2 margin
+    need = inconclusive.n_needed.max()
+    assert math.isfinite(need) and f"n to decide up to {int(need)}" in line

@@ -526,10 +526,37 @@ def legend_lines(matrix: VerdictMatrix, width: int = WIDTH) -> list[list[Segment
         s = matrix.summaries[cid]
         line = f"{cid:<{id_w}}  rule: {s.rule} | {s.correction}"
         out.append([(_clip(line, width), None)])
+        power = power_line(matrix, cid)
+        if power:
+            out.append([(_clip(" " * (id_w + 2) + power, width), None)])
     out.append(
         [(_clip("cgar verdict RUN --rows: every row in full; --json: the ledger", width), None)]
     )
     return out
+
+
+def power_line(matrix: VerdictMatrix, claim_id: str) -> str:
+    """One claim's selection and power in a line: the splits its rows selected on, the range
+    of the differences they could detect (80% power at their Holm level), and for its
+    inconclusive rows the most eval queries one of them needs to be decided ("" when none of
+    its rows yields a verdict)."""
+    frame = matrix.ledger.iloc[list(matrix.summaries[claim_id].rows)]
+    if "seed" in frame.columns:
+        frame = frame[frame["seed"] != ALL]
+    frame = frame[frame.kind == "difference"]
+    if frame.empty:
+        return ""
+    splits = sorted({str(x) for x in frame.selected_on if str(x)})
+    parts = [f"selected on: {', '.join(splits) or 'nothing'}"]
+    det = frame.detectable.dropna()
+    if len(det):
+        parts.append(f"detectable diff {_sig(det.min())}-{_sig(det.max())}")
+    inc = frame[frame.verdict == "inconclusive"]
+    if len(inc):
+        need = inc.n_needed.replace([float("inf")], float("nan")).dropna()
+        more = f", n to decide up to {int(need.max())}" if len(need) else ""
+        parts.append(f"{len(inc)} inconclusive{more}")
+    return " | ".join(parts)
 
 
 def _sig(x: float) -> str:
