@@ -406,12 +406,11 @@ def test_each_claim_states_its_split_power_and_the_queries_that_would_decide():
     from cgar_interp.claims.matrix import power_line, verdict_matrix
     from cgar_interp.claims.stats import Samples
 
-    rng = np.random.default_rng(0)
-
     def rows(tables, manifest):
         out = []
         for task, lift in (("a", 0.5), ("b", 0.1)):
-            v = rng.normal(lift, 0.3, 40)
+            z = np.linspace(-1, 1, 40)
+            v = lift + 0.3 * (z - z.mean()) / z.std(ddof=1)  # mean lift, sd 0.3 exactly
             out.append(
                 Claim("9", "toy", "t", "r", task, value=float(v.mean()), control_value=0.0,
                       samples=Samples.paired(v, np.zeros(40)), selected_on="fit", margin=0.2,
