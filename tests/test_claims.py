@@ -281,7 +281,8 @@ def check_ledger_against_raw_tables(run_dir, n_layers=30):
             assert r.p_value == pytest.approx(p, abs=1e-12)
             low, high = np.quantile(draws, [r.alpha / 2, 1 - r.alpha / 2])
             assert (r.diff_low, r.diff_high) == pytest.approx((low, high), abs=1e-12)
-            expected = (SUPPORTED if p_above <= p_below else NOT_SUPPORTED) if ok else INCONCLUSIVE
+            below = 2 * p_below <= r.alpha  # wholly below the margin: not supported
+            expected = (NOT_SUPPORTED if below else SUPPORTED) if ok else INCONCLUSIVE
             assert r.verdict == expected
             assert r.selected_on == "fit"
         elif r.kind == "difference":

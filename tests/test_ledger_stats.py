@@ -162,3 +162,15 @@ def test_ledger_table_keeps_samples_out_of_its_columns():
     rows = ledger[ledger.kind == "difference"]
     # 500 asked, but Holm's smallest level needs more: raised to 20 m / alpha and recorded
     assert (rows.n_boot == min_resamples(len(rows))).all() and min_resamples(len(rows)) > 500
+
+
+def test_a_real_advantage_smaller_than_the_margin_is_not_supported():
+    """+0.004 measured tightly, margin 0.05: above 0 for sure, and for sure below what the
+    claim needs: not supported (the margin is the smallest advantage that supports it)."""
+    z = np.linspace(-1, 1, 48)
+    value = 0.004 + 0.002 * (z - z.mean()) / z.std(ddof=1)
+    (decided,) = decide_rows([row(Samples.paired(value, np.zeros(48)), margin=0.05)])
+    assert decided.diff_low > 0 and decided.diff_high < 0.05
+    assert decided.verdict == "not supported"
+    (large,) = decide_rows([row(Samples.paired(value + 0.1, np.zeros(48)), margin=0.05)])
+    assert large.verdict == SUPPORTED

@@ -181,7 +181,7 @@ def rule_text(row: Claim) -> str:
     return (
         f"supported if the corrected interval of (value - control) lies above "
         f"{row.threshold:g}; not supported if it lies below {row.margin:g} (an advantage too "
-        "small to matter, or none); else inconclusive"
+        "small to matter, or none: also where it lies above 0 too); else inconclusive"
     )
 
 
@@ -319,8 +319,9 @@ def decide_rows(rows: list[Claim], alpha: float = ALPHA, n_boot: int = N_BOOT) -
         elif ok:
             if r.rule_kind == "equivalence":
                 verdict = SUPPORTED if t.p_above <= level else NOT_SUPPORTED
-            else:
-                verdict = SUPPORTED if t.p_above <= t.p_below else NOT_SUPPORTED
+            else:  # wholly below the margin: not supported, even where also above 0 (a
+                # real advantage, smaller than the claim needs)
+                verdict = NOT_SUPPORTED if 2 * t.p_below <= level else SUPPORTED
         else:
             verdict = INCONCLUSIVE
         detectable = detectable_difference(t.se, level)
