@@ -246,7 +246,12 @@ def numpy_gate_row(queries, r, n_layers):
     base = base[base.split == "eval"]
     a = base[(base.vector == "context") & (base.lam == lam)].set_index("query").value
     b = base[(base.vector == control_vector) & (base.lam == (0.0 if r.claim_id in "12" else lam))]
-    b = b.set_index("query").value
+    return numpy_paired(a, b.set_index("query").value, r)
+
+
+def numpy_paired(a: pd.Series, b: pd.Series, r):
+    """``(diff, draws, p, p_above, p_below)`` of a row's paired values (indexed by query),
+    with numpy alone: the row's seed and B, resamples drawn in blocks as the ledger does."""
     both = a.index.intersection(b.index).sort_values()
     a, b = a.loc[both].to_numpy(), b.loc[both].to_numpy()
     rng = np.random.default_rng(zlib.crc32(f"{r.claim_id}|{r.task}|{r.key}".encode()))
@@ -285,9 +290,42 @@ def check_ledger_against_raw_tables(run_dir, n_layers=30):
             expected = (NOT_SUPPORTED if below else SUPPORTED) if ok else INCONCLUSIVE
             assert r.verdict == expected
             assert r.selected_on == "fit"
-        elif r.kind == "difference":
+        elif r.claim_id in ("4a", "4b", "8") and run_dir is not None:
+            got = numpy_other_row(run_dir, r, n_layers)
+            if got is None:
+                continue
+            diff, draws, p, p_above, p_below = got
+            assert r.diff == pytest.approx(diff, abs=1e-12)
+            assert r.p_value == pytest.approx(p, abs=1e-12)
+            low, high = np.quantile(draws, [r.alpha / 2, 1 - r.alpha / 2])
+            assert (r.diff_low, r.diff_high) == pytest.approx((low, high), abs=1e-12)
+        if r.kind == "difference":
             assert (r.verdict != INCONCLUSIVE) == ok
     return ledger
+
+
+def numpy_other_row(run_dir, r, n_layers):
+    """Claims 4 and 8's rows from their per-query tables, as :func:`numpy_paired` reads them:
+    4a the shift's label vs non-label energy share at L, 4b the true vs the random-label
+    shift's label share, 8 a tested head set's drop vs its layer-matched draws' mean drop."""
+    if r.claim_id in ("4a", "4b"):
+        q = pd.read_parquet(run_dir / "tables" / "subspace_queries.parquet")
+        q = q[(q.task == r.task) & (q.split == "eval") & (q.layer == n_layers)]
+        other = "nonlabel_energy" if r.claim_id == "4a" else "random_label_energy"
+        a = q[q.metric == "label_energy"].set_index("query").value
+        return numpy_paired(a, q[q.metric == other].set_index("query").value, r)
+    q = pd.read_parquet(run_dir / "tables" / "head_mediation_queries.parquet")
+    parts = r.key.split("/")
+    tested = "top_aie" if parts[0] == "top_aie" else "top_label"
+    ablation, metric = parts[-2], parts[-1]
+    metric = {"label_mass": "label_mass_drop", "accuracy": "vocab_correct_drop"}[metric]
+    q = q[(q.task == r.task) & (q.split == "eval") & (q.ablation == ablation)]
+    q = q[(q.metric == metric) & (q.part == "ablation")]
+    a = q[q.set == tested].set_index("query").value
+    b = q[(q.set == f"random_{tested}") & (q.draw == -1)].set_index("query").value
+    if a.empty or b.empty:
+        return None
+    return numpy_paired(-a, -b, r)  # a drop is minus the change (ablated - clean)
 
 
 @pytest.mark.integration
