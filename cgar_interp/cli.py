@@ -347,13 +347,11 @@ def verdict(
 ) -> None:
     """The claims ledger of a run as a claim x task matrix (100 columns): each cell's verdict
     and key difference with its interval, then each claim's rule and correction once."""
-    from .claims import build_ledger
-    from .runner import RunResults
+    from .runner import run_ledger
 
     if not (run_dir / "manifest.json").is_file():
         _fail(ValueError(f"{str(run_dir)!r} is not a run directory (no manifest.json)"))
-    results = RunResults.load(run_dir)
-    ledger = build_ledger(results.tables, results.manifest)
+    ledger = run_ledger(run_dir)  # a multi-seed run: every seed and the overall verdict
     if json_out:
         print(ledger.to_json(orient="records"))
         return

@@ -261,6 +261,28 @@ def run_seeds(
     return RunResults(Path(out), manifest, {"claims": combined})
 
 
+def run_ledger(run_dir: str | Path) -> pd.DataFrame:
+    """The claims ledger of a finished run, decided anew from its tables (so the rules of
+    this version apply). A multi-seed run (:func:`run_seeds`): each seed's ledger from its
+    own run directory, side by side with the overall verdict
+    (:func:`cgar_interp.claims.seeds.combine_seeds`)."""
+    from .claims import build_ledger
+    from .claims.seeds import combine_seeds
+
+    run_dir = Path(run_dir)
+    results = RunResults.load(run_dir)
+    seed_runs = results.manifest.get("seed_runs")
+    if not seed_runs:
+        return build_ledger(results.tables, results.manifest)
+    ledgers = {}
+    for seed, name in seed_runs.items():
+        one = RunResults.load(run_dir / name)
+        ledgers[int(seed)] = build_ledger(
+            {k: v for k, v in one.tables.items() if k != "claims"}, one.manifest
+        )
+    return combine_seeds(ledgers)
+
+
 @dataclass(frozen=True)
 class RemotePlan:
     """What a remote run of a suite would send: from :func:`plan_remote` (nothing is sent).

@@ -107,6 +107,10 @@ def test_each_seed_is_a_run_of_its_own_and_resumes(tmp_path, embedded_handles, m
     claims = pd.read_parquet(out / "tables" / "claims.parquet")
     assert set(claims.seed) == {"0", "1", OVERALL}
     assert result.tables["claims"].equals(claims)
+    # cgar verdict decides the run anew from each seed's tables: the same ledger
+    from cgar_interp.runner import run_ledger
+
+    pd.testing.assert_frame_equal(run_ledger(out), claims)
     # the seeds redraw the demonstrations and the split
     p0 = pd.read_parquet(out / "seed-0" / "prompts.parquet")
     p1 = pd.read_parquet(out / "seed-1" / "prompts.parquet")
