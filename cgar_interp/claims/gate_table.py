@@ -18,8 +18,7 @@ import pandas as pd
 
 from ..shots import at_largest_k
 from .base import Claim
-from .per_query import mean_ci, paired, query_table, select, values
-from .stats import Samples
+from .per_query import paired, paired_fields, query_table, select, values
 
 GATE = "context_gate"
 METRIC_NAMES = {
@@ -147,19 +146,7 @@ def paired_row(
         if len(a) and len(b):
             va, vb = paired(a, b)
             if len(va):
-                v, lo, hi = mean_ci(va)
-                c, c_lo, c_hi = mean_ci(vb)
-                return Claim(
-                    value=v,
-                    ci_low=lo,
-                    ci_high=hi,
-                    control_value=c,
-                    control_ci_low=c_lo,
-                    control_ci_high=c_hi,
-                    samples=Samples.paired(va, vb),
-                    n=len(va),
-                    **claim,
-                )
+                return Claim(**paired_fields(va, vb), **claim)
     a, b = _tidy(gate, **value_keys), _tidy(gate, **control_keys)
     if a.empty or b.empty:
         return None

@@ -24,8 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .base import PENDING, UNTESTABLE, Claim, ClaimDefinition
-from .per_query import mean_ci, paired, query_table, select, values
-from .stats import Samples
+from .per_query import paired, paired_fields, query_table, select, values
 
 TITLE = "The label-reading heads carry the task (causally necessary)"
 PROBE = "head_mediation"
@@ -137,26 +136,17 @@ def task_rows(frame: pd.DataFrame, task: str) -> list[Claim]:
                 draws = draws[(draws["draw"] >= 0) & draws["query"].isin(both)]
                 per_draw = -draws.groupby("draw")["value"].mean().to_numpy(dtype=float)
                 percentile, p_draws = draw_position(float(drop.mean()), per_draw)
-                value, low, high = mean_ci(drop)
-                control, c_low, c_high = mean_ci(control_drop)
                 rows.append(
                     _row(
                         task,
                         key,
                         test=test,
                         reads=reads,
-                        value=value,
-                        ci_low=low,
-                        ci_high=high,
+                        **paired_fields(drop, control_drop),
                         control=f"the mean drop over {per_draw.size} random head sets with the "
                         "tested set's layer histogram, outside both tested sets (same queries)",
-                        control_value=control,
-                        control_ci_low=c_low,
-                        control_ci_high=c_high,
                         margin=MARGIN,
                         selected_on="fit",
-                        samples=Samples.paired(drop, control_drop),
-                        n=int(drop.size),
                         note=f"among the {per_draw.size} random draws the tested set's mean drop "
                         f"is at the {percentile:.0f}th percentile, p = {p_draws:.3g} "
                         "((1 + #draws with a drop >= it) / (1 + draws)); heads chosen on the fit "

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from .base import UNTESTABLE, Claim, ClaimDefinition
-from .per_query import mean_ci, paired, query_table, select
+from .per_query import paired, paired_fields, query_table, select
 from .stats import Samples
 from .sweep import at_largest_k_noted, shots_note
 
@@ -253,8 +253,6 @@ def _regime_rows(frame: pd.DataFrame, task: str, k: int | None) -> tuple[list[Cl
     control = retrieval_share(frame, task, CONTROL)
     if len(icl) and len(control):
         a, b = paired(icl, control)
-        v, lo, hi = mean_ci(a)
-        c, c_lo, c_hi = mean_ci(b)
         gap = paired(keys[ICL], keys[CONTROL])
         gap_note = (
             f" Per query, |n_keys(ICL) - n_keys(random labels)| <= "
@@ -274,19 +272,12 @@ def _regime_rows(frame: pd.DataFrame, task: str, k: int | None) -> tuple[list[Cl
                 f"{REGIME_MARGIN:g}",
                 reads=reads + "icl_random_labels",
                 task=task,
-                value=v,
-                ci_low=lo,
-                ci_high=hi,
+                **paired_fields(a, b),
                 control="random-label ICL (length-matched) share of the same heads and queries",
-                control_value=c,
-                control_ci_low=c_lo,
-                control_ci_high=c_hi,
                 kind="difference",
                 margin=REGIME_MARGIN,
                 selected_on="pre-specified",
                 key=KEY_MATCHED,
-                samples=Samples.paired(a, b),
-                n=len(a),
                 figure=f"hopfield_heads-{task}",
                 note=note_shares + gap_note + shots_note(k),
             )
@@ -311,8 +302,6 @@ def _regime_rows(frame: pd.DataFrame, task: str, k: int | None) -> tuple[list[Cl
     zero = retrieval_share(frame, task, ZERO)
     if len(icl) and len(zero):
         a, b = paired(icl, zero)
-        v, lo, hi = mean_ci(a)
-        c, c_lo, c_hi = mean_ci(b)
         arrays[KEY_ZERO] = (a, b)
         rows.append(
             Claim(
@@ -323,19 +312,12 @@ def _regime_rows(frame: pd.DataFrame, task: str, k: int | None) -> tuple[list[Cl
                 f"{REGIME_MARGIN:g}",
                 reads=reads + "zero_shot",
                 task=task,
-                value=v,
-                ci_low=lo,
-                ci_high=hi,
+                **paired_fields(a, b),
                 control="zero-shot share of the same heads and queries (shorter prompts)",
-                control_value=c,
-                control_ci_low=c_lo,
-                control_ci_high=c_hi,
                 kind="difference",
                 margin=REGIME_MARGIN,
                 selected_on="pre-specified",
                 key=KEY_ZERO,
-                samples=Samples.paired(a, b),
-                n=len(a),
                 figure=f"hopfield_heads-{task}",
                 note="LENGTH-CONFOUNDED: the global cut-off is k90 >= global_min_fraction "
                 "n_keys and the ICL prompt is longer than the zero-shot one, so prompt length "

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..shots import at_largest_k
+from .stats import Samples
 
 
 def query_table(tables: dict[str, pd.DataFrame], kind: str) -> pd.DataFrame | None:
@@ -60,3 +61,21 @@ def mean_ci(values_: np.ndarray) -> tuple[float, float, float]:
     arr = np.asarray(values_, float)
     low, high = bootstrap_ci(arr, n_boot=1000, seed=0)
     return float(arr.mean()), low, high
+
+
+def paired_fields(value: np.ndarray, control: np.ndarray) -> dict:
+    """The fields of a ``difference`` Claim from paired per-query values (``[n]`` each, the
+    same queries in the same order): value and control with their descriptive 95% intervals
+    (:func:`mean_ci`), the paired ``samples`` the ledger resamples, and ``n``."""
+    v, lo, hi = mean_ci(value)
+    c, c_lo, c_hi = mean_ci(control)
+    return {
+        "value": v,
+        "ci_low": lo,
+        "ci_high": hi,
+        "control_value": c,
+        "control_ci_low": c_lo,
+        "control_ci_high": c_hi,
+        "samples": Samples.paired(value, control),
+        "n": int(len(value)),
+    }

@@ -42,13 +42,11 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pandas as pd
 
 from ..shots import shot_counts
 from .base import PENDING, UNTESTABLE, Claim, ClaimDefinition
-from .per_query import mean_ci, paired, query_table, select, values
-from .stats import Samples
+from .per_query import paired, paired_fields, query_table, select, values
 from .sweep import at_largest_k_noted, shots_note
 
 # The smallest advantage in energy share (of |s_q|^2) that counts: 0.01 is at least the whole
@@ -321,22 +319,6 @@ def _pick_layer(q: pd.DataFrame, task: str, layer_l: int) -> tuple[int | None, s
     )
 
 
-def _summary(x: np.ndarray, y: np.ndarray) -> dict:
-    """Value and control with their descriptive 95% intervals, and the paired samples."""
-    value, lo, hi = mean_ci(x)
-    control, c_lo, c_hi = mean_ci(y)
-    return {
-        "value": value,
-        "ci_low": lo,
-        "ci_high": hi,
-        "control_value": control,
-        "control_ci_low": c_lo,
-        "control_ci_high": c_hi,
-        "samples": Samples.paired(x, y),
-        "n": int(len(x)),
-    }
-
-
 def _label_vs_nonlabel(q, table, task, layer, layer_l, k, layer_note) -> Claim:
     label = _label_name(table)
     ids, texts = _tokens_note(table, task)
@@ -375,7 +357,7 @@ def _label_vs_nonlabel(q, table, task, layer, layer_l, k, layer_note) -> Claim:
             verdict=UNTESTABLE,
             note=f"no eval query has both label_energy and nonlabel_energy at layer {layer}.",
         )
-    stats = _summary(x, y)
+    stats = paired_fields(x, y)
     ratio = (
         f" The label directions take {stats['value'] / stats['control_value']:.2f} times the "
         "non-label tokens' share."
@@ -441,7 +423,7 @@ def _true_vs_random(q, table, task, layer, layer_l, k, layer_note) -> Claim:
             verdict=UNTESTABLE,
             note=f"no eval query has both label_energy and random_label_energy at layer {layer}.",
         )
-    stats = _summary(x, y)
+    stats = paired_fields(x, y)
     note = (
         "Not supported (an advantage below the margin, or none) means the shift's "
         "localisation on the label subspace comes with the answer format -- label words after "

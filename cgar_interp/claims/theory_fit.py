@@ -39,7 +39,7 @@ import pandas as pd
 
 from ..compare import r_squared
 from .base import CONSISTENCY, UNTESTABLE, Claim, ClaimDefinition
-from .per_query import mean_ci, paired, query_table, select
+from .per_query import paired, paired_fields, query_table, select
 from .stats import Samples
 from .sweep import largest_shots
 from .theory_tables import fmt, n_layers_of, query_layer
@@ -418,8 +418,6 @@ def _icl_rows(mq, tq, task, q, n_layers) -> tuple[list[Claim], str]:
             p, v = paired(pred.set_index("query")["value"].sort_index(), icl_v)
             if not len(p):
                 continue
-            value, lo, hi = mean_ci(p)
-            ctl, clo, chi = mean_ci(v)
             margin = ICL_MARGIN[metric]
             note = (
                 "cbar^(L) is the mean ICL shift h_icl - h_zero over the fit queries, so at "
@@ -444,20 +442,13 @@ def _icl_rows(mq, tq, task, q, n_layers) -> tuple[list[Claim], str]:
                     f"q_layer=c_layer={n_layers}, lam={ICL_LAM:g}; context_gate_queries: "
                     f"split=eval, mode=baseline, vector=icl, metric={metric}",
                     task=task,
-                    value=value,
-                    ci_low=lo,
-                    ci_high=hi,
+                    **paired_fields(p, v),
                     control="full ICL (the demonstrations in the prompt), the same queries",
-                    control_value=ctl,
-                    control_ci_low=clo,
-                    control_ci_high=chi,
                     kind="difference",
                     rule_kind="equivalence",
                     margin=margin,
                     selected_on="pre-specified",
                     key=f"icl/{model}/{metric}",
-                    n=len(p),
-                    samples=Samples.paired(p, v),
                     figure=f"context_gate-{task}",
                     note=note + ".",
                 )
