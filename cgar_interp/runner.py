@@ -140,19 +140,6 @@ def run_suite(
     """
     if remote:
         suite = replace(suite, remote=True, backend=remote_backend())
-    if suite.seeds:
-        return run_seeds(
-            suite,
-            out,
-            resume=resume,
-            force=force,
-            handle=handle,
-            progress=progress,
-            log=log,
-            report=report,
-            allow_self_check_failure=allow_self_check_failure,
-            self_check_rows=self_check_rows,
-        )
     settings = dict(
         resume=resume,
         force=force,
@@ -163,12 +150,27 @@ def run_suite(
         allow_self_check_failure=allow_self_check_failure,
         self_check_rows=self_check_rows,
     )
+    if suite.seeds:
+        return run_seeds(suite, out, **settings)
     if not suite.remote:
         return _run_suite(suite, out, ledger=None, **settings)
     from .remote import remote_session
 
     with remote_session(suite.model) as ledger:
         return _run_suite(suite, out, ledger=ledger, **settings)
+
+
+def load_suite_model(suite: SuiteConfig) -> ModelHandle:
+    """The model a suite names, with its backend, device, dtype, BOS and remote settings."""
+    return load_model(
+        suite.model,
+        backend=suite.backend,
+        device=suite.device,
+        dtype=suite.dtype,
+        prepend_bos=suite.prepend_bos,
+        remote=suite.remote,
+        remote_rows=suite.remote_rows,
+    )
 
 
 def seed_dir(out: str | Path, seed: int) -> Path:
@@ -215,15 +217,7 @@ def run_seeds(
         run.write_manifest(manifest)
         ledgers, last = {}, None
         if handle is None:  # one model for every seed
-            handle = load_model(
-                suite.model,
-                backend=suite.backend,
-                device=suite.device,
-                dtype=suite.dtype,
-                prepend_bos=suite.prepend_bos,
-                remote=suite.remote,
-                remote_rows=suite.remote_rows,
-            )
+            handle = load_suite_model(suite)
         for s in suite.seeds:
             say(f"seed {s}: {seed_dir(out, s)}")
             one = replace(suite, seed=s, seeds=())
@@ -401,15 +395,7 @@ def _run_suite(
     started = time.perf_counter()
     clock = StageClock()
     if handle is None:
-        handle = load_model(
-            suite.model,
-            backend=suite.backend,
-            device=suite.device,
-            dtype=suite.dtype,
-            prepend_bos=suite.prepend_bos,
-            remote=suite.remote,
-            remote_rows=suite.remote_rows,
-        )
+        handle = load_suite_model(suite)
     if suite.remote:
         if not handle.remote:
             raise ValueError("a remote suite needs a model loaded with remote=True")
