@@ -51,6 +51,8 @@ def capture_many(
     shared_prefix: bool | None = None,
     min_prefix: int = 16,
     keep_states: bool = False,
+    grad_sites: Iterable[str | Site] = (),
+    objective: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> RunResult:
     """Capture ``sites`` at ``positions`` (and last-position logits) for every row of ``batch``.
 
@@ -80,16 +82,31 @@ def capture_many(
             cache (``LastTokenState.cache`` is None: nothing lives on the server between
             requests); :func:`resume_variants` then runs its variants as full forward passes.
 
+        grad_sites: patchable sites whose gradient of ``objective`` is kept at ``positions``
+            (``RunResult.grads``): each sub-batch then runs forward *and* backward
+            (:meth:`~cgar_interp.models.ModelHandle.gradients`), reads and kept states as
+            without. ``objective(logits [b, vocab], query indices [b]) -> [b]`` (indices into
+            ``batch``), a per-row function of the last position's logits.
+
     Returns:
         a :class:`RunResult` whose tensors are ``[n, ...]`` in the order of ``batch``'s rows,
         on the CPU.
     """
+    grad_sites = list(grad_sites)
+    if grad_sites and objective is None:
+        raise ValueError("grad_sites need an objective (logits, indices) -> [b]")
     if isinstance(positions, Tensor):
         raise ValueError(
             "capture_many takes relative positions (ints) or None (every position); pass e.g. "
             "-1 or [-2, -1]"
         )
-    from .prefix import LastTokenState, common_prefix_length, repeat_cache, shared_prefix_cache
+    from .prefix import (
+        LastTokenState,
+        common_prefix_length,
+        detach_cache,
+        repeat_cache,
+        shared_prefix_cache,
+    )
 
     if keep_states and positions != -1:
         raise ValueError(f"keep_states needs positions=-1 (each row's last token); got {positions}")
@@ -98,6 +115,7 @@ def capture_many(
     sites = list(sites)
     states: list[tuple[Tensor, LastTokenState]] = []
     parts: dict[str, list[Tensor]] = {str(handle.site(s)): [] for s in sites}
+    grad_parts: dict[str, list[Tensor]] = {str(handle.site(s)): [] for s in grad_sites}
     logits: list[Tensor] = []
     order: list[Tensor] = []
     every = positions is None  # every position: [n, width, ...], masked by lengths
@@ -119,16 +137,30 @@ def capture_many(
             from transformers import DynamicCache
 
             past = DynamicCache(config=handle.backend.config)
-        run = handle.capture(
-            sub.batch,
-            sites,
-            positions,
-            with_logits=with_logits,  # without, the unembedding is skipped altogether
-            logits_positions=-1,
-            past_key_values=past,
-        )
+        if grad_sites:
+            run = handle.gradients(
+                sub.batch,
+                grad_sites,
+                lambda lg, idx=sub.indices: objective(lg, idx),
+                positions,
+                sites=sites,
+                past_key_values=past,
+            )
+            if past is not None:
+                detach_cache(past)  # the kept keys and values carry no graph
+            for name, value in run.grads.items():
+                grad_parts[name].append(value.cpu())
+        else:
+            run = handle.capture(
+                sub.batch,
+                sites,
+                positions,
+                with_logits=with_logits,  # without, the unembedding is skipped altogether
+                logits_positions=-1,
+                past_key_values=past,
+            )
         if not with_logits:
-            run = RunResult(None, run)
+            run = RunResult(None, run if isinstance(run, dict) else run.captures)
         if keep_states:  # the cache now holds every slot of the batch; suffixes mask the rest
             resid = {
                 site.layer: run.captures[str(site)]
@@ -155,6 +187,7 @@ def capture_many(
         logits=torch.cat(logits)[inverse] if with_logits else None,
         captures=captures,
         states=states if keep_states else None,
+        grads={name: torch.cat(values)[inverse] for name, values in grad_parts.items()},
     )
 
 

@@ -101,6 +101,7 @@ class ForwardStats:
     resume_rows: int = 0
     resume_block_rows: int = 0
     prefix_calls: int = 0
+    backward_rows: int = 0  # prompts whose forward pass also ran backward (grad passes)
 
     def reset(self) -> None:
         self.__init__()
@@ -131,6 +132,8 @@ class RunResult:
     captures: dict[str, Tensor] = field(default_factory=dict)
     # (row indices, LastTokenState) per sub-batch, kept by capture_many(keep_states=True)
     states: list | None = None
+    # gradients of a grad pass's objective at the captured positions (ModelHandle.gradients)
+    grads: dict[str, Tensor] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Tensor:
         return self.captures[name]
@@ -340,7 +343,8 @@ class ModelHandle:
             w_o = resident_weight(o_proj, "weight", f"site {site}")
             w_o = w_o.view(self.arch.d_model, self.arch.n_heads, self.arch.d_head)
             w_o = w_o.to(device=base_value.device, dtype=base_value.dtype)
-            return torch.einsum("...hd,mhd->...hm", base_value, w_o)
+            with torch.no_grad():  # the weights require grad; a derived read carries no graph
+                return torch.einsum("...hd,mhd->...hm", base_value, w_o)
         return base_value
 
     def _run(
@@ -352,10 +356,21 @@ class ModelHandle:
         logits_positions: Positions = None,
         want_logits: bool = True,
         past_key_values=None,
+        grad_sites: Iterable[str | Site] = (),
+        objective: Callable[[Tensor], Tensor] | None = None,
     ) -> RunResult:
         """The one path every public method goes through: validate, run, select, derive."""
         batch = self._batch(ids)
         wanted = [self.site(s) for s in sites]
+        grad_wanted = [self.site(s) for s in grad_sites]
+        for site in grad_wanted:
+            if not site.spec.patchable or site.spec.derived_from is not None:
+                raise ValueError(
+                    f"no gradient at site {site}: gradients are taken at patchable sites "
+                    "(resid, attn_out, mlp_out, z)"
+                )
+        if grad_wanted and (objective is None or patches):
+            raise ValueError("a grad pass needs an objective and takes no patches")
         if self.remote:
             for site in wanted:
                 if site.kind == "head_out":  # derived here from z and the o_proj weights
@@ -385,15 +400,37 @@ class ModelHandle:
             logits_index = torch.zeros(batch.batch_size, 0, dtype=torch.long)
         elif logits_positions is not None:
             logits_index, squeeze_logits = resolve_positions(logits_positions, batch.lengths)
-        logits, raw = self.backend.forward(
-            batch.ids, reads, writes, past_key_values, logits_index=logits_index
-        )
+        grads = {}
+        if grad_wanted:
+            if logits_index is None or logits_index.shape[1] != 1:
+                raise ValueError("a grad pass needs logits at one position (logits_positions)")
+
+            def row_objective(logits: Tensor) -> Tensor:  # [batch, 1, vocab] -> [batch]
+                return objective(logits[:, 0])
+
+            logits, raw, raw_grads = self.backend.forward_grad(
+                batch.ids,
+                reads,
+                {s: reader for s in grad_wanted},
+                row_objective,
+                past_key_values,
+                logits_index=logits_index,
+            )
+            grads = {str(s): raw_grads[s] for s in grad_wanted}
+        else:
+            logits, raw = self.backend.forward(
+                batch.ids, reads, writes, past_key_values, logits_index=logits_index
+            )
         self.stats.forward_calls += 1
         self.stats.forward_rows += batch.batch_size
+        if grad_wanted:
+            self.stats.backward_rows += batch.batch_size
         captures = {str(s): self._derive(s, raw[s.base()]) for s in wanted}
         if not want_logits:
-            return RunResult(logits=None, captures=captures)
-        return RunResult(logits=logits[:, 0] if squeeze_logits else logits, captures=captures)
+            return RunResult(logits=None, captures=captures, grads=grads)
+        return RunResult(
+            logits=logits[:, 0] if squeeze_logits else logits, captures=captures, grads=grads
+        )
 
     def _writer(self, patch: Patch, batch: TokenBatch) -> Callable[[Tensor], Tensor]:
         pos_idx, _ = resolve_positions(patch.positions, batch.lengths)
@@ -474,6 +511,38 @@ class ModelHandle:
             past_key_values=past_key_values,
         )
         return result if with_logits else result.captures
+
+    def gradients(
+        self,
+        ids,
+        grad_sites: Iterable[str | Site],
+        objective: Callable[[Tensor], Tensor],
+        positions: Positions = -1,
+        *,
+        sites: Iterable[str | Site] = (),
+        past_key_values=None,
+    ) -> RunResult:
+        """One forward and one backward pass: the gradient of ``objective`` at ``grad_sites``.
+
+        ``objective(logits [batch, vocab]) -> [batch]`` is a per-row function of the logits
+        at each row's last position (e.g. the gold label's probability); rows are
+        independent, so ``grads[site][i]`` is row ``i``'s own gradient. Gradients and the
+        captured ``sites`` are kept at ``positions`` (default ``-1``). Patchable kinds only
+        (``resid``, ``attn_out``, ``mlp_out``, ``z``): the tensors the pass itself uses.
+
+        Returns:
+            a :class:`RunResult`: ``logits [batch, vocab]`` (last position), ``captures`` and
+            ``grads`` (``{site: [batch, ...]}`` in canonical shape at ``positions``).
+        """
+        return self._run(
+            ids,
+            sites,
+            positions,
+            logits_positions=-1,
+            past_key_values=past_key_values,
+            grad_sites=grad_sites,
+            objective=objective,
+        )
 
     def run_with_patch(
         self,

@@ -487,6 +487,16 @@ def shared_prefix_cache(handle: ModelHandle, prefix_ids: Tensor):
     return cache
 
 
+def detach_cache(cache) -> None:
+    """Drop the autograd graph from a KV cache a grad pass filled (in place), so the kept
+    keys and values hold no activations of the backward alive."""
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            value = getattr(layer, name, None)
+            if isinstance(value, Tensor) and value.requires_grad:
+                setattr(layer, name, value.detach())
+
+
 def repeat_cache(cache, rows: int):
     """A copy of a batch-1 cache repeated over ``rows`` (the original stays reusable)."""
     out = copy.deepcopy(cache)

@@ -33,6 +33,8 @@ from ..sites import Site
 
 Reader = Callable[[Tensor], Tensor]
 Writer = Callable[[Tensor], Tensor]
+# logits [batch, k, vocab] -> [batch]: the per-row quantity whose gradient a grad pass takes
+Objective = Callable[[Tensor], Tensor]
 
 # nnsight needs modules touched in execution order: the rotary embedding runs after the token
 # embedding (resid.0, order (-1, 9)) and before block 0.
@@ -139,6 +141,7 @@ class Backend(ABC):
         writes: Mapping[Site, Writer],
         past_key_values=None,
         logits_index: Tensor | None = None,
+        grad: bool = False,
     ) -> tuple[Tensor, dict[Site, Tensor]]:
         """Run one forward pass.
 
@@ -151,10 +154,66 @@ class Backend(ABC):
             logits_index: ``[batch, k]`` positions whose logits are wanted; the unembedding
                 then runs on those positions only (see :func:`unembed_only_at`). ``None``:
                 every position.
+            grad: run with gradient tracking (for :meth:`forward_grad`); otherwise under
+                ``torch.no_grad()``.
 
         Returns:
             ``(logits [batch, pos | k, vocab], {site: reader result})``.
         """
+
+    def forward_grad(
+        self,
+        ids: Tensor,
+        reads: Mapping[Site, Reader],
+        grad_reads: Mapping[Site, Reader],
+        objective: Objective,
+        past_key_values=None,
+        logits_index: Tensor | None = None,
+    ) -> tuple[Tensor, dict[Site, Tensor], dict[Site, Tensor]]:
+        """One forward and one backward pass: reads as :meth:`forward`, and the gradient of
+        ``objective(logits).sum()`` with respect to each site of ``grad_reads`` (patchable
+        kinds), in canonical shape, passed through its reader.
+
+        Rows are independent, so row ``i``'s gradient is that of ``objective(logits)[i]``.
+        Locally (this implementation) each grad site gets a zero tensor added in the pass,
+        ``canon + delta``, and the gradient is taken with respect to ``delta``: exactly the
+        gradient at the site, with no weight gradient computed (``torch.autograd.grad`` runs
+        only the backward nodes between the objective and the deltas). A backend whose pass
+        runs elsewhere (nnsight on NDIF) overrides this with a backward inside its trace.
+
+        Returns:
+            ``(logits, {site: reader result}, {site: gradient reader result})``, detached.
+        """
+        deltas: dict[Site, Tensor] = {}
+
+        def adder(site: Site) -> Writer:
+            def write(canon: Tensor) -> Tensor:
+                delta = torch.zeros_like(canon, requires_grad=True)
+                deltas[site] = delta
+                return canon + delta
+
+            return write
+
+        sites = list(grad_reads)
+        writes = {site: adder(site) for site in sites}
+        logits, results = self.forward(
+            ids, reads, writes, past_key_values, logits_index=logits_index, grad=True
+        )
+        missing = [str(s) for s in sites if s not in deltas]
+        if missing:
+            raise RuntimeError(f"the grad pass never reached sites {missing}")
+        total = objective(logits).sum()
+        grads = torch.autograd.grad(total, [deltas[s] for s in sites], allow_unused=True)
+        out = {}
+        for site, g in zip(sites, grads, strict=True):
+            g = torch.zeros_like(deltas[site]) if g is None else g
+            out[site] = grad_reads[site](g.detach())
+        return logits.detach(), {s: v.detach() for s, v in results.items()}, out
+
+
+def grad_mode(grad: bool):
+    """``torch.enable_grad()`` for a grad pass, else ``torch.no_grad()``."""
+    return torch.enable_grad() if grad else torch.no_grad()
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from .base import (
     Reader,
     Writer,
     get_module,
+    grad_mode,
     hf_from_canonical,
     hf_to_canonical,
     needs_rotary,
@@ -39,6 +40,7 @@ class HFBackend(Backend):
         writes: Mapping[Site, Writer],
         past_key_values=None,
         logits_index: Tensor | None = None,
+        grad: bool = False,
     ) -> tuple[Tensor, dict[Site, Tensor]]:
         results: dict[Site, Tensor] = {}
         rotary: list[tuple[Tensor, Tensor]] = []
@@ -93,7 +95,7 @@ class HFBackend(Backend):
                     handles.append(module.register_forward_pre_hook(hook))
                 else:
                     handles.append(module.register_forward_hook(hook))
-            with torch.no_grad(), unembed_only_at(self.hf_model.lm_head, logits_index):
+            with grad_mode(grad), unembed_only_at(self.hf_model.lm_head, logits_index):
                 logits = self.hf_model(
                     input_ids=ids,
                     use_cache=past_key_values is not None,

@@ -29,6 +29,7 @@ from .base import (
     Reader,
     Writer,
     get_module,
+    grad_mode,
     hf_from_canonical,
     hf_to_canonical,
     needs_rotary,
@@ -106,16 +107,60 @@ class NNsightBackend(Backend):
         writes: Mapping[Site, Writer],
         past_key_values=None,
         logits_index: Tensor | None = None,
+        grad: bool = False,
     ) -> tuple[Tensor, dict[Site, Tensor]]:
+        logits, results, _ = self._trace(
+            ids, reads, writes, past_key_values, logits_index, grad=grad
+        )
+        return logits, results
+
+    def forward_grad(
+        self,
+        ids: Tensor,
+        reads: Mapping[Site, Reader],
+        grad_reads: Mapping[Site, Reader],
+        objective,
+        past_key_values=None,
+        logits_index: Tensor | None = None,
+    ) -> tuple[Tensor, dict[Site, Tensor], dict[Site, Tensor]]:
+        """The backward runs inside the trace (``with total.backward(inputs=...)``, nnsight's
+        gradient API), so the same block runs locally and on NDIF: the server computes the
+        gradients and sends back only what the readers keep. ``inputs`` limits the backward
+        to the grad sites (no weight gradient is accumulated); a grad site whose tensor does
+        not require grad (a server whose weights do not) is made to, in place, before the
+        blocks above it use it."""
+        return self._trace(
+            ids,
+            reads,
+            {},
+            past_key_values,
+            logits_index,
+            grad_reads=grad_reads,
+            objective=objective,
+        )
+
+    def _trace(
+        self,
+        ids: Tensor,
+        reads: Mapping[Site, Reader],
+        writes: Mapping[Site, Writer],
+        past_key_values=None,
+        logits_index: Tensor | None = None,
+        grad: bool = False,
+        grad_reads: Mapping[Site, Reader] | None = None,
+        objective=None,
+    ) -> tuple[Tensor, dict[Site, Tensor], dict[Site, Tensor]]:
         import nnsight
 
         lm = self.engine
         if self.remote and past_key_values is not None:
             raise remote_unsupported("a forward pass over a KV cache", str(lm.repo_id))
+        grad_reads = dict(grad_reads or {})
         dims = self.dims  # the block reads dims, not self: a remote run ships what it reads
-        sites = sorted(set(reads) | set(writes), key=lambda s: s.order)
+        sites = sorted(set(reads) | set(writes) | set(grad_reads), key=lambda s: s.order)
         # keyed by name: what a server sends back must unpickle without cgar_interp installed
         results: dict[str, Tensor] = {}
+        grads: dict[str, Tensor] = {}
         steps: list[tuple[tuple[int, int], Site | None]] = [(s.order, s) for s in sites]
         if needs_rotary(sites):
             steps.append((ROTARY_ORDER, None))
@@ -133,8 +178,9 @@ class NNsightBackend(Backend):
                 ),
                 "use_cache": True,
             }
-        with torch.no_grad(), lm.trace(ids, remote=self.remote, **extra):
+        with grad_mode(grad or bool(grad_reads)), lm.trace(ids, remote=self.remote, **extra):
             rotary = None
+            tracked: list[tuple[Site, Tensor]] = []  # grad sites' raw tensors, forward order
             for _, site in steps:
                 if site is None:
                     rotary = lm.model.rotary_emb.output
@@ -146,6 +192,10 @@ class NNsightBackend(Backend):
                 else:
                     full = envoy.output
                     raw = full if part == "output" else full[0 if part == "output0" else 1]
+                if site in grad_reads:
+                    if not raw.requires_grad:
+                        raw.requires_grad_(True)
+                    tracked.append((site, raw))
                 canon = hf_to_canonical(site, raw, dims, rotary)
                 writer, reader = writes.get(site), reads.get(site)
                 if writer is not None:
@@ -160,14 +210,26 @@ class NNsightBackend(Backend):
                         out[0 if part == "output0" else 1] = new
                         envoy.output = tuple(out)
                 if reader is not None:
-                    results[str(site)] = reader(canon)
+                    results[str(site)] = reader(canon.detach())
             if logits_index is not None:  # the unembedding sees only the wanted positions
                 hidden = lm.lm_head.input  # [batch, pos, d_model]
                 rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
                 lm.lm_head.input = hidden[rows, logits_index.to(hidden.device)]
+            output = lm.lm_head.output
+            if tracked:
+                total = objective(output).sum()
+                with total.backward(inputs=[raw for _, raw in tracked]):
+                    for site, raw in reversed(tracked):  # gradients arrive in reverse order
+                        g = hf_to_canonical(site, raw.grad, dims, rotary)
+                        grads[str(site)] = grad_reads[site](g.detach())
             captured = nnsight.save(results)  # a remote run sends back saved names only
-            logits = nnsight.save(lm.lm_head.output)
-        return logits, {site: captured[str(site)] for site in reads}
+            captured_grads = nnsight.save(grads)
+            logits = nnsight.save(output.detach())
+        return (
+            logits,
+            {site: captured[str(site)] for site in reads},
+            {site: captured_grads[str(site)] for site in grad_reads},
+        )
 
 
 def load(

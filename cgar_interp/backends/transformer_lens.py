@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..compat import bridge_attention_sees_cache, cache_kwargs
 from ..sites import Site
-from .base import Backend, Dims, Reader, Writer, unembed_only_at
+from .base import Backend, Dims, Reader, Writer, grad_mode, unembed_only_at
 
 
 def tl_to_canonical(site: Site, raw: Tensor) -> Tensor:
@@ -85,6 +85,7 @@ class TransformerLensBackend(Backend):
         writes: Mapping[Site, Writer],
         past_key_values=None,
         logits_index: Tensor | None = None,
+        grad: bool = False,
     ) -> tuple[Tensor, dict[Site, Tensor]]:
         results: dict[Site, Tensor] = {}
         hooks = []
@@ -106,7 +107,7 @@ class TransformerLensBackend(Backend):
         # its own name (see cgar_interp.compat)
         extra = cache_kwargs(self.engine.original_model.forward, past_key_values)
         with (
-            torch.no_grad(),
+            grad_mode(grad),
             unembed_only_at(lm_head, logits_index),
             bridge_attention_sees_cache(self.engine),
         ):

@@ -365,6 +365,38 @@ class ProbeContext:
                 states += [(at[idx], state) for idx, state in group.run.states]
         return RunResult(logits=logits, captures=parts, states=states if keep_states else None)
 
+    def read_gradients(
+        self,
+        kind: str,
+        rows: Tensor,
+        sites,
+        grad_sites,
+        objective: Callable[[Tensor, Tensor], Tensor],
+        *,
+        keep_states: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> RunResult:
+        """As :meth:`read`, with one backward pass per batch: ``RunResult.grads`` holds the
+        gradient of ``objective(logits [b, vocab], query indices [b]) -> [b]`` at the last
+        position of each of ``grad_sites`` (patchable kinds). Always its own pass (the shared
+        pass runs without gradients); ``objective`` sees the queries' indices, not positions
+        in ``rows``."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        batch = getattr(self.inputs, kind)
+        if batch is None:
+            raise ValueError(f"task {self.inputs.task!r} has no {kind!r} prompts")
+        return capture_many(
+            self.handle,
+            batch.select(rows),
+            list(sites),
+            -1,
+            batch_size=self.batch_size,
+            progress=progress,
+            keep_states=keep_states,
+            grad_sites=grad_sites,
+            objective=lambda logits, idx: objective(logits, rows[idx]),
+        )
+
     def zero_states(self) -> list | None:
         """``(index into eval, LastTokenState)`` per batch of the eval queries' zero-shot pass.
 

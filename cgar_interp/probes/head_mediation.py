@@ -93,6 +93,8 @@ TESTED_SETS = ("top_aie", "top_label")  # chosen on the fit queries
 ABLATIONS = {"zero_mean": "zero", "icl_mean": "icl"}
 JOIN_METRICS = ("label_mass_drop", "vocab_correct_drop")
 MAX_VARIANTS = 24  # ablated sets per suffix pass (bounds the [variants, rows, vocab] logits)
+# how the AIE of every head is obtained (docs/science.md#attribution-patching)
+METHODS = ("exact", "attribution", "attribution+verify")
 
 Head = tuple[int, int]  # (block, head)
 
@@ -123,6 +125,19 @@ class HeadMediationConfig(ProbeConfig):
             demonstration labels permuted across its demonstrations, Todd et al. 2024),
             ``"random_labels"`` (each label uniform over the classes, Min et al. 2022) or
             ``"flipped"`` (every label through one derangement of the classes).
+        method: how each head's AIE is obtained. ``"exact"``: every head patched, its MLP
+            and the blocks above resumed (today's engine). ``"attribution"``: the first-order
+            estimate ``(a_lh - head_out_lh) . dP(gold)/d head_out_lh`` of every head from one
+            forward and one backward pass per batch (attribution patching); the top-AIE heads
+            are chosen by it. ``"attribution+verify"``: the estimate of every head, then the
+            exact AIE of the ``verify_top`` heads of largest fit-query estimate and of
+            ``verify_random`` seeded random other heads; the top-AIE heads are chosen among
+            the verified heads by their *exact* fit AIE, and the join reports the estimate's
+            Spearman correlation and top-k recall against the exact values.
+        verify_top: heads of largest estimate whose exact AIE is computed (>= 1; more than
+            there are heads: every head, the full comparison).
+        verify_random: seeded random heads outside those, verified too (>= 0): they show
+            whether the estimate misses heads it ranks low.
     """
 
     layers: str | tuple[int, ...] = "all"
@@ -134,8 +149,15 @@ class HeadMediationConfig(ProbeConfig):
     overlap_k: int = 10
     n_permutations: int = 2000
     corrupted: str = "permuted"
+    method: str = "exact"
+    verify_top: int = 20
+    verify_random: int = 10
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is not valid: one of {', '.join(METHODS)}")
+        _positive_int("verify_top", self.verify_top)
+        _positive_int("verify_random", self.verify_random, 0)
         if self.corrupted not in CORRUPTED:
             raise ValueError(
                 f"corrupted={self.corrupted!r} is not valid: the AIE's corrupted runs are one "
@@ -178,16 +200,23 @@ class HeadMediationConfig(ProbeConfig):
                     keep_states=True,
                 ),
             ]
-            if getattr(inputs, kind) is not None:
+            if getattr(inputs, kind) is not None and self.method == "exact":
                 reads.append(
                     SharedRead.of(
                         kind, fit[: self.max_queries], effect_sites(blocks), keep_states=True
                     )
                 )
         reads.append(SharedRead.of("icl", ev, site_names("resid", blocks), keep_states=True))
-        if getattr(inputs, kind) is not None:
+        # the attribution methods read the corrupted prompts in their own grad pass
+        if getattr(inputs, kind) is not None and self.method == "exact":
             reads.append(SharedRead.of(kind, ev, effect_sites(blocks), keep_states=True))
         return tuple(reads)
+
+    @property
+    def verifies(self) -> bool:
+        """Whether exact AIEs are computed (``exact``: every head; ``attribution+verify``:
+        the verified heads)."""
+        return self.method != "attribution"
 
     @property
     def corrupted_kind(self) -> str:
@@ -428,12 +457,14 @@ def head_effects(
     batch_size: int,
     progress=None,
     run: RunResult | None = None,
+    heads: dict[int, list[int]] | None = None,
 ) -> tuple[dict[int, Tensor], Tensor]:
     """Effect of putting ``means[l][h]`` in place of each head's output at the last position.
 
     ``score(logits [..., b, vocab], query indices [b]) -> [..., b]`` (e.g. gold probability).
     ``run``: :func:`effect_sites` of ``corrupted`` with logits and KV caches, read already
-    (e.g. in the suite's shared pass); ``None``: a capture pass here.
+    (e.g. in the suite's shared pass); ``None``: a capture pass here. ``heads``: per block,
+    the heads to patch (``None``: every head of ``blocks``); the others' effects are NaN.
     Returns ``({block: [n_heads, n]} patched - corrupted, [n] corrupted score)``.
     """
     if run is None:
@@ -448,21 +479,89 @@ def head_effects(
         )
     base = score(run.logits.float(), indices)  # [n]
     n_heads, n = handle.arch.n_heads, corrupted.batch_size
-    effects = {b: torch.zeros(n_heads, n, dtype=torch.float64) for b in blocks}
+    chosen = {b: list(range(n_heads)) for b in blocks} if heads is None else heads
+    chosen = {b: hs for b, hs in chosen.items() if hs}
+    fill = 0.0 if heads is None else float("nan")
+    effects = {b: torch.full((n_heads, n), fill, dtype=torch.float64) for b in blocks}
     decoder_layers = handle.backend.blocks()
     for rows, state in run.states:
         entries = {}  # after block b's MLP the variants of block b join the pass at layer b + 1
-        for b in blocks:
+        for b, hs in chosen.items():
             mid = run[site_name("resid_mid", b)][rows].float()  # [r, d]
-            out = run[site_name("head_out", b)][rows].float().transpose(0, 1)  # [H, r, d]
-            h_mid = mid[None] + (means[b][:, None, :] - out)  # [H, r, d]
+            out = run[site_name("head_out", b)][rows].float().transpose(0, 1)[hs]  # [h, r, d]
+            h_mid = mid[None] + (means[b][hs][:, None, :] - out)  # [h, r, d]
             entries[b + 1] = mlp_half(decoder_layers[b], h_mid, handle.dtype)
-        final = resume_staggered(handle, state, entries)
-        for b in blocks:
-            logits = handle.decode_residual(final.pop(b + 1))  # [H, r, vocab]
+        final = resume_staggered(handle, state, entries) if entries else {}
+        for b, hs in chosen.items():
+            logits = handle.decode_residual(final.pop(b + 1))  # [h, r, vocab]
             patched = score(logits.float(), indices[rows]).cpu().double()
-            effects[b][:, rows] = patched - base[rows].cpu().double()
+            effects[b][hs, rows[:, None]] = (patched - base[rows].cpu().double()).T
     return effects, base
+
+
+def attribution_sites(blocks) -> list[str]:
+    """Where the attribution estimate takes its gradient: each block's ``z`` (the per-head
+    input of ``W_O``; a change of a head's output is ``W_O`` of a change of its ``z``)."""
+    return list(site_names("z", blocks))
+
+
+def head_attribution(run: RunResult, blocks, z_means: dict[int, Tensor]) -> dict[int, Tensor]:
+    """First-order estimate of every head's AIE from one grad pass (attribution patching).
+
+    Replacing head ``(l, h)``'s output at the last position by ``a_lh`` changes the
+    residual there by ``a_lh - head_out_lh = W_O,h (zbar_lh - z_lh)`` (``zbar``: the mean
+    ``z`` over the fit queries' clean ICL prompts, so ``a_lh = W_O,h zbar_lh``), hence
+
+        AIE_lh ~= (a_lh - head_out_lh) . dP/d head_out_lh = (zbar_lh - z_lh) . dP/d z_lh,
+
+    with ``dP/dz`` the gradient of the gold label's probability at the last position (``run``
+    from a grad pass at :func:`attribution_sites`, reading ``z`` too).
+
+    Returns:
+        ``{block: [n_heads, n]}`` per query, float64.
+    """
+    out = {}
+    for b in blocks:
+        name = site_name("z", b)
+        z = run[name].double()  # [n, H, d_head]
+        grad = run.grads[name].double()  # [n, H, d_head]
+        delta = z_means[b].double()[None] - z
+        out[b] = (delta * grad).sum(-1).T.contiguous()  # [H, n]
+    return out
+
+
+def verify_heads(
+    estimate: dict[int, Tensor], n_top: int, n_random: int, rng: np.random.Generator
+) -> dict[Head, str]:
+    """The heads whose exact AIE ``attribution+verify`` computes: the ``n_top`` of largest
+    mean estimate (``{block: [n_heads, n]}``; ties: lower block, then head) as ``"top"`` and
+    ``n_random`` drawn uniformly (seeded) from the rest as ``"random"``.
+
+    >>> est = {0: torch.tensor([[0.3], [0.1]]), 1: torch.tensor([[0.2], [0.0]])}
+    >>> sorted(verify_heads(est, 2, 1, np.random.default_rng(0)).values())
+    ['random', 'top', 'top']
+    """
+    means = {(b, h): float(v[h].mean()) for b, v in estimate.items() for h in range(len(v))}
+    order = sorted(means, key=lambda bh: (-means[bh], bh))
+    top = order[:n_top]
+    rest = sorted(order[n_top:])
+    picked = rng.choice(len(rest), size=min(n_random, len(rest)), replace=False) if rest else []
+    out = {bh: "top" for bh in top}
+    out.update({rest[int(i)]: "random" for i in picked})
+    return out
+
+
+def top_k_recall(estimate: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Share of the ``k`` heads of largest exact AIE that are among the ``k`` of largest
+    estimate (the same heads, in the same order, in both arrays).
+
+    >>> top_k_recall(np.array([3.0, 2.0, 1.0, 0.0]), np.array([3.0, 0.0, 2.0, 1.0]), 2)
+    0.5
+    """
+    k = min(k, len(exact))
+    top_exact = set(np.argsort(-np.asarray(exact), kind="stable")[:k].tolist())
+    top_est = set(np.argsort(-np.asarray(estimate), kind="stable")[:k].tolist())
+    return len(top_exact & top_est) / k if k else float("nan")
 
 
 def ablation_patches(
@@ -562,6 +661,40 @@ def best_layer(per_layer: dict[int, dict[str, Tensor]]) -> int:
     return -max(scores)[2]
 
 
+def attribution_agreement(heads: pd.DataFrame, k: int, n_worst: int = 5) -> dict:
+    """The estimate against the exact AIE on the verified heads (``heads``: one task's
+    ``head_mediation_heads`` rows with ``aie_estimate`` and, where verified, ``aie``): Spearman's
+    rho (eval and fit queries), top-``k`` recall (eval), the verified heads, and the
+    ``n_worst`` heads of largest ``|estimate - exact|`` (eval)."""
+    from scipy.stats import spearmanr
+
+    ver = heads[heads["verified"]]
+    out: dict = {
+        "n_verified": len(ver),
+        "n_verified_top": int((ver["verified_as"] == "top").sum()),
+        "n_verified_random": int((ver["verified_as"] == "random").sum()),
+        "attribution_recall_k": min(k, len(ver)),
+    }
+    for suffix, est, exact in (
+        ("", "aie_estimate", "aie"),
+        ("_fit", "aie_estimate_fit", "aie_fit"),
+    ):
+        rho = spearmanr(ver[est], ver[exact]).statistic if len(ver) > 2 else float("nan")
+        out[f"attribution_spearman{suffix}"] = float(rho)
+        out[f"attribution_top_k_recall{suffix}"] = top_k_recall(
+            ver[est].to_numpy(), ver[exact].to_numpy(), k
+        )
+    error = (ver["aie_estimate"] - ver["aie"]).abs()
+    worst = ver.assign(error=error).sort_values(
+        ["error", "layer", "head"], ascending=[False, True, True]
+    )
+    out["attribution_worst"] = ",".join(
+        f"{r.name}:{r.aie_estimate:+.4f}/{r.aie:+.4f}" for r in worst.head(n_worst).itertuples()
+    )
+    out["attribution_max_abs_error"] = float(error.max()) if len(ver) else float("nan")
+    return out
+
+
 def _keys(part: str, **keys) -> dict:
     """The key columns of a tidy row (every row has all of them)."""
     out = {"part": part, "layer": -1, "head": -1, "set": "", "ablation": "none", "draw": -1}
@@ -637,21 +770,84 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
             ),
         )[0]
 
-    effects_fit = effects_on(fit_aie, "AIE (fit queries)")
-    effects = effects_on(ev, "AIE")
+    def attribute_on(queries, what):
+        """The estimate of every head on ``queries`` and the grad pass's run (with the
+        reads and KV caches the exact AIE of the verified heads resumes)."""
+        run = ctx.read_gradients(
+            corrupted,
+            queries,
+            effect_sites(blocks) + attribution_sites(blocks),
+            attribution_sites(blocks),
+            ctx.gold_probability,
+            keep_states=config.method == "attribution+verify",
+            progress=tick(what, len(queries)),
+        )
+        return head_attribution(run, blocks, icl_z), run
+
+    estimates = estimates_fit = None
+    verified: dict[Head, str] = {}
+    if config.method == "exact":
+        effects_fit = effects_on(fit_aie, "AIE (fit queries)")
+        effects = effects_on(ev, "AIE")
+        verified = {(b, h): "all" for b in blocks for h in range(n_heads)}
+    else:
+        estimates_fit, run_fit = attribute_on(fit_aie, "AIE estimate (fit queries)")
+        estimates, run_ev = attribute_on(ev, "AIE estimate")
+        effects_fit = effects = None
+        if config.method == "attribution+verify":
+            verify_rng = np.random.default_rng([ctx.seed, 28])  # apart from the draws' rng
+            verified = verify_heads(
+                estimates_fit, config.verify_top, config.verify_random, verify_rng
+            )
+            subset: dict[int, list[int]] = {b: [] for b in blocks}
+            for b, h in sorted(verified):
+                subset[b].append(h)
+
+            def exact_on(queries, run):
+                return head_effects(
+                    handle,
+                    getattr(inputs, corrupted).select(queries),
+                    queries,
+                    blocks,
+                    a,
+                    ctx.gold_probability,
+                    ctx.batch_size,
+                    run=run,
+                    heads=subset,
+                )[0]
+
+            effects_fit = exact_on(fit_aie, run_fit)
+            effects = exact_on(ev, run_ev)
+            del run_fit, run_ev  # the kept caches
     rows, head_rows = [], []
+    nan = float("nan")
     for b in blocks:
         for h in range(n_heads):
             keys = _keys("aie", layer=b, head=h, set="all")
-            (row,) = ctx.rows({"aie": effects[b][h]}, queries=ev, **base, **keys)
-            ctx.record_queries({"aie": effects_fit[b][h]}, fit_aie, **base, **keys)
+            row = {"value": nan, "ci_low": nan, "ci_high": nan, "n": len(ev)}
+            if (b, h) in verified:
+                (row,) = ctx.rows({"aie": effects[b][h]}, queries=ev, **base, **keys)
+                ctx.record_queries({"aie": effects_fit[b][h]}, fit_aie, **base, **keys)
+                rows.append(row)
+            extra = {}
+            if estimates is not None:
+                (est_row,) = ctx.rows({"aie_estimate": estimates[b][h]}, queries=ev, **base, **keys)
+                ctx.record_queries({"aie_estimate": estimates_fit[b][h]}, fit_aie, **base, **keys)
+                rows.append(est_row)
+                extra = {
+                    "aie_estimate": est_row["value"],
+                    "aie_estimate_ci_low": est_row["ci_low"],
+                    "aie_estimate_ci_high": est_row["ci_high"],
+                    "aie_estimate_fit": float(estimates_fit[b][h].mean()),
+                    "verified": (b, h) in verified,
+                    "verified_as": verified.get((b, h), ""),
+                }
             ctx.record_queries(
                 {"label_attention": attention_fit[b][:, h]},
                 fit,
                 **base,
                 **_keys("label_attention", layer=b, head=h, set="all"),
             )
-            rows.append(row)
             head_rows.append(
                 {
                     **base,
@@ -661,10 +857,12 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
                     "aie": row["value"],
                     "aie_ci_low": row["ci_low"],
                     "aie_ci_high": row["ci_high"],
-                    "aie_fit": float(effects_fit[b][h].mean()),
+                    "aie_fit": float(effects_fit[b][h].mean()) if (b, h) in verified else nan,
+                    **extra,
                     "label_attention": float(reported[b][h]),
                     "label_attention_fit": float(attention_fit[b][:, h].mean()),
                     "corrupted": config.corrupted,
+                    "method": config.method,
                     "n": row["n"],
                     "n_fit_aie": len(fit_aie),
                     "n_fit": len(fit),
@@ -673,12 +871,23 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
     heads = pd.DataFrame(head_rows)
     k = min(config.top_k, len(heads))
     by_head = {(int(r.layer), int(r.head)): r for r in heads.itertuples()}
+    # the top-AIE heads: by exact fit AIE (every head, or the verified ones), else by estimate
+    aie_column = "aie_fit" if config.verifies else "aie_estimate_fit"
+    chooser = {
+        bh: getattr(r, aie_column)
+        for bh, r in by_head.items()
+        if np.isfinite(getattr(r, aie_column))
+    }
     sets: dict[str, list[Head]] = {
-        "top_aie": top_heads({bh: r.aie_fit for bh, r in by_head.items()}, k),
+        "top_aie": top_heads(chooser, k),
         "top_label": top_heads({bh: r.label_attention_fit for bh, r in by_head.items()}, k),
     }
-    for name, column in (("rank_aie", "aie_fit"), ("rank_label", "label_attention_fit")):
-        order = sorted(by_head, key=lambda bh, c=column: (-getattr(by_head[bh], c), bh))
+
+    def sort_key(value: float) -> float:  # a head without a value ranks last
+        return -value if np.isfinite(value) else float("inf")
+
+    for name, column in ((("rank_aie", aie_column)), ("rank_label", "label_attention_fit")):
+        order = sorted(by_head, key=lambda bh, c=column: (sort_key(getattr(by_head[bh], c)), bh))
         rank = {bh: i + 1 for i, bh in enumerate(order)}
         heads[name] = [
             rank[(int(b), int(h))] for b, h in zip(heads.layer, heads["head"], strict=True)
@@ -689,6 +898,7 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
             (int(b), int(h)) in chosen for b, h in zip(heads.layer, heads["head"], strict=True)
         ]
     heads["selected_on"] = "fit"
+    heads["rank_aie_by"] = aie_column
 
     # 3. function vectors (top AIE heads; top label-reading heads) in the zero-shot pass: the
     #    eval queries (tidy rows) and the fit queries (per query: the best layer is chosen there)
@@ -789,20 +999,25 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
                 )
 
     # 5. the join: the chosen sets, rank correlation, top-set overlap, best layers, draws
+    # AIE against label attention over every head: exact AIEs where every head has one,
+    # else the estimate (named in the join)
+    every_aie = "aie" if config.method == "exact" else "aie_estimate"
     rho, p = spearman_permutation(
-        heads["aie"].to_numpy(),
+        heads[every_aie].to_numpy(),
         heads["label_attention"].to_numpy(),
         config.n_permutations,
         ctx.seed,
     )
     overlap, chance = top_overlap(
-        heads["aie"].to_numpy(), heads["label_attention"].to_numpy(), config.overlap_k
+        heads[every_aie].to_numpy(), heads["label_attention"].to_numpy(), config.overlap_k
     )
     join = {
         **base,
         "n_heads": len(heads),
         "label_attention_source": source,
         "corrupted": config.corrupted,
+        "method": config.method,
+        "spearman_aie": every_aie,
         "spearman_rho": rho,
         "spearman_p": p,
         "n_permutations": config.n_permutations,
@@ -812,11 +1027,21 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
         "top_aie": ",".join(f"L{b}H{h}" for b, h in sets["top_aie"]),
         "top_label": ",".join(f"L{b}H{h}" for b, h in sets["top_label"]),
         "selected_on": "fit",
-        "top_aie_selected_by": f"AIE on the fit queries' corrupted prompts (n={len(fit_aie)})",
+        "top_aie_selected_by": (
+            f"{'exact AIE' if config.verifies else 'AIE estimate'} on the fit queries' "
+            f"corrupted prompts (n={len(fit_aie)})"
+            + (
+                f", among the {len(verified)} verified heads"
+                if config.method == "attribution+verify"
+                else ""
+            )
+        ),
         "top_label_selected_by": f"ICL label attention on the fit queries (n={len(fit)})",
         "n": len(ev),
         "n_fit": len(fit),
     }
+    if config.method == "attribution+verify":
+        join.update(attribution_agreement(heads, config.overlap_k))
     for name, prefix in (("top_aie", "fv"), ("top_label", "fv_top_label")):
         chosen = best_layer(fv_fit[name])
         in_sample = best_layer(fv_eval[name])
