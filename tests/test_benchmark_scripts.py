@@ -98,3 +98,92 @@ def test_naive_nnsight_head_loop_computes_the_aies(tiny_handles):
     for (b, h), value in naive.items():
         assert value == pytest.approx(float(ours[b][h].mean()), abs=1e-6), (b, h)
     assert max(abs(v) for v in naive.values()) > 1e-4  # the patches do something
+
+
+def bench_module(name: str):
+    """A script of benchmarks/ imported as a module."""
+    import importlib
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+class RecordingModel:
+    """Calls the model it wraps and records each call's keyword arguments and logits."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __call__(self, **kwargs):
+        out = self.model(**kwargs)
+        self.calls.append((kwargs, out.logits.shape))
+        return out
+
+
+def recording_handle(handle):
+    from types import SimpleNamespace
+
+    model = RecordingModel(handle.backend.hf_model)
+    return SimpleNamespace(backend=SimpleNamespace(hf_model=model)), model
+
+
+def test_heads_attribution_rows_run_on_the_tiny_model(tiny_handles):
+    """The timed functions of benchmarks/heads.py's attribution rows give a finite estimate of
+    every head; attribution+verify the exact AIE of the verified heads (head_effects' own)."""
+    from cgar_interp.probes.head_mediation import head_effects, head_means
+    from tests.test_head_mediation import labelled_inputs
+
+    bench = bench_module("heads")
+    handle = tiny_handles["transformer_lens"]  # the benchmark's backend
+    inputs = labelled_inputs()
+    ev = inputs.eval[:6]
+    corrupted = inputs.icl_permuted.select(ev)
+    fit = inputs.icl.select(inputs.fit)
+    blocks, n_heads = (0, 1), handle.arch.n_heads
+    a, _ = head_means(handle, fit, blocks, "head_out", 4)
+    z, _ = head_means(handle, fit, blocks, "z", 4)
+    score = bench.gold_probability(inputs)
+    estimate = bench.attribution_estimate(handle, corrupted, ev, blocks, z, score, 4)
+    assert set(estimate) == set(blocks)
+    for b in blocks:
+        assert estimate[b].shape == (n_heads, len(ev)) and torch.isfinite(estimate[b]).all()
+    assert max(float(v.abs().max()) for v in estimate.values()) > 0
+
+    est2, verified, exact = bench.attribution_verify(
+        handle, corrupted, ev, blocks, z, a, score, 4, n_top=3, n_random=2
+    )
+    assert sorted(verified.values()) == ["random"] * 2 + ["top"] * 3
+    full, _ = head_effects(handle, corrupted, ev, blocks, a, score, 4)
+    for b in blocks:
+        assert torch.allclose(est2[b], estimate[b], atol=1e-6)
+        for h in range(n_heads):
+            if (b, h) in verified:
+                assert torch.allclose(exact[b][h], full[b][h], atol=1e-6), (b, h)
+            else:
+                assert torch.isnan(exact[b][h]).all(), (b, h)
+    every = [(b, h) for b in blocks for h in range(n_heads)]
+    assert -1 <= bench.spearman(estimate, full, every) <= 1
+
+    fake, model = recording_handle(handle)
+    bench.bare_forward(fake, corrupted, 4)
+    assert model.calls and all(
+        kwargs["logits_to_keep"] == 1 and shape[1] == 1 for kwargs, shape in model.calls
+    )
+
+
+def test_limits_bare_forwards_unembed_the_last_position_only(tiny_handles):
+    from tests.test_head_mediation import labelled_inputs
+
+    limits = bench_module("limits")
+    inputs = labelled_inputs()
+    fake, model = recording_handle(tiny_handles["hf"])
+    limits.bare_forwards(fake, [inputs.zero, inputs.icl], 4)
+    limits.bare_forwards(fake, [inputs.icl], 4, output_attentions=True)
+    assert len(model.calls) == 3 + 3 + 3
+    for kwargs, shape in model.calls:
+        assert kwargs["logits_to_keep"] == 1 and shape[1] == 1
+        assert shape[2] == tiny_handles["hf"].arch.vocab_size
+    assert all(kwargs.get("output_attentions") for kwargs, _ in model.calls[6:])

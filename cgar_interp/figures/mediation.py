@@ -37,6 +37,13 @@ def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
     corrupted = CORRUPTED_NAMES.get(corrupted, "corrupted")
 
     fit = "aie_fit" in data.columns  # ranks on the fit queries (the selection)
+    has_estimate = "aie_estimate" in data.columns
+    # where not every head has an exact AIE (method attribution, attribution+verify), the
+    # heatmap and the label-attention panel show the estimate; a third panel, if any head is
+    # verified, sets the estimate against the exact AIE
+    every = "aie" if data.aie.notna().all() or not has_estimate else "aie_estimate"
+    verified = data[data.verified] if has_estimate and "verified" in data.columns else data[:0]
+    verified = verified[verified.aie.notna()]
 
     def text(r) -> str:
         rank = "fit rank" if fit else "rank"
@@ -45,6 +52,9 @@ def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
             if fit
             else ""
         )
+        if has_estimate:
+            estimate = ci_text(r.aie_estimate, r.aie_estimate_ci_low, r.aie_estimate_ci_high)
+            extra += f"<br>estimate={estimate} (fit {r.aie_estimate_fit:.4f})"
         return (
             f"{r.name_}<br>AIE={ci_text(r.aie, r.aie_ci_low, r.aie_ci_high)} ({rank} "
             f"{r.rank_aie})<br>label attention={r.label_attention:.3f} ({rank} {r.rank_label})"
@@ -53,25 +63,29 @@ def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
 
     data = data.rename(columns={"name": "name_"})
     texts = {(r.layer, r.head): text(r) for r in data.itertuples()}
+    what = "AIE" if every == "aie" else "AIE estimate"
+    titles = [
+        f"{what}: change of p(gold) on {corrupted} prompts",
+        f"{what} vs ICL label-token attention",
+    ]
+    if len(verified):
+        titles.append("estimate vs exact AIE (verified heads)")
     fig = make_subplots(
         rows=1,
-        cols=2,
-        column_widths=[0.45, 0.55],
-        subplot_titles=(
-            f"AIE: change of p(gold) on {corrupted} prompts",
-            "AIE vs ICL label-token attention",
-        ),
+        cols=len(titles),
+        column_widths=[0.45, 0.55] if len(titles) == 2 else [0.34, 0.33, 0.33],
+        subplot_titles=titles,
     )
     fig.add_trace(
         go.Heatmap(
-            z=grid(sel, layers, heads, "aie"),
+            z=grid(sel, layers, heads, every),
             x=[f"H{h}" for h in heads],
             y=[f"L{layer}" for layer in layers],
             text=[[texts.get((layer, h), "") for h in heads] for layer in layers],
             hovertemplate=HOVER,
             colorscale="RdBu",
             zmid=0,
-            colorbar={"title": "AIE", "x": 0.43},
+            colorbar={"title": what, "x": 0.43 if len(titles) == 2 else 0.3},
         ),
         row=1,
         col=1,
@@ -79,22 +93,56 @@ def head_mediation_heads_figure(table: pd.DataFrame, task: str) -> go.Figure:
     fig.add_trace(
         go.Scatter(
             x=data.label_attention,
-            y=data.aie,
+            y=data[every],
             mode="markers",
             text=[texts[(r.layer, r.head)] for r in data.itertuples()],
             hovertemplate=HOVER,
             marker={"color": data.layer, "colorscale": "Viridis", "size": 7},
-            error_y=ci_error_y(data.aie, data.aie_ci_low, data.aie_ci_high, thickness=0.6),
+            error_y=ci_error_y(
+                data[every], data[f"{every}_ci_low"], data[f"{every}_ci_high"], thickness=0.6
+            ),
             name="heads",
             showlegend=False,
         ),
         row=1,
         col=2,
     )
+    if len(verified):
+        lo = float(min(verified.aie.min(), verified.aie_estimate.min()))
+        hi = float(max(verified.aie.max(), verified.aie_estimate.max()))
+        fig.add_trace(
+            go.Scatter(
+                x=[lo, hi],
+                y=[lo, hi],
+                mode="lines",
+                line={"color": "gray", "dash": "dot"},
+                name="estimate = exact",
+                hoverinfo="skip",
+                showlegend=False,
+            ),
+            row=1,
+            col=3,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=verified.aie,
+                y=verified.aie_estimate,
+                mode="markers",
+                text=[texts[(r.layer, r.head)] for r in verified.itertuples()],
+                hovertemplate=HOVER,
+                marker={"color": verified.layer, "colorscale": "Viridis", "size": 7},
+                name="verified heads",
+                showlegend=False,
+            ),
+            row=1,
+            col=3,
+        )
+        fig.update_xaxes(title_text="exact AIE (eval queries)", row=1, col=3)
+        fig.update_yaxes(title_text="attribution estimate", row=1, col=3)
     fig.update_xaxes(title_text="head", row=1, col=1)
     fig.update_yaxes(title_text="block", row=1, col=1)
     fig.update_xaxes(title_text="ICL label-token attention (Hopfield view)", row=1, col=2)
-    fig.update_yaxes(title_text="AIE", row=1, col=2)
+    fig.update_yaxes(title_text=what, row=1, col=2)
     fig.update_layout(title=f"Head mediation — {task}", height=max(420, 18 * len(layers) + 120))
     return fig
 

@@ -228,6 +228,34 @@ class HeadMediationConfig(ProbeConfig):
         """The function vector patches the last position of the eval queries' zero-shot prompts."""
         return True
 
+    @classmethod
+    def key_numbers(cls, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        """Per task, where exact AIEs were verified against the attribution estimate: the
+        heads compared, Spearman's rho (eval and fit queries), top-k recall and the heads
+        where the estimate is most wrong (estimate/exact)."""
+        join = tables.get(JOIN_TABLE)
+        if join is None or "attribution_spearman" not in join.columns:
+            return {}
+        rows = []
+        for r in join[join["attribution_spearman"].notna()].itertuples():
+            rows.append(
+                {
+                    "task": r.task,
+                    "heads compared": f"{r.n_verified} ({r.n_verified_top} top by estimate, "
+                    f"{r.n_verified_random} random)",
+                    "Spearman (eval)": f"{r.attribution_spearman:.3f}",
+                    "Spearman (fit)": f"{r.attribution_spearman_fit:.3f}",
+                    f"top-{r.attribution_recall_k} recall (eval)": (
+                        f"{r.attribution_top_k_recall:.2f}"
+                    ),
+                    "largest |estimate - exact|": f"{r.attribution_max_abs_error:.4f}",
+                    "most wrong (estimate/exact)": r.attribution_worst,
+                }
+            )
+        if not rows:
+            return {}
+        return {"Attribution estimate against the exact AIE": pd.DataFrame(rows)}
+
     def remote_unsupported(self) -> str:
         """Why the probe cannot run on NDIF (checked when a remote suite is parsed)."""
         return (
