@@ -105,6 +105,17 @@ def bare_forward(handle, batch, batch_size: int):
             model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
 
 
+class ScoreRows:
+    """The grad pass's objective from a probe score: ``rows(idx)`` is sub-batch ``idx``'s
+    ``logits [b, vocab] -> score(logits, indices[idx])`` (a local run: no trace ships it)."""
+
+    def __init__(self, score, indices):
+        self.score, self.indices = score, indices
+
+    def rows(self, idx):
+        return lambda logits: self.score(logits, self.indices[idx])
+
+
 def attribution_estimate(handle, corrupted, indices, blocks, z_means, score, batch_size: int):
     """Row a's timed function: the attribution estimate of every head's AIE on ``corrupted``
     (queries ``indices``), ``{block: [n_heads, n]}``: one forward and one backward per batch
@@ -117,7 +128,7 @@ def attribution_estimate(handle, corrupted, indices, blocks, z_means, score, bat
         -1,
         batch_size=batch_size,
         grad_sites=sites,
-        objective=lambda logits, idx: score(logits, indices[idx]),
+        objective=ScoreRows(score, indices),
     )
     return head_attribution(run, blocks, z_means)
 
@@ -151,7 +162,7 @@ def attribution_verify(
         batch_size=batch_size,
         keep_states=True,
         grad_sites=attribution_sites(blocks),
-        objective=lambda logits, idx: score(logits, indices[idx]),
+        objective=ScoreRows(score, indices),
     )
     estimate = head_attribution(run, blocks, z_means)
     verified = verify_heads(estimate, n_top, n_random, np.random.default_rng(seed))

@@ -52,7 +52,7 @@ def capture_many(
     min_prefix: int = 16,
     keep_states: bool = False,
     grad_sites: Iterable[str | Site] = (),
-    objective: Callable[[Tensor, Tensor], Tensor] | None = None,
+    objective=None,
 ) -> RunResult:
     """Capture ``sites`` at ``positions`` (and last-position logits) for every row of ``batch``.
 
@@ -85,8 +85,10 @@ def capture_many(
         grad_sites: patchable sites whose gradient of ``objective`` is kept at ``positions``
             (``RunResult.grads``): each sub-batch then runs forward *and* backward
             (:meth:`~cgar_interp.models.ModelHandle.gradients`), reads and kept states as
-            without. ``objective(logits [b, vocab], query indices [b]) -> [b]`` (indices into
-            ``batch``), a per-row function of the last position's logits.
+            without. ``objective``: ``objective.rows(indices into batch)`` is a sub-batch's
+            per-row function of the last position's logits, ``[b, vocab] -> [b]`` (e.g.
+            :class:`~cgar_interp.metrics.GoldProbability`; a plain object a remote trace can
+            carry).
 
     Returns:
         a :class:`RunResult` whose tensors are ``[n, ...]`` in the order of ``batch``'s rows,
@@ -94,7 +96,7 @@ def capture_many(
     """
     grad_sites = list(grad_sites)
     if grad_sites and objective is None:
-        raise ValueError("grad_sites need an objective (logits, indices) -> [b]")
+        raise ValueError("grad_sites need an objective (e.g. metrics.GoldProbability)")
     if isinstance(positions, Tensor):
         raise ValueError(
             "capture_many takes relative positions (ints) or None (every position); pass e.g. "
@@ -141,7 +143,7 @@ def capture_many(
             run = handle.gradients(
                 sub.batch,
                 grad_sites,
-                lambda lg, idx=sub.indices: objective(lg, idx),
+                objective.rows(sub.indices),
                 positions,
                 sites=sites,
                 past_key_values=past,

@@ -14,6 +14,7 @@ Every probe scores logits the same way (docs/science.md, "Label mass and accurac
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -116,6 +117,27 @@ def gold_probability(logits: Tensor, gold_token: Tensor) -> Tensor:
     gold_token = gold_token.to(x.device)
     picked = x.gather(-1, gold_token.expand(x.shape[:-1]).unsqueeze(-1)).squeeze(-1)
     return (picked - torch.logsumexp(x, dim=-1)).double().exp()
+
+
+@dataclass(frozen=True)
+class GoldProbability:
+    """The gradient objective of attribution patching: each row's ``p(gold token)`` under the
+    full-vocabulary softmax, ``logits [b, vocab] -> [b]`` (:func:`gold_probability`).
+
+    A plain object, not a closure over a probe's state: a remote backend ships it with its
+    trace (only ``tokens`` travels). ``rows(idx)`` is the objective of a sub-batch.
+
+    Attributes:
+        tokens: ``[n]`` each row's gold token id.
+    """
+
+    tokens: Tensor
+
+    def rows(self, idx: Tensor) -> GoldProbability:
+        return GoldProbability(self.tokens[idx.to(self.tokens.device)])
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        return gold_probability(logits, self.tokens)
 
 
 def bootstrap_ci(

@@ -27,7 +27,7 @@ from .backends import BACKENDS, Backend, Dims, load_backend, remote_backends, su
 from .checkpoints import resolve_remote_source, resolve_source
 from .compat import cache_keyword
 from .decoding import Readout
-from .devices import PerDevice, module_device, resident_weight
+from .devices import PerDevice, module_device
 from .embedded import EMBEDDED_NAME
 from .remote import remote_unsupported
 from .sites import Site, parse_site
@@ -122,6 +122,17 @@ class Patch:
     site: str | Site
     positions: Positions
     value: Tensor | Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class AtFirstPosition:
+    """``objective`` of ``[batch, vocab]`` logits applied to ``[batch, k, vocab]`` at ``k = 0``
+    (a plain object, so a remote trace can carry it)."""
+
+    objective: Callable[[Tensor], Tensor]
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        return self.objective(logits[:, 0])
 
 
 @dataclass
@@ -339,12 +350,7 @@ class ModelHandle:
             group = self.arch.n_heads // self.arch.n_kv_heads
             return base_value.repeat_interleave(group, dim=-2)
         if kind == "head_out":  # [..., n_heads, d_head] -> [..., n_heads, d_model]
-            o_proj = self.backend.block(site.layer).self_attn.o_proj
-            w_o = resident_weight(o_proj, "weight", f"site {site}")
-            w_o = w_o.view(self.arch.d_model, self.arch.n_heads, self.arch.d_head)
-            w_o = w_o.to(device=base_value.device, dtype=base_value.dtype)
-            with torch.no_grad():  # the weights require grad; a derived read carries no graph
-                return torch.einsum("...hd,mhd->...hm", base_value, w_o)
+            return self.backend.project_heads({site.layer: base_value})[site.layer]
         return base_value
 
     def _run(
@@ -405,14 +411,11 @@ class ModelHandle:
             if logits_index is None or logits_index.shape[1] != 1:
                 raise ValueError("a grad pass needs logits at one position (logits_positions)")
 
-            def row_objective(logits: Tensor) -> Tensor:  # [batch, 1, vocab] -> [batch]
-                return objective(logits[:, 0])
-
             logits, raw, raw_grads = self.backend.forward_grad(
                 batch.ids,
                 reads,
                 {s: reader for s in grad_wanted},
-                row_objective,
+                AtFirstPosition(objective),
                 past_key_values,
                 logits_index=logits_index,
             )
@@ -511,6 +514,13 @@ class ModelHandle:
             past_key_values=past_key_values,
         )
         return result if with_logits else result.captures
+
+    def head_outputs(self, zs: dict[int, Tensor]) -> dict[int, Tensor]:
+        """Per-head contributions to the residual of given ``z`` values: ``{block: [..., H,
+        d_head]} -> {block: [..., H, d_model]}`` (``W_O,h z_h``, what the site ``head_out``
+        derives from ``z``). Locally with the weights here; a remote model's ``o_proj`` runs on
+        the server, every block in one request."""
+        return self.backend.project_heads(zs)
 
     def gradients(
         self,

@@ -27,6 +27,10 @@ path                      compared with
                           vs a full forward with that head's ``z`` patched
 ``suffix_patch``          the same head's ``z`` patched inside a suffix pass from layer 0, two
                           variants at once (head ablation) vs the full forward
+``grad_pass``             the gradient of p(gold) at a block's ``z`` from one forward and
+                          backward pass (attribution patching) vs a central finite difference
+                          of two plain forwards along it, in probability; and the grad pass's
+                          logits vs a plain forward's
 ========================  ===================================================================
 
 The difference is the largest absolute difference of probabilities: softmax over the full
@@ -59,6 +63,16 @@ from .sites import site_name, site_names
 #   algebra, whose float32 arithmetic is the more exact of the two), 0.007 elsewhere.
 # - float16 (11 bits, 8x finer): measured at most 0.0081 (decode algebra).
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6, torch.float16: 3e-2, torch.bfloat16: 1e-1}
+# grad_pass: largest relative error of the gradient's directional derivative against a central
+# difference whose first-order change is 1e-3 in probability. float32 rounds p to ~1e-7, so
+# the difference's own noise is ~1e-4 relative; the third-order remainder of the step is below
+# a percent on the embedded model. A gradient off by a factor is off by 100%.
+GRAD_TOLERANCE = {
+    torch.float32: 0.05,
+    torch.float64: 1e-3,
+    torch.float16: 0.3,
+    torch.bfloat16: 0.5,
+}
 
 PATHS = {
     "shared_prefix": "capture over a shared prefix's KV cache vs full prompts",
@@ -70,6 +84,7 @@ PATHS = {
     "recompute_err": "Hopfield probe: patterns vs softmax(beta q.k), every row it reads",
     "head_resume": "a head's output replaced via the kept KV cache vs a full z-patched forward",
     "suffix_patch": "z patched inside suffix passes (variants as tokens) vs a full forward",
+    "grad_pass": "gradient of p(gold) at z (forward + backward) vs a finite difference",
 }
 
 
@@ -134,11 +149,14 @@ class SelfCheck:
         rows: int,
         logit_diff: float | None = None,
         detail: str = "",
+        tolerance: float | None = None,
     ) -> PathCheck:
-        """Record one comparison; raise :class:`SelfCheckFailed` if it fails (unless allowed)."""
+        """Record one comparison; raise :class:`SelfCheckFailed` if it fails (unless allowed).
+        ``tolerance``: for a path whose difference is not in probability (``grad_pass``'s
+        relative error); default the dtype's."""
         if path not in PATHS:
             raise ValueError(f"unknown self-check path {path!r}; known: {', '.join(PATHS)}")
-        tol = self.tolerance
+        tol = self.tolerance if tolerance is None else tolerance
         passed = math.isfinite(diff) and diff <= tol
         check = PathCheck(path, task, float(diff), tol, rows, passed, logit_diff, detail)
         self.checks.append(check)
@@ -198,6 +216,7 @@ class PlannedPaths:
         shared_prefix: ``shared_prefix``. resume: ``kv_resume`` and ``patch_lambda0``.
         task_vectors: ``task_vector_layer0``. decode: ``decode_algebra``.
         head_patterns: ``head_patterns``. head_resume: ``head_resume`` and ``suffix_patch``.
+        grad_pass: ``grad_pass``.
     """
 
     shared_prefix: bool
@@ -206,9 +225,10 @@ class PlannedPaths:
     decode: bool
     head_patterns: bool
     head_resume: bool = False
+    grad_pass: bool = False
 
     @classmethod
-    def of(cls, paths: frozenset[str], shared_prefix: bool) -> PlannedPaths:
+    def of(cls, paths: frozenset[str], shared_prefix: bool, remote: bool = False) -> PlannedPaths:
         """The plan of the paths a suite's probes declare (names of :data:`PATHS`)."""
         unknown = sorted(set(paths) - set(PATHS))
         if unknown:
@@ -219,7 +239,10 @@ class PlannedPaths:
             task_vectors="task_vector_layer0" in paths,
             decode="decode_algebra" in paths,
             head_patterns="head_patterns" in paths,
-            head_resume="head_resume" in paths,
+            # a remote model resumes no cache: head mediation's verified heads run as
+            # z-patched full forwards there, which grad_pass's plain forwards are
+            head_resume="head_resume" in paths and not remote,
+            grad_pass="grad_pass" in paths,
         )
 
 
@@ -235,6 +258,7 @@ def planned_paths(suite, icl_batch, remote: bool = False) -> PlannedPaths:
     return PlannedPaths.of(
         suite.self_check_paths(),
         shared_prefix=prefix >= 16 and not remote,  # capture_many's default min_prefix
+        remote=remote,
     )
 
 
@@ -379,6 +403,8 @@ def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: in
             )
         if plan.head_resume:
             check_head_resume(check, handle, icl, task)
+        if plan.grad_pass:
+            check_grad_pass(check, handle, icl, inputs.label_ids[inputs.gold[idx]], task)
     finally:
         check.seconds += time.perf_counter() - t0
 
@@ -440,4 +466,64 @@ def check_head_resume(check: SelfCheck, handle, batch, task: str) -> None:
         rows=n,
         logit_diff=max(dl, dl0),
         detail=f"from layer 0, {z_site} head 0 in variant 1 of 2",
+    )
+
+
+def check_grad_pass(check: SelfCheck, handle, batch, gold_tokens: Tensor, task: str) -> None:
+    """The attribution estimate's gradient, from one forward and backward pass
+    (:meth:`~cgar_interp.models.ModelHandle.gradients`), against plain forwards: per row,
+    ``p(gold)`` with the middle block's ``z`` at the last position moved by ``+-s u`` along
+    the unit gradient ``u``, whose central difference ``(p+ - p-)/2`` equals ``s |grad|`` to
+    first order. ``s`` makes that first-order change 1e-3 in probability (at most 5% of the
+    ``z``'s norm). Recorded: the largest relative error over rows (tolerance
+    :data:`GRAD_TOLERANCE`), or the grad pass's own logits against a plain forward's
+    (``|delta p|`` over the dtype's tolerance) if that is worse."""
+    from .metrics import GoldProbability
+    from .models import Patch
+
+    layer = handle.n_layers // 2
+    z_site = site_name("z", layer)
+    objective = GoldProbability(gold_tokens)
+    run = handle.gradients(batch, [z_site], objective, sites=[z_site])
+    grad, z = run.grads[z_site].float(), run[z_site].float()  # [n, H, d_head]
+    flat = grad.flatten(1)
+    norm = flat.norm(dim=1)
+    step = torch.minimum(1e-3 / norm.clamp_min(1e-30), 0.05 * z.flatten(1).norm(dim=1))
+    direction = (flat / norm.clamp_min(1e-30)[:, None]).view_as(grad)
+
+    def moved(sign: float):
+        def fn(x):  # x: [n, 1, H, d_head] at the last position
+            shift = sign * step[:, None, None, None] * direction[:, None]
+            return x + shift.to(device=x.device, dtype=x.dtype)
+
+        return fn
+
+    p = {
+        sign: objective(
+            handle.run_with_patches(
+                batch, [Patch(z_site, -1, moved(sign))], logits_positions=-1
+            ).logits.float()
+        )
+        for sign in (1.0, -1.0)
+    }
+    central = (p[1.0] - p[-1.0]) / 2
+    first_order = (step * norm).double()
+    usable = first_order > 1e-9  # a row whose p(gold) has no gradient at all has no test
+    relative = (central - first_order).abs()[usable] / first_order[usable]
+    worst = float(relative.max()) if usable.any() else 0.0
+    plain = handle.logits(batch, positions=-1)
+    dp, dl = prob_diff(run.logits, plain)
+    tolerance = GRAD_TOLERANCE.get(check.dtype, 0.5)
+    check.record(
+        "grad_pass",
+        task,
+        max(worst, dp * tolerance / check.tolerance),
+        rows=int(usable.sum()),
+        logit_diff=dl,
+        detail=(
+            f"{z_site}: relative error of the gradient along itself {worst:.2g} "
+            f"(first-order change {float(first_order.max()):.1g}); the grad pass's logits vs "
+            f"a plain forward |delta p| {dp:.2g}"
+        ),
+        tolerance=tolerance,
     )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cgar_interp.capture import capture_many
-from cgar_interp.metrics import gold_probability
+from cgar_interp.metrics import GoldProbability, gold_probability
 from cgar_interp.models import Patch
 from cgar_interp.probes.head_mediation import (
     HeadMediationConfig,
@@ -33,8 +33,7 @@ def prompts():
 GOLD = torch.tensor([7, 9, 11, 13, 15])
 
 
-def objective(logits, idx):
-    return gold_probability(logits, GOLD[idx])
+objective = GoldProbability(GOLD)
 
 
 def _prob_with(handle, prompts, layer, fn):
@@ -114,7 +113,7 @@ def test_a_grad_pass_reads_and_keeps_what_a_plain_pass_does(tiny_handles, prompt
 
 def test_gradient_at_a_derived_site_is_refused(tiny_handles, prompts):
     with pytest.raises(ValueError, match="head_out.0.*patchable"):
-        tiny_handles["hf"].gradients(prompts, ["head_out.0"], lambda lg: lg[:, 0])
+        tiny_handles["hf"].gradients(prompts, ["head_out.0"], objective)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -224,3 +223,53 @@ def test_method_is_validated():
         HeadMediationConfig(method="atp")
     with pytest.raises(ValueError, match="verify_top=0"):
         HeadMediationConfig(verify_top=0)
+
+
+def test_patched_verification_equals_the_resumed_one(tiny_handles):
+    """verify_patched (z patched in full passes: what a remote model runs) gives the exact
+    AIEs head_effects gives by resuming the grad pass's KV caches."""
+    from cgar_interp.probes import ProbeContext
+    from cgar_interp.probes.head_mediation import effect_sites, head_effects, verify_patched
+    from tests.test_head_mediation import labelled_inputs
+
+    handle = tiny_handles["transformer_lens"]
+    inputs = labelled_inputs(n=9)
+    ctx = ProbeContext(handle, inputs, (), n_boot=0, batch_size=4, keep_states=True)
+    queries = inputs.eval[:5]
+    blocks = (0, 1)
+    fit = inputs.icl.select(inputs.fit)
+    zbar = {
+        b: v.float().mean(0)
+        for b, v in capture_many(handle, fit, attribution_sites(blocks), -1).captures.items()
+    }
+    zbar = {int(name.split(".")[1]): v for name, v in zbar.items()}
+    a = handle.head_outputs(zbar)
+    heads = {0: [1, 3], 1: [2]}
+    run = ctx.read_gradients(
+        "icl_permuted",
+        queries,
+        effect_sites(blocks) + attribution_sites(blocks),
+        attribution_sites(blocks),
+        keep_states=True,
+    )
+    resumed, _ = head_effects(
+        handle,
+        inputs.icl_permuted.select(queries),
+        queries,
+        blocks,
+        a,
+        ctx.gold_probability,
+        4,
+        run=run,
+        heads=heads,
+    )
+    patched = verify_patched(ctx, "icl_permuted", queries, heads, zbar, blocks)
+    for b in blocks:
+        same = torch.isnan(resumed[b]) == torch.isnan(patched[b])
+        assert same.all()
+        ok = ~torch.isnan(resumed[b])
+        assert (resumed[b][ok] - patched[b][ok]).abs().max() < 1e-5, b
+    assert torch.isnan(patched[1][0]).all() and not torch.isnan(patched[1][2]).any()
+    # a_lh as W_O of the mean z equals the mean head output
+    head_out = capture_many(handle, fit, ["head_out.1"], -1)["head_out.1"].float().mean(0)
+    assert (a[1] - head_out).abs().max() < 1e-5

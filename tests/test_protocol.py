@@ -86,18 +86,20 @@ def test_label_control_prompts_only_where_a_probe_asks():
     assert subspace(random_labels=False).prompt_kinds() == BASE_PROMPT_KINDS
 
 
-# what the self-check planned per shipped suite before the probes declared their paths
-# (probe kinds looked up by name): (resume, task_vectors, decode, head_patterns, head_resume)
-PLANNED_BEFORE = {
-    "heads": (True, True, False, True, True),
-    "hopfield": (False, False, False, True, False),
-    "layers": (True, False, True, False, False),
-    "own_data_example": (True, True, True, False, False),
-    "paper": (True, True, True, True, True),
-    "paper_seeds": (True, True, True, True, True),
-    "paper_ndif": (True, True, True, True, False),
-    "shots": (False, False, True, False, False),
-    "subspace": (False, False, False, False, False),
+# what the self-check plans per shipped suite (probe kinds looked up by name): (resume,
+# task_vectors, decode, head_patterns, head_resume, grad_pass); head_resume is never planned
+# for a remote model (its head mediation verifies heads by z-patched full forwards)
+PLANNED = {
+    "heads": (True, True, False, True, True, False),
+    "heads_attribution": (True, True, False, True, True, True),
+    "hopfield": (False, False, False, True, False, False),
+    "layers": (True, False, True, False, False, False),
+    "own_data_example": (True, True, True, False, False, False),
+    "paper": (True, True, True, True, True, True),
+    "paper_seeds": (True, True, True, True, True, True),
+    "paper_ndif": (True, True, True, True, True, True),
+    "shots": (False, False, True, False, False, False),
+    "subspace": (False, False, False, False, False, False),
 }
 
 
@@ -107,7 +109,9 @@ def test_planned_paths_of_the_shipped_suites(path):
     prefix = TokenBatch(torch.zeros(2, 20, dtype=torch.long), torch.tensor([20, 20]))
     for remote in (False, True):
         plan = planned_paths(suite, prefix, remote=remote)
-        assert plan == PlannedPaths(not remote, *PLANNED_BEFORE[path.stem])
+        resume, tv, decode, patterns, head_resume, grad = PLANNED[path.stem]
+        want = (resume, tv, decode, patterns, head_resume and not remote, grad)
+        assert plan == PlannedPaths(not remote, *want)
 
 
 def test_planned_paths_refuse_an_unknown_path():

@@ -13,6 +13,7 @@ import pytest
 
 from cgar_interp.probes import ProbeContext, get_probe
 from cgar_interp.probes.context_gate import ContextGateConfig
+from cgar_interp.probes.head_mediation import HeadMediationConfig
 from cgar_interp.probes.hopfield_heads import HopfieldHeadsConfig
 from cgar_interp.probes.subspace import SubspaceConfig
 from cgar_interp.probes.task_vectors import TaskVectorConfig
@@ -80,3 +81,44 @@ def test_each_paper_probe_gives_the_local_tables_remotely(remote, tiny_handles, 
     got = run_probes(remote, inputs, kinds)
     assert ndif.sent, "nothing went to the server"
     assert_same_tables(local, got)
+
+
+ATTRIBUTION = {
+    "hopfield_heads": HopfieldHeadsConfig(max_queries=4),
+    "head_mediation": HeadMediationConfig(
+        top_k=2,
+        n_random=2,
+        max_queries=4,
+        n_permutations=50,
+        method="attribution+verify",
+        verify_top=3,
+        verify_random=2,
+    ),
+}
+
+
+def test_head_mediation_attribution_runs_remotely(remote, tiny_handles, ndif):
+    """attribution+verify on NDIF: the estimate's backward inside the trace, a_lh from the
+    server's o_proj, the verified heads as z-patched forward passes; the tables equal the
+    local run's (which resumes KV caches and reads W_O here)."""
+    inputs = labelled_inputs(n=12)
+    kinds = list(ATTRIBUTION)
+
+    def run(handle):
+        configs = [ATTRIBUTION[k] for k in kinds]
+        ctx = ProbeContext.for_probes(handle, inputs, configs, n_boot=20, batch_size=4)
+        for kind, config in zip(kinds, configs, strict=True):
+            ctx.tables.update(get_probe(kind).run(config, ctx))
+        return {k: v for k, v in ctx.tables.items() if k.startswith("head_mediation")}
+
+    local = run(tiny_handles["nnsight"])
+    got = run(remote)
+    assert ndif.sent, "nothing went to the server"
+    heads = got["head_mediation_heads"]
+    assert heads.verified.sum() == 5 and np.isfinite(heads.aie_estimate).all()
+    assert_same_tables(local, got, atol=2e-5)
+
+
+def test_exact_head_mediation_is_refused_remotely():
+    assert "attribution+verify" in HeadMediationConfig().remote_unsupported()
+    assert HeadMediationConfig(method="attribution").remote_unsupported() is None

@@ -29,6 +29,7 @@ EVERY_PATH = PlannedPaths(
     decode=True,
     head_patterns=True,
     head_resume=True,
+    grad_pass=True,
 )
 VERSIONS = {"transformers": "5.x", "transformer_lens": "4.x", "torch": "2.x"}
 
@@ -86,8 +87,9 @@ def test_every_path_agrees_with_the_plain_forward(tiny_handles, backend):
     check_task(check, handle, cue_inputs(), EVERY_PATH, rows=3)
     paths = {c.path for c in check.checks}
     assert paths == set(PATHS) - {"recompute_err"}  # that one is the Hopfield probe's
-    for c in check.checks:
-        assert c.passed and c.max_abs_diff < 1e-5, (c.path, c.max_abs_diff)
+    for c in check.checks:  # grad_pass: a relative error of a finite difference
+        bound = 1e-2 if c.path == "grad_pass" else 1e-5
+        assert c.passed and c.max_abs_diff < bound, (c.path, c.max_abs_diff)
     summary = check.summary()
     assert summary["passed"] and not summary["overridden"]
     assert set(summary["paths"]) == paths
@@ -138,6 +140,27 @@ def test_broken_decode_algebra_is_caught(tiny_handles, monkeypatch):
     plan = PlannedPaths(False, False, False, True, False)
     with pytest.raises(SelfCheckFailed, match="decode_algebra"):
         check_task(SelfCheck("hf", handle.dtype, VERSIONS), handle, cue_inputs(), plan)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_wrong_gradient_is_caught(tiny_handles, monkeypatch, backend):
+    """A grad pass whose gradient is off by a factor (what a hook dropping one of a
+    tensor's uses would give) fails grad_pass; the true one passes on every backend."""
+    handle = tiny_handles[backend]
+    plan = PlannedPaths(False, False, False, False, False, False, grad_pass=True)
+    check = SelfCheck(backend, handle.dtype, VERSIONS)
+    check_task(check, handle, cue_inputs(), plan)
+    (ok,) = check.checks
+    assert ok.path == "grad_pass" and ok.passed and ok.max_abs_diff < 0.01, ok
+    original = type(handle.backend).forward_grad
+
+    def halved(self, *args, **kwargs):
+        logits, reads, grads = original(self, *args, **kwargs)
+        return logits, reads, {s: g * 0.5 for s, g in grads.items()}
+
+    monkeypatch.setattr(type(handle.backend), "forward_grad", halved)
+    with pytest.raises(SelfCheckFailed, match="grad_pass"):
+        check_task(SelfCheck(backend, handle.dtype, VERSIONS), handle, cue_inputs(), plan)
 
 
 def test_unknown_path_is_refused():

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..decoding import Readout
-from ..devices import module_device
+from ..devices import module_device, resident_weight
 from ..sites import Site
 
 Reader = Callable[[Tensor], Tensor]
@@ -132,6 +132,21 @@ class Backend(ABC):
         and the caller keeps the result.
         """
         return Readout.of(self.final_norm(), self.lm_head(), "the readout")
+
+    def project_heads(self, zs: Mapping[int, Tensor]) -> dict[int, Tensor]:
+        """Each head's contribution to the residual of a per-head ``z``: ``{block: [..., H,
+        d_head]} -> {block: [..., H, d_model]}``, ``W_O,h z_h`` with block ``l``'s ``o_proj``
+        (what the derived site ``head_out`` is). Locally its weight, read here; a remote
+        backend calls the module on the server instead."""
+        out = {}
+        for layer, z in zs.items():
+            o_proj = self.block(layer).self_attn.o_proj
+            w_o = resident_weight(o_proj, "weight", f"head outputs of block {layer}")
+            w_o = w_o.view(w_o.shape[0], self.dims.n_heads, self.dims.d_head)
+            w_o = w_o.to(device=z.device, dtype=z.dtype)
+            with torch.no_grad():  # the weights require grad; a projection carries no graph
+                out[layer] = torch.einsum("...hd,mhd->...hm", z, w_o)
+        return out
 
     @abstractmethod
     def forward(

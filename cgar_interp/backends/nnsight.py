@@ -100,6 +100,34 @@ class NNsightBackend(Backend):
                 modules["head"].bias.copy_(weights["bias"])
         return Readout.of(modules["norm"], modules["head"], "the readout")
 
+    def project_heads(self, zs: Mapping[int, Tensor]) -> dict[int, Tensor]:
+        """Locally as every backend; remotely one request in which each block's ``o_proj``
+        is called (nnsight's ad hoc module call) on the heads' ``z`` placed in their own
+        slots, one row per head, in the dtype the server's pass runs in (read from a
+        one-token forward's ``o_proj`` input: no weight is read)."""
+        if not self.remote:
+            return super().project_heads(zs)
+        import nnsight
+
+        lm = self.engine
+        n_heads, d_head = self.dims.n_heads, self.dims.d_head
+        eye = torch.eye(n_heads)
+        slotted = {}
+        for layer, z in zs.items():  # [..., H, d_head] -> [..., H (row), H * d_head]
+            z = z.detach().float().cpu()
+            slotted[layer] = (eye[:, :, None] * z[..., None, :, :]).reshape(
+                *z.shape[:-2], n_heads, n_heads * d_head
+            )
+        layers = sorted(slotted)
+        with torch.no_grad(), lm.trace(torch.zeros(1, 1, dtype=torch.long), remote=True):
+            out = {}
+            for layer in layers:
+                o_proj = lm.model.layers[layer].self_attn.o_proj
+                x = slotted[layer].to(o_proj.input.dtype)
+                out[layer] = o_proj(x) - o_proj(torch.zeros_like(x))  # without a bias
+            projected = nnsight.save(out)
+        return {layer: projected[layer].float() for layer in zs}
+
     def forward(
         self,
         ids: Tensor,

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..capture import capture_many
-from ..metrics import gold_probability, query_metrics, summarise
+from ..metrics import GoldProbability, gold_probability, query_metrics, summarise
 from ..models import ModelHandle, RunResult
 from ..sites import site_name, site_names
 from ..tokens import TokenBatch
@@ -371,16 +371,15 @@ class ProbeContext:
         rows: Tensor,
         sites,
         grad_sites,
-        objective: Callable[[Tensor, Tensor], Tensor],
         *,
         keep_states: bool = False,
         progress: Callable[[int], None] | None = None,
     ) -> RunResult:
         """As :meth:`read`, with one backward pass per batch: ``RunResult.grads`` holds the
-        gradient of ``objective(logits [b, vocab], query indices [b]) -> [b]`` at the last
-        position of each of ``grad_sites`` (patchable kinds). Always its own pass (the shared
-        pass runs without gradients); ``objective`` sees the queries' indices, not positions
-        in ``rows``."""
+        gradient of each query's gold-label probability (first token, full vocabulary: the
+        ``gold_mass`` of :meth:`score`, :class:`~cgar_interp.metrics.GoldProbability`) at the
+        last position of each of ``grad_sites`` (patchable kinds). Always its own pass (the
+        shared pass runs without gradients)."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         batch = getattr(self.inputs, kind)
         if batch is None:
@@ -394,7 +393,7 @@ class ProbeContext:
             progress=progress,
             keep_states=keep_states,
             grad_sites=grad_sites,
-            objective=lambda logits, idx: objective(logits, rows[idx]),
+            objective=GoldProbability(self.inputs.label_ids[self.inputs.gold[rows]]),
         )
 
     def zero_states(self) -> list | None:

@@ -192,7 +192,7 @@ class HeadMediationConfig(ProbeConfig):
         reads = []
         if len(fit):
             reads += [
-                SharedRead.of("icl", fit, fit_icl_sites(blocks)),
+                SharedRead.of("icl", fit, fit_icl_sites(blocks, self.method == "exact")),
                 SharedRead.of(
                     "zero",
                     fit,
@@ -256,12 +256,18 @@ class HeadMediationConfig(ProbeConfig):
             return {}
         return {"Attribution estimate against the exact AIE": pd.DataFrame(rows)}
 
-    def remote_unsupported(self) -> str:
-        """Why the probe cannot run on NDIF (checked when a remote suite is parsed)."""
+    def remote_unsupported(self) -> str | None:
+        """Why the probe cannot run on NDIF (checked when a remote suite is parsed): the
+        exact AIE of every head (``method = "exact"``) is one full forward pass per head and
+        query on a server. The attribution methods run there: the estimate from one forward
+        and backward pass per batch (the backward inside the trace), the verified heads' exact
+        AIE as ``z``-patched forward passes, ``a_lh`` from the server's ``o_proj``."""
+        if self.method != "exact":
+            return None
         return (
-            "the AIE of every head resumes each head's MLP and the blocks above it from the "
-            "corrupted prompt's KV cache, and head outputs need every block's W_O in this "
-            "process; on a server that is one full forward pass per head and query"
+            "method = 'exact' resumes each head's MLP and the blocks above it from the "
+            "corrupted prompt's KV cache (on a server: one full forward pass per head and "
+            "query); use method = 'attribution+verify' (or 'attribution') remotely"
         )
 
     def prompt_kinds(self) -> frozenset[str]:
@@ -271,7 +277,10 @@ class HeadMediationConfig(ProbeConfig):
     def self_check_paths(self) -> frozenset[str]:
         """The function vector's resume paths, a head's output replaced through the kept
         cache (the AIE) and ``z`` patched inside suffix passes (the ablations)."""
-        return super().self_check_paths() | {"head_resume", "suffix_patch"}
+        paths = {"head_resume", "suffix_patch"}
+        if self.method != "exact":  # the attribution estimate's gradients
+            paths.add("grad_pass")
+        return super().self_check_paths() | paths
 
     def check_suite(self, index: int, probes) -> None:
         """The Hopfield view is read from ``hopfield_heads``: it must run first, with the
@@ -418,11 +427,14 @@ def mean_sites(blocks, kind: SiteKindName, with_patterns: bool = False) -> list[
     )
 
 
-def fit_icl_sites(blocks) -> list[str]:
-    """What the fit queries' ICL prompts are read at: head outputs (a_lh), ``z`` (the ICL
-    mean of the ablation) and the attention patterns (the label attention that chooses the
-    label-reading heads)."""
-    return mean_sites(blocks, "head_out", with_patterns=True) + list(site_names("z", blocks))
+def fit_icl_sites(blocks, head_out: bool = True) -> list[str]:
+    """What the fit queries' ICL prompts are read at: ``z`` (the ICL mean of the ablation and,
+    projected, ``a_lh``), the attention patterns (the label attention that chooses the
+    label-reading heads) and, for the exact method, the head outputs themselves (a_lh as the
+    mean of ``head_out``, the exact path's definition; the attribution methods project the
+    mean ``z`` through ``W_O`` instead, which is the same up to rounding and runs remotely)."""
+    heads = list(site_names("head_out", blocks)) if head_out else []
+    return heads + list(site_names("attn_pattern", blocks)) + list(site_names("z", blocks))
 
 
 def fit_zero_sites(blocks, fv_layers) -> list[str]:
@@ -527,6 +539,39 @@ def head_effects(
     return effects, base
 
 
+def verify_patched(
+    ctx: ProbeContext,
+    kind: str,
+    queries: Tensor,
+    heads: dict[int, list[int]],
+    z_means: dict[int, Tensor],
+    blocks,
+) -> dict[int, Tensor]:
+    """The exact AIE of ``heads`` as :func:`head_effects` computes it, without a KV cache:
+    each head's ``z`` at the last position of the ``kind`` prompts set to its mean
+    ``z_means`` (the same replacement as ``head_out := a_lh``, ``W_O`` being linear), one
+    head per variant of a patched pass (:func:`ablate_sets`: full forward passes on a remote
+    model). Effects are gold-label probability changes; NaN for heads not listed.
+
+    Returns:
+        ``{block: [n_heads, n]}``, float64.
+    """
+    n_heads = ctx.handle.arch.n_heads
+    effects = {
+        b: torch.full((n_heads, len(queries)), float("nan"), dtype=torch.float64) for b in blocks
+    }
+    sets = {f"L{b}H{h}": [(b, h)] for b, hs in heads.items() for h in hs}
+    if not sets:
+        return effects
+    batch = getattr(ctx.inputs, kind).select(queries)
+    clean, patched = ablate_sets(ctx, batch, queries, sets, z_means, kind=kind)
+    for b, hs in heads.items():
+        for h in hs:
+            change = patched[f"L{b}H{h}"]["gold_mass"] - clean["gold_mass"]
+            effects[b][h] = change.double()
+    return effects
+
+
 def attribution_sites(blocks) -> list[str]:
     """Where the attribution estimate takes its gradient: each block's ``z`` (the per-head
     input of ``W_O``; a change of a head's output is ``W_O`` of a change of its ``z``)."""
@@ -622,6 +667,7 @@ def ablate_sets(
     sets: dict[str, list[Head]],
     means: dict[int, Tensor],
     max_variants: int = MAX_VARIANTS,
+    kind: str = "icl",
 ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
     """Per-query metrics of ``batch`` clean and with each set of heads mean-ablated at the
     last position (``z`` := ``means``): one capture pass (KV cache kept), then the sets as
@@ -636,7 +682,7 @@ def ablate_sets(
         chunk = names[first : first + max_variants]
         n_var = len(chunk)
         start, patches = ablation_patches([sets[n] for n in chunk], means, ctx.handle.arch.n_heads)
-        run = ctx.read("icl", indices, [site_name("resid", start)], keep_states=True)
+        run = ctx.read(kind, indices, [site_name("resid", start)], keep_states=True)
         if not clean:
             clean = {m: v.cpu() for m, v in ctx.score(run.logits.float(), indices).items()}
         out = resume_variants(
@@ -759,9 +805,13 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
     # 1. on the fit queries' clean ICL prompts: a_lh, the ICL mean z, the label attention that
     #    chooses the label-reading heads; on their zero-shot prompts: the zero-shot mean z
     icl_fit = inputs.icl.select(fit)
-    icl_run = ctx.read("icl", fit, fit_icl_sites(blocks))
-    a, patterns = head_means(handle, icl_fit, blocks, "head_out", ctx.batch_size, True, icl_run)
-    icl_z, _ = head_means(handle, icl_fit, blocks, "z", ctx.batch_size, run=icl_run)
+    exact = config.method == "exact"
+    icl_run = ctx.read("icl", fit, fit_icl_sites(blocks, exact))
+    icl_z, patterns = head_means(handle, icl_fit, blocks, "z", ctx.batch_size, True, icl_run)
+    if exact:  # a_lh: the mean head output
+        a, _ = head_means(handle, icl_fit, blocks, "head_out", ctx.batch_size, run=icl_run)
+    else:  # the same, as W_O of the mean z (the server's o_proj on a remote model)
+        a = handle.head_outputs(icl_z)
     attention_fit = {  # [n_fit, n_heads]
         b: label_attention_per_query(
             patterns[b], icl_fit, inputs.label_ids, config.label_cue_tokens
@@ -798,16 +848,19 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
             ),
         )[0]
 
+    # the verified heads' exact AIE resumes the grad pass's own KV caches here; a remote
+    # model keeps none, and runs them as z-patched forward passes (verify_patched)
+    resume_here = config.method == "attribution+verify" and not handle.remote
+
     def attribute_on(queries, what):
         """The estimate of every head on ``queries`` and the grad pass's run (with the
         reads and KV caches the exact AIE of the verified heads resumes)."""
         run = ctx.read_gradients(
             corrupted,
             queries,
-            effect_sites(blocks) + attribution_sites(blocks),
+            (effect_sites(blocks) if resume_here else []) + attribution_sites(blocks),
             attribution_sites(blocks),
-            ctx.gold_probability,
-            keep_states=config.method == "attribution+verify",
+            keep_states=resume_here,
             progress=tick(what, len(queries)),
         )
         return head_attribution(run, blocks, icl_z), run
@@ -832,6 +885,8 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
                 subset[b].append(h)
 
             def exact_on(queries, run):
+                if not resume_here:
+                    return verify_patched(ctx, corrupted, queries, subset, icl_z, blocks)
                 return head_effects(
                     handle,
                     getattr(inputs, corrupted).select(queries),
