@@ -16,13 +16,15 @@ Rows:
    Beside it, per task, the two attribution methods against the same bare forward, each
    <= 3x (measured alternately with the bare forward, the same repeat):
 
-   a. the attribution estimate of every head (:func:`attribution_estimate`: one forward and
-      one backward per batch of the corrupted prompts, gradients at every block's ``z``, then
-      :func:`head_attribution`);
-   b. attribution+verify with N = 20, M = 10 (:func:`attribution_verify`: the same grad pass,
-      reading :func:`effect_sites` too and keeping the KV caches, the estimate, then the
-      exact AIE of the 20 heads of largest estimate and 10 random others as suffix passes over
-      the kept caches).
+   a. the attribution estimate of every head, as the probe computes it locally
+      (:func:`attribution_estimate`: one capture pass of the corrupted prompts keeping their
+      KV caches, then the gradient at every block's ``z`` from one backward through the last
+      token's one-token suffix pass, then :func:`head_attribution`); beside it, for
+      information, the same estimate from a full forward and backward pass per batch
+      (:func:`attribution_full_pass`, what a remote model runs);
+   b. attribution+verify with N = 20, M = 10 (:func:`attribution_verify`: the same capture
+      pass, reading :func:`effect_sites` too, the estimate, then the exact AIE of the 20
+      heads of largest estimate and 10 random others as suffix passes over the kept caches).
 
    For information, each prints the Spearman correlation of the estimate with the exact AIE
    on the same queries (every head for a, taken from row 1's output; the verified heads for
@@ -49,12 +51,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cgar_interp import load_model, metrics  # noqa: E402
-from cgar_interp.capture import capture_many, iter_batches  # noqa: E402
+from cgar_interp.capture import capture_many, iter_batches, resume_gradients  # noqa: E402
 from cgar_interp.probes import ProbeContext, get_probe  # noqa: E402
 from cgar_interp.probes.head_mediation import (  # noqa: E402
     HeadMediationConfig,
     attribution_sites,
-    effect_sites,
+    grad_read_sites,
     head_attribution,
     head_effects,
     head_means,
@@ -117,9 +119,26 @@ class ScoreRows:
 
 
 def attribution_estimate(handle, corrupted, indices, blocks, z_means, score, batch_size: int):
-    """Row a's timed function: the attribution estimate of every head's AIE on ``corrupted``
-    (queries ``indices``), ``{block: [n_heads, n]}``: one forward and one backward per batch
-    (gradient of ``score`` at each block's ``z``), then :func:`head_attribution`."""
+    """Row a's timed function, the local path of the probe: one capture pass over the
+    corrupted prompts (``z`` and ``resid.0`` at the last position, KV caches kept), then the
+    gradient of p(gold) at every block's ``z`` from the kept caches (the last token again as a
+    one-token suffix pass with a backward, :func:`resume_gradients`), then
+    :func:`head_attribution`. ``{block: [n_heads, n]}``."""
+    kept = capture_many(
+        handle,
+        corrupted,
+        grad_read_sites(blocks, verify=False),
+        -1,
+        batch_size=batch_size,
+        keep_states=True,
+    )
+    kept.grads = resume_gradients(handle, kept.states, blocks, ScoreRows(score, indices))
+    return head_attribution(kept, blocks, z_means)
+
+
+def attribution_full_pass(handle, corrupted, indices, blocks, z_means, score, batch_size: int):
+    """Information row: the same estimate from one full forward and backward pass per batch
+    (:meth:`ModelHandle.gradients`, what a remote model runs: no cache lives there)."""
     sites = attribution_sites(blocks)
     run = capture_many(
         handle,
@@ -147,8 +166,8 @@ def attribution_verify(
     seed: int = 0,
 ):
     """Row b's timed function: the estimate of every head as :func:`attribution_estimate`
-    (the grad pass also reading :func:`effect_sites` and keeping the KV caches), then the
-    exact AIE (:func:`head_effects` over the kept caches) of the ``n_top`` heads of largest
+    (the capture pass also reading :func:`effect_sites`), then the exact AIE
+    (:func:`head_effects` over the same kept caches) of the ``n_top`` heads of largest
     estimate and ``n_random`` others drawn with ``seed`` (:func:`verify_heads`).
 
     Returns ``(estimate {block: [n_heads, n]}, verified {(block, head): "top" | "random"},
@@ -157,13 +176,12 @@ def attribution_verify(
     run = capture_many(
         handle,
         corrupted,
-        effect_sites(blocks) + attribution_sites(blocks),
+        grad_read_sites(blocks, verify=True),
         -1,
         batch_size=batch_size,
         keep_states=True,
-        grad_sites=attribution_sites(blocks),
-        objective=ScoreRows(score, indices),
     )
+    run.grads = resume_gradients(handle, run.states, blocks, ScoreRows(score, indices))
     estimate = head_attribution(run, blocks, z_means)
     verified = verify_heads(estimate, n_top, n_random, np.random.default_rng(seed))
     subset: dict[int, list[int]] = {b: [] for b in blocks}
@@ -311,6 +329,20 @@ def main() -> None:
             "<= 3x",
             t_est / t_bare_a <= 3.0,
         )
+        t_full, t_bare_f, (estimate_full, _) = timed_pair(
+            partial(attribution_full_pass, handle, corrupted, ev, blocks, z_means, score, bs),
+            partial(bare_forward, handle, corrupted, bs),
+            repeat,
+        )
+        largest = max(float((estimate_full[b] - estimate[b]).abs().max()) for b in blocks)
+        report(
+            f"{task}: the same estimate from a full forward and backward pass per batch (what "
+            f"a remote model runs) / the same bare forward",
+            f"{t_full / t_bare_f:.2f}x ({t_full:.1f} s vs {t_bare_f:.1f} s; largest difference "
+            f"from the cache path's estimate {largest:.1e})",
+            "none",
+            None,
+        )
         t_ver, t_bare_b, ((estimate, verified, exact_some), _) = timed_pair(
             partial(attribution_verify, handle, corrupted, ev, blocks, z_means, a, score, bs),
             partial(bare_forward, handle, corrupted, bs),
@@ -325,20 +357,23 @@ def main() -> None:
             "<= 3x",
             t_ver / t_bare_b <= 3.0,
         )
-        config = HeadMediationConfig(max_queries=n_queries, n_random=3 if args.quick else 20)
-        ctx = ProbeContext(
-            handle, inputs, config.needed_layers(handle.n_layers), n_boot=0, keep_states=True
-        )
-        start = time.perf_counter()
-        get_probe("head_mediation").run(config, ctx)
-        t_probe = time.perf_counter() - start
-        report(
-            f"{task}: the whole head_mediation probe (hopfield table absent: it reads patterns "
-            "itself) / the same bare forward",
-            f"{t_probe / t_bare:.1f}x ({t_probe:.1f} s)",
-            "none",
-            None,
-        )
+        for method in ("exact", "attribution+verify"):
+            config = HeadMediationConfig(
+                max_queries=n_queries, n_random=3 if args.quick else 20, method=method
+            )
+            ctx = ProbeContext(
+                handle, inputs, config.needed_layers(handle.n_layers), n_boot=0, keep_states=True
+            )
+            start = time.perf_counter()
+            get_probe("head_mediation").run(config, ctx)
+            t_probe = time.perf_counter() - start
+            report(
+                f"{task}: the whole head_mediation probe, method {method} (hopfield table "
+                "absent: it reads patterns itself) / the same bare forward",
+                f"{t_probe / t_bare:.1f}x ({t_probe:.1f} s)",
+                "none",
+                None,
+            )
 
     if not args.skip_naive:
         import nnsight

@@ -203,6 +203,36 @@ def iter_equal_length(batch: TokenBatch, batch_size: int) -> Iterator[SubBatch]:
             yield SubBatch(idx, TokenBatch(batch.ids[idx, :length], lengths[idx]))
 
 
+def resume_gradients(
+    handle: ModelHandle, states: Sequence[tuple[Tensor, object]], layers: Sequence[int], objective
+) -> dict[str, Tensor]:
+    """Gradients of ``objective`` at each block's ``z`` (last position) from kept states: the
+    cache path of :meth:`~cgar_interp.models.ModelHandle.gradients` (one-token suffix passes
+    with a backward, :func:`~cgar_interp.prefix.last_token_gradients`).
+
+    Args:
+        states: ``(row indices, LastTokenState)`` pairs covering ``0 .. n-1`` once, kept by a
+            capture pass that read ``resid.0`` (:func:`capture_many` with ``keep_states``).
+        layers: blocks.
+        objective: ``objective.rows(indices)`` is those rows' ``[b, vocab] -> [b]`` function
+            (:class:`~cgar_interp.metrics.GoldProbability`).
+
+    Returns:
+        ``{"z.<l>": [n, n_heads, d_head]}`` in row order, float32.
+    """
+    from .prefix import last_token_gradients
+
+    parts: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    order = []
+    for rows, state in states:
+        grads = last_token_gradients(handle, state, layers, objective.rows(rows))
+        for layer in layers:
+            parts[layer].append(grads[layer].cpu())
+        order.append(rows)
+    inverse = torch.argsort(torch.cat(order))
+    return {f"z.{layer}": torch.cat(parts[layer])[inverse] for layer in layers}
+
+
 def resume_variants(
     handle: ModelHandle,
     batch: TokenBatch,

@@ -203,6 +203,7 @@ def resume_staggered(
     state: LastTokenState,
     entries: dict[int, Tensor],
     patches: Sequence[Patch] = (),
+    grad: bool = False,
 ) -> dict[int, Tensor]:
     """Final residuals of replacement residuals that enter at different layers, in one pass.
 
@@ -220,6 +221,8 @@ def resume_staggered(
         entries: ``{layer 0 .. n_layers: [n_var_l, b, d_model]}`` (variant-major).
         patches: interventions inside the blocks at the last position (only with a single
             entry layer: a function sees ``[b, n_var, ...]``; see :func:`suffix_patches`).
+        grad: run with gradient tracking (:func:`last_token_gradients`); the cached keys and
+            values are constants.
 
     Returns:
         ``{layer: [n_var_l, b, d_model]}`` residuals after the last block (before the final
@@ -269,7 +272,7 @@ def resume_staggered(
     running = None
     for n in {sum(counts[: i + 1]) for i in range(len(layers)) if layers[i] < n_layers}:
         mask_for(n)
-    with torch.no_grad(), suffix_patches(handle, patches):
+    with torch.enable_grad() if grad else torch.no_grad(), suffix_patches(handle, patches):
         for index in range(layers[0], n_layers + 1):
             if index in entries:  # these variants join here
                 h_new = entries[index].transpose(0, 1).to(device=device, dtype=dtype)
@@ -422,6 +425,55 @@ def resume_last_token(
     """
     final = resume_staggered(handle, state, {layer: h_last}, patches)[layer]
     return handle.decode_residual(final)
+
+
+def last_token_gradients(
+    handle: ModelHandle, state: LastTokenState, layers: Sequence[int], objective
+) -> dict[int, Tensor]:
+    """The gradient of ``objective`` at each block's ``z`` (last position), from the kept cache.
+
+    The last token's ``z`` at block ``l`` reaches only the last position's residual, in blocks
+    ``l .. L-1`` (no earlier position attends to it), so its gradient needs the last token's
+    path alone, with the cached keys and values of the earlier positions held constant: the
+    last token runs again from its embedding as a one-token suffix pass with gradient
+    tracking (a zero added at each block's ``z``, :func:`suffix_patches`), then the final norm
+    and the unembedding, and one backward pass of ``L`` block-tokens per prompt. Equal to the
+    gradient of a full forward and backward pass
+    (:meth:`~cgar_interp.models.ModelHandle.gradients`), which the self-check (``grad_pass``)
+    and the tests compare; no activation of the prompt is kept for it.
+
+    Args:
+        state: kept by a capture pass with ``resid.0`` read (the last token's embedding).
+        layers: the blocks whose ``z`` gradient is wanted.
+        objective: ``[b, vocab] -> [b]`` per-row function of the last position's logits.
+
+    Returns:
+        ``{block: [b, n_heads, d_head]}`` float32, detached.
+    """
+    handle.require_local("KV-cache suffix passes (last_token_gradients)")
+    if 0 not in state.resid:
+        raise ValueError("last_token_gradients needs the kept state's resid.0 (read it)")
+    arch = handle.arch
+    b = state.lengths.shape[0]
+    deltas = {
+        layer: torch.zeros(
+            b, 1, arch.n_heads, arch.d_head, device=handle.input_device, requires_grad=True
+        )
+        for layer in layers
+    }
+    patches = [Patch(f"z.{layer}", -1, delta) for layer, delta in deltas.items()]
+    h0 = state.resid[0].to(handle.input_device)[None]  # [1, b, d_model]
+    final = resume_staggered(handle, state, {0: h0}, patches, grad=True)[0][0]  # [b, d]
+    backend = handle.backend
+    with torch.enable_grad():
+        norm = backend.final_norm()
+        logits = backend.lm_head()(norm(final.to(module_device(norm))))
+        total = objective(logits.float()).sum()
+        grads = torch.autograd.grad(total, list(deltas.values()), allow_unused=True)
+    return {
+        layer: (torch.zeros_like(delta) if g is None else g).detach()[:, 0].float()
+        for (layer, delta), g in zip(deltas.items(), grads, strict=True)
+    }
 
 
 def resume_from_mid(

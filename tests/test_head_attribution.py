@@ -273,3 +273,20 @@ def test_patched_verification_equals_the_resumed_one(tiny_handles):
     # a_lh as W_O of the mean z equals the mean head output
     head_out = capture_many(handle, fit, ["head_out.1"], -1)["head_out.1"].float().mean(0)
     assert (a[1] - head_out).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cache_gradients_equal_the_full_pass(tiny_handles, prompts, backend):
+    """The local shortcut (the last token again over the kept cache, with a backward) gives
+    the gradient of a full forward and backward pass, at every block, padded rows included."""
+    from cgar_interp.capture import resume_gradients
+
+    handle = tiny_handles[backend]
+    full = capture_many(
+        handle, prompts, [], -1, batch_size=2, grad_sites=["z.0", "z.1"], objective=objective
+    ).grads
+    kept = capture_many(handle, prompts, ["resid.0"], -1, batch_size=2, keep_states=True)
+    cached = resume_gradients(handle, kept.states, [0, 1], objective)
+    for site in ("z.0", "z.1"):
+        scale = full[site].abs().max()
+        assert (cached[site] - full[site]).abs().max() < 1e-5 * scale + 1e-9, (backend, site)

@@ -185,7 +185,12 @@ class ProbeContext:
         there wins, e.g. a resumed run that keeps the whole suite's layers)."""
         n_layers = handle.n_layers
         layers = sorted({layer for c in configs for layer in c.needed_layers(n_layers)})
-        reads = tuple(read for c in configs for read in c.shared_reads(inputs, n_layers))
+        reads = tuple(
+            read
+            for c in configs
+            for read in c.shared_reads(inputs, n_layers)
+            if not (read.local_only and handle.remote)
+        )
         settings.setdefault("keep_states", any(c.resumes_zero_shot for c in configs))
         return cls(handle, inputs, tuple(settings.pop("layers", layers)), reads=reads, **settings)
 

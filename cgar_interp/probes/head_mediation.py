@@ -68,8 +68,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..capture import capture_many, resume_variants
+from ..capture import capture_many, resume_gradients, resume_variants
 from ..layers import resolve_layers
+from ..metrics import GoldProbability
 from ..models import Patch, RunResult
 from ..prefix import mlp_half, resume_staggered
 from ..sites import SiteKindName, site_name, site_names
@@ -200,17 +201,23 @@ class HeadMediationConfig(ProbeConfig):
                     keep_states=True,
                 ),
             ]
-            if getattr(inputs, kind) is not None and self.method == "exact":
-                reads.append(
-                    SharedRead.of(
-                        kind, fit[: self.max_queries], effect_sites(blocks), keep_states=True
-                    )
-                )
+            if getattr(inputs, kind) is not None:
+                reads.append(self._corrupted_read(kind, fit[: self.max_queries], blocks))
         reads.append(SharedRead.of("icl", ev, site_names("resid", blocks), keep_states=True))
-        # the attribution methods read the corrupted prompts in their own grad pass
-        if getattr(inputs, kind) is not None and self.method == "exact":
-            reads.append(SharedRead.of(kind, ev, effect_sites(blocks), keep_states=True))
+        if getattr(inputs, kind) is not None:
+            reads.append(self._corrupted_read(kind, ev, blocks))
         return tuple(reads)
+
+    def _corrupted_read(self, kind: str, rows, blocks) -> SharedRead:
+        """The corrupted prompts of the AIE, with their KV caches: the exact AIE resumes them
+        (:func:`effect_sites`); the attribution estimate takes its gradients over them
+        (:func:`attribution_sites` and ``resid.0``, :func:`last_token_gradients`), and
+        ``attribution+verify`` resumes them for the verified heads too. A remote model takes
+        a grad pass of its own instead (local only)."""
+        if self.method == "exact":
+            return SharedRead.of(kind, rows, effect_sites(blocks), keep_states=True)
+        sites = grad_read_sites(blocks, verify=self.method == "attribution+verify")
+        return SharedRead.of(kind, rows, sites, keep_states=True, local_only=True)
 
     @property
     def verifies(self) -> bool:
@@ -572,6 +579,14 @@ def verify_patched(
     return effects
 
 
+def grad_read_sites(blocks, verify: bool) -> list[str]:
+    """What the attribution methods read of the corrupted prompts (with their KV caches) on a
+    local model: ``z`` (the estimate's ``z_lh``), ``resid.0`` (the last token's embedding,
+    where :func:`~cgar_interp.prefix.last_token_gradients` starts) and, to verify,
+    :func:`effect_sites`."""
+    return (effect_sites(blocks) if verify else []) + attribution_sites(blocks) + ["resid.0"]
+
+
 def attribution_sites(blocks) -> list[str]:
     """Where the attribution estimate takes its gradient: each block's ``z`` (the per-head
     input of ``W_O``; a change of a head's output is ``W_O`` of a change of its ``z``)."""
@@ -848,21 +863,30 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
             ),
         )[0]
 
-    # the verified heads' exact AIE resumes the grad pass's own KV caches here; a remote
-    # model keeps none, and runs them as z-patched forward passes (verify_patched)
-    resume_here = config.method == "attribution+verify" and not handle.remote
+    # locally the gradients come from the corrupted prompts' kept caches (one-token suffix
+    # passes with a backward) and the verified heads' exact AIE resumes them; a remote model
+    # keeps no cache: one forward and backward pass per batch on the server, and the verified
+    # heads as z-patched forward passes (verify_patched)
+    resume_here = not handle.remote
 
     def attribute_on(queries, what):
-        """The estimate of every head on ``queries`` and the grad pass's run (with the
-        reads and KV caches the exact AIE of the verified heads resumes)."""
-        run = ctx.read_gradients(
-            corrupted,
-            queries,
-            (effect_sites(blocks) if resume_here else []) + attribution_sites(blocks),
-            attribution_sites(blocks),
-            keep_states=resume_here,
-            progress=tick(what, len(queries)),
+        """The estimate of every head on ``queries`` and the run it came from (locally with
+        the reads and KV caches the exact AIE of the verified heads resumes)."""
+        if not resume_here:
+            run = ctx.read_gradients(
+                corrupted,
+                queries,
+                attribution_sites(blocks),
+                attribution_sites(blocks),
+                progress=tick(what, len(queries)),
+            )
+            return head_attribution(run, blocks, icl_z), run
+        sites = grad_read_sites(blocks, verify=config.method == "attribution+verify")
+        run = ctx.read(
+            corrupted, queries, sites, keep_states=True, progress=tick(what, len(queries))
         )
+        gold = GoldProbability(inputs.label_ids[inputs.gold[queries]])
+        run.grads = resume_gradients(handle, run.states, blocks, gold)
         return head_attribution(run, blocks, icl_z), run
 
     estimates = estimates_fit = None

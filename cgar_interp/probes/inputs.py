@@ -65,12 +65,16 @@ class SharedRead:
         sites: site names read at each prompt's last position.
         keep_states: also keep the prompts' KV caches (``RunResult.states``), for probes that
             resume them or read their keys.
+        local_only: a read the probe makes on a local model only (it takes another path on a
+            remote one, e.g. a grad pass instead of resuming kept caches): a remote context
+            drops it.
     """
 
     kind: str
     rows: tuple[int, ...]
     sites: tuple[str, ...]
     keep_states: bool = False
+    local_only: bool = False
 
     def __post_init__(self):
         if self.kind not in PROMPT_KINDS_SHARED:
@@ -82,7 +86,15 @@ class SharedRead:
             raise ValueError(f"a shared read needs distinct query rows; got {self.rows[:8]}...")
 
     @classmethod
-    def of(cls, kind: str, rows, sites, keep_states: bool = False) -> SharedRead:
+    def of(
+        cls, kind: str, rows, sites, keep_states: bool = False, local_only: bool = False
+    ) -> SharedRead:
         """From a tensor (or list) of rows and any iterable of sites."""
         rows = torch.as_tensor(rows).tolist() if not isinstance(rows, tuple) else rows
-        return cls(kind, tuple(int(r) for r in rows), tuple(str(s) for s in sites), keep_states)
+        return cls(
+            kind,
+            tuple(int(r) for r in rows),
+            tuple(str(s) for s in sites),
+            keep_states,
+            local_only,
+        )
