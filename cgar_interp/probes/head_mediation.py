@@ -768,7 +768,8 @@ def attribution_agreement(heads: pd.DataFrame, k: int, n_worst: int = 5) -> dict
         ("", "aie_estimate", "aie"),
         ("_fit", "aie_estimate_fit", "aie_fit"),
     ):
-        rho = spearmanr(ver[est], ver[exact]).statistic if len(ver) > 2 else float("nan")
+        varies = len(ver) > 2 and np.ptp(ver[est]) > 0 and np.ptp(ver[exact]) > 0
+        rho = spearmanr(ver[est], ver[exact]).statistic if varies else float("nan")
         out[f"attribution_spearman{suffix}"] = float(rho)
         out[f"attribution_top_k_recall{suffix}"] = top_k_recall(
             ver[est].to_numpy(), ver[exact].to_numpy(), k
