@@ -60,6 +60,7 @@ from cgar_interp.probes.head_mediation import (  # noqa: E402
     head_attribution,
     head_effects,
     head_means,
+    heads_by_block,
     verify_heads,
 )
 from cgar_interp.suite import load_suite  # noqa: E402
@@ -118,22 +119,27 @@ class ScoreRows:
         return lambda logits: self.score(logits, self.indices[idx])
 
 
-def attribution_estimate(handle, corrupted, indices, blocks, z_means, score, batch_size: int):
-    """Row a's timed function, the local path of the probe: one capture pass over the
-    corrupted prompts (``z`` and ``resid.0`` at the last position, KV caches kept), then the
-    gradient of p(gold) at every block's ``z`` from the kept caches (the last token again as a
-    one-token suffix pass with a backward, :func:`resume_gradients`), then
-    :func:`head_attribution`. ``{block: [n_heads, n]}``."""
-    kept = capture_many(
+def cache_estimate(handle, corrupted, indices, blocks, z_means, score, batch_size: int, verify):
+    """The probe's local path: one capture pass over the corrupted prompts (what
+    :func:`grad_read_sites` names, KV caches kept), the gradient of p(gold) at every block's
+    ``z`` from the kept caches (the last token again as a one-token suffix pass with a
+    backward, :func:`resume_gradients`), then :func:`head_attribution`. Returns ``(run,
+    estimate {block: [n_heads, n]})``."""
+    run = capture_many(
         handle,
         corrupted,
-        grad_read_sites(blocks, verify=False),
+        grad_read_sites(blocks, verify=verify),
         -1,
         batch_size=batch_size,
         keep_states=True,
     )
-    kept.grads = resume_gradients(handle, kept.states, blocks, ScoreRows(score, indices))
-    return head_attribution(kept, blocks, z_means)
+    run.grads = resume_gradients(handle, run.states, blocks, ScoreRows(score, indices))
+    return run, head_attribution(run, blocks, z_means)
+
+
+def attribution_estimate(handle, corrupted, indices, blocks, z_means, score, batch_size: int):
+    """Row a's timed function: :func:`cache_estimate` reading ``z`` and ``resid.0`` only."""
+    return cache_estimate(handle, corrupted, indices, blocks, z_means, score, batch_size, False)[1]
 
 
 def attribution_full_pass(handle, corrupted, indices, blocks, z_means, score, batch_size: int):
@@ -165,28 +171,19 @@ def attribution_verify(
     n_random: int = 10,
     seed: int = 0,
 ):
-    """Row b's timed function: the estimate of every head as :func:`attribution_estimate`
-    (the capture pass also reading :func:`effect_sites`), then the exact AIE
+    """Row b's timed function: the estimate of every head by :func:`cache_estimate` (the
+    capture pass also reading :func:`effect_sites`), then the exact AIE
     (:func:`head_effects` over the same kept caches) of the ``n_top`` heads of largest
     estimate and ``n_random`` others drawn with ``seed`` (:func:`verify_heads`).
 
     Returns ``(estimate {block: [n_heads, n]}, verified {(block, head): "top" | "random"},
     exact {block: [n_heads, n]}, NaN for the heads not verified)``.
     """
-    run = capture_many(
-        handle,
-        corrupted,
-        grad_read_sites(blocks, verify=True),
-        -1,
-        batch_size=batch_size,
-        keep_states=True,
+    run, estimate = cache_estimate(
+        handle, corrupted, indices, blocks, z_means, score, batch_size, True
     )
-    run.grads = resume_gradients(handle, run.states, blocks, ScoreRows(score, indices))
-    estimate = head_attribution(run, blocks, z_means)
     verified = verify_heads(estimate, n_top, n_random, np.random.default_rng(seed))
-    subset: dict[int, list[int]] = {b: [] for b in blocks}
-    for b, h in sorted(verified):
-        subset[b].append(h)
+    subset = heads_by_block(verified, blocks)
     exact, _ = head_effects(
         handle, corrupted, indices, blocks, means, score, batch_size, run=run, heads=subset
     )

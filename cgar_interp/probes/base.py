@@ -370,6 +370,11 @@ class ProbeContext:
                 states += [(at[idx], state) for idx, state in group.run.states]
         return RunResult(logits=logits, captures=parts, states=states if keep_states else None)
 
+    def gold_objective(self, rows: Tensor) -> GoldProbability:
+        """The gradient objective of queries ``rows``: each one's gold-label probability
+        (:meth:`gold_probability` as a plain object a remote trace can carry)."""
+        return GoldProbability(self.inputs.label_ids[self.inputs.gold[rows]])
+
     def read_gradients(
         self,
         kind: str,
@@ -398,7 +403,7 @@ class ProbeContext:
             progress=progress,
             keep_states=keep_states,
             grad_sites=grad_sites,
-            objective=GoldProbability(self.inputs.label_ids[self.inputs.gold[rows]]),
+            objective=self.gold_objective(rows),
         )
 
     def zero_states(self) -> list | None:

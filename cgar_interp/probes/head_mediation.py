@@ -70,7 +70,6 @@ from torch import Tensor
 
 from ..capture import capture_many, resume_gradients, resume_variants
 from ..layers import resolve_layers
-from ..metrics import GoldProbability
 from ..models import Patch, RunResult
 from ..prefix import mlp_half, resume_staggered
 from ..sites import SiteKindName, site_name, site_names
@@ -639,6 +638,20 @@ def verify_heads(
     return out
 
 
+def heads_by_block(heads, blocks) -> dict[int, list[int]]:
+    """``{block: [head, ...]}`` (heads ascending) of ``(block, head)`` pairs, every block of
+    ``blocks`` present: the ``heads`` argument of :func:`head_effects` and
+    :func:`verify_patched`.
+
+    >>> heads_by_block({(1, 3): "top", (0, 2): "random", (1, 0): "top"}, (0, 1, 2))
+    {0: [2], 1: [0, 3], 2: []}
+    """
+    out: dict[int, list[int]] = {b: [] for b in blocks}
+    for b, h in sorted(heads):
+        out[b].append(h)
+    return out
+
+
 def top_k_recall(estimate: np.ndarray, exact: np.ndarray, k: int) -> float:
     """Share of the ``k`` heads of largest exact AIE that are among the ``k`` of largest
     estimate (the same heads, in the same order, in both arrays).
@@ -886,8 +899,7 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
         run = ctx.read(
             corrupted, queries, sites, keep_states=True, progress=tick(what, len(queries))
         )
-        gold = GoldProbability(inputs.label_ids[inputs.gold[queries]])
-        run.grads = resume_gradients(handle, run.states, blocks, gold)
+        run.grads = resume_gradients(handle, run.states, blocks, ctx.gold_objective(queries))
         return head_attribution(run, blocks, icl_z), run
 
     estimates = estimates_fit = None
@@ -905,9 +917,7 @@ def run_head_mediation(config: HeadMediationConfig, ctx: ProbeContext) -> dict[s
             verified = verify_heads(
                 estimates_fit, config.verify_top, config.verify_random, verify_rng
             )
-            subset: dict[int, list[int]] = {b: [] for b in blocks}
-            for b, h in sorted(verified):
-                subset[b].append(h)
+            subset = heads_by_block(verified, blocks)
 
             def exact_on(queries, run):
                 if not resume_here:
