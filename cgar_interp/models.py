@@ -262,8 +262,10 @@ class ModelHandle:
 
     @property
     def remote(self) -> bool:
-        """Whether forward passes run on NDIF (``load_model(..., remote=True)``)."""
-        return self.backend.remote
+        """Whether forward passes run on NDIF (``load_model(..., remote=True)``), or through
+        nnsight's local simulation of it (``remote="local"``): the engine takes the remote
+        paths either way."""
+        return bool(self.backend.remote)
 
     def require_local(self, what: str) -> None:
         """Raise :class:`~cgar_interp.remote.RemoteUnsupportedError` if the model is remote.
@@ -613,9 +615,15 @@ class ModelHandle:
 
     def readout(self) -> Readout:
         """The final norm and unembedding (:class:`Readout`). A remote model's weights are
-        fetched from the server once (one request) and kept for the handle's life."""
+        fetched once (from the disk cache, the hub's checkpoint or the server's module calls:
+        :mod:`cgar_interp.remote_readout`) and kept for the handle's life; a dry run's are
+        placeholders and are not cached."""
         if "readout" not in self._readout:
-            self._readout["readout"] = self.backend.readout()
+            if self.remote:
+                readout = self.backend.fetch_readout(cache=not self.placeholder_decode)
+            else:
+                readout = self.backend.readout()
+            self._readout["readout"] = readout
         return self._readout["readout"]
 
     def resume(
@@ -679,12 +687,25 @@ class ModelHandle:
 
 
 def _load_weights(
-    backend: str, name: str, path: str, device: str, dtype: torch.dtype, tokenizer, arch
+    backend: str,
+    name: str,
+    path: str,
+    device: str,
+    dtype: torch.dtype,
+    tokenizer,
+    arch,
+    remote: bool | str = False,
 ) -> Backend:
     """The backend over the checkpoint at ``path``, naming a corrupt weight file as such."""
     try:
         return load_backend(
-            backend, path, device=device, dtype=dtype, tokenizer=tokenizer, dims=arch.dims
+            backend,
+            path,
+            device=device,
+            dtype=dtype,
+            tokenizer=tokenizer,
+            dims=arch.dims,
+            remote=remote,
         )
     except Exception as err:  # safetensors raises its own SafetensorError type
         if (
@@ -721,7 +742,7 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     prepend_bos: bool = True,
     allow_pickle: bool = False,
-    remote: bool = False,
+    remote: bool | str = False,
     remote_rows: int | None = 256,
     placeholder_decode: bool = False,
 ) -> ModelHandle:
@@ -743,7 +764,11 @@ def load_model(
             Only the config and tokenizer are fetched; the model is built on the meta device.
             Paths that run modules locally raise :class:`~cgar_interp.remote.RemoteUnsupportedError`
             (see ``docs/scale_out.md``). ``dtype`` then only sets the meta model's dtype
-            (default bfloat16); the server runs its deployment's dtype.
+            (default bfloat16); the server runs its deployment's dtype. ``remote="local"``
+            (nnsight backend, a local checkpoint): the weights are loaded here and every trace
+            goes through nnsight's simulation of the server (serialized, deserialized with
+            every non-installed module hidden, run), with the engine on its remote paths: a
+            test of the remote path without a server.
         remote_rows: most prompt copies per remote request where variants run as full
             forward passes (:attr:`ModelHandle.remote_rows`).
         placeholder_decode: decodes return placeholders (a dry run's; see
@@ -761,8 +786,14 @@ def load_model(
         raise ValueError(f"unknown device {device!r}; valid: 'cpu', 'cuda', 'cuda:N', 'auto'")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    if remote not in (False, True, "local"):
+        raise ValueError(
+            f"remote={remote!r}; valid: False, True (NDIF), 'local' (nnsight's local "
+            "simulation of the server)"
+        )
     if remote:
         _check_remote_options(backend, device)
+    if remote is True:
         torch_dtype = resolve_dtype(dtype, "auto")
         name, path, model_id = resolve_remote_source(name_or_path)
         model_hash = f"remote:{model_id}"  # the weights are the server's, not hashed here
@@ -783,7 +814,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise ValueError(f"model {name!r} at {path} has no usable tokenizer: {err}") from err
-    if remote:  # a meta-device model named by its id: no weights to read
+    if remote is True:  # a meta-device model named by its id: no weights to read
         engine = load_backend(
             backend,
             model_id,
@@ -795,7 +826,9 @@ def load_model(
         )
         path, device = model_id, "remote"
     else:
-        engine = _load_weights(backend, name, path, device, torch_dtype, tokenizer, arch)
+        engine = _load_weights(
+            backend, name, path, device, torch_dtype, tokenizer, arch, remote=remote
+        )
     return ModelHandle(
         name=name,
         path=path,

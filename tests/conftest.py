@@ -19,6 +19,17 @@ import torch  # noqa: E402
 TINY_VOCAB = 128
 
 
+@pytest.fixture(autouse=True)
+def readout_cache(monkeypatch, tmp_path_factory) -> Path:
+    """Each test's own cache of remote readouts (cgar_interp.remote_readout), never the user's:
+    a readout one test fetched must not answer another's requests."""
+    from cgar_interp import remote_readout
+
+    root = tmp_path_factory.mktemp("readouts")
+    monkeypatch.setattr(remote_readout, "readout_cache_dir", lambda: root)
+    return root
+
+
 def build_tiny_llama(directory: Path, *, n_kv_heads: int = 1, seed: int = 0) -> Path:
     """Save a seeded random-init Llama (GQA, rope_theta 500000, llama3 rope scaling) + tokenizer.
 

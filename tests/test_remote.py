@@ -102,16 +102,44 @@ def server_environment():
         sys.modules.update(hidden)
 
 
+@contextlib.contextmanager
+def sandboxed_modules():
+    """A request cannot read a module's tensors (weights, buffers) through the model's envoys,
+    as in NDIF's sandbox: nnsight's ``Envoy.__getattr__`` (the fall-through to the wrapped
+    module) refuses any tensor attribute; submodules and calls still work."""
+    from nnsight.intervention.envoy import Envoy
+
+    fall_through = Envoy.__getattr__
+
+    def guarded(self, name):
+        module = self.__dict__.get("_module")
+        value = getattr(module, name, None) if module is not None else None
+        if isinstance(value, torch.Tensor):
+            raise AttributeError(
+                f"sandbox: module attribute {name!r} of {type(module).__name__} is not "
+                "available to a request"
+            )
+        return fall_through(self, name)
+
+    Envoy.__getattr__ = guarded
+    try:
+        yield
+    finally:
+        Envoy.__getattr__ = fall_through
+
+
 class FakeNDIF:
     """Stands in for ``RemoteBackend.request`` (the websocket + HTTP exchange with NDIF).
 
     Keeps what would have been sent, and answers like the server: the payload is
     deserialized against the server's model (``persistent_objects``), run, and the saved
-    values come back through ``torch.save`` / ``torch.load``.
+    values come back through ``torch.save`` / ``torch.load``. ``sandbox``: the request also
+    cannot read a module's weights (:func:`sandboxed_modules`).
     """
 
-    def __init__(self, server_model):
+    def __init__(self, server_model, sandbox: bool = False):
         self.server_model = server_model
+        self.sandbox = sandbox
         self.sent: list[dict] = []
 
     def __call__(self, backend, request, tracer):
@@ -124,7 +152,8 @@ class FakeNDIF:
         from nnsight.tracing import tracer as tracing
 
         objects = self.server_model._remoteable_persistent_objects()
-        with server_environment():
+        sandbox = sandboxed_modules() if self.sandbox else contextlib.nullcontext()
+        with server_environment(), sandbox:
             restored = RequestModel.deserialize(blob, objects, compress=request.compress)
             tracing.inc()  # the server runs it as an outermost trace: only saves come back
             try:

@@ -43,11 +43,12 @@ def remote_backend() -> str:
 
 
 def load_backend(
-    name: str, path: str, *, device: str, dtype, tokenizer, dims: Dims, remote: bool = False
+    name: str, path: str, *, device: str, dtype, tokenizer, dims: Dims, remote: bool | str = False
 ) -> Backend:
     """Load the checkpoint at ``path`` behind backend ``name``.
 
-    With ``remote``, ``path`` is the model id the server knows, and no weights are loaded.
+    With ``remote=True``, ``path`` is the model id the server knows, and no weights are
+    loaded; ``remote="local"`` loads them and simulates the server (nnsight).
     """
     cls = backend_class(name)
     if remote and not cls.supports_remote:
@@ -55,7 +56,7 @@ def load_backend(
             f"backend {name!r} cannot run remotely; remote backends: {', '.join(remote_backends())}"
         )
     module = importlib.import_module(cls.__module__)
-    options = {"remote": True} if remote else {}
+    options = {"remote": remote} if remote else {}
     return module.load(path, device=device, dtype=dtype, tokenizer=tokenizer, dims=dims, **options)
 
 

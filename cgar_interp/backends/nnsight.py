@@ -48,7 +48,7 @@ class NNsightBackend(Backend):
     name = "nnsight"
     supports_remote = True
 
-    def __init__(self, lm, dims: Dims, remote: bool = False):
+    def __init__(self, lm, dims: Dims, remote: bool | str = False):
         self.engine = lm
         self.dims = dims
         self.remote = remote
@@ -64,40 +64,52 @@ class NNsightBackend(Backend):
         return module_tree(self.engine)  # a remote model's too: its attributes come from the config
 
     def readout(self) -> Readout:
-        """Locally the model's own modules; remotely :meth:`fetch_readout` (one request)."""
+        """Locally the model's own modules; remotely :meth:`fetch_readout`."""
         return self.fetch_readout() if self.remote else super().readout()
 
-    def fetch_readout(self) -> Readout:
-        """The final norm's and the unembedding's weights from the server, in one request, as
-        a :class:`~cgar_interp.decoding.Readout` whose modules are the model's own classes
-        rebuilt here (so decode algebra runs the model's arithmetic on this machine)."""
+    def fetch_readout(self, *, cache: bool = True) -> Readout:
+        """A remote model's final norm and unembedding as a
+        :class:`~cgar_interp.decoding.Readout` whose modules are the model's own classes rebuilt
+        here (so decode algebra runs the model's arithmetic on this machine). No parameter is
+        read inside a trace: the weights come from the disk cache, the hub's checkpoint or the
+        server's module calls (:mod:`cgar_interp.remote_readout`); ``cache`` off (a dry run)
+        asks the server and keeps nothing, as does nnsight's local simulation."""
         import copy
 
-        import nnsight
+        from ..remote_readout import fetch
 
         lm = self.engine
-        with torch.no_grad(), lm.trace(torch.zeros(1, 1, dtype=torch.long), remote=self.remote):
-            weights = nnsight.save(
-                {
-                    "gamma": lm.model.norm.weight,
-                    "weight": lm.lm_head.weight,
-                    "bias": lm.lm_head.bias,
-                }
-            )
+        structure = self._structure()
+        config = structure.config
+        eps = float(getattr(structure.model.norm, "variance_epsilon", config.rms_norm_eps))
+        weights = fetch(
+            lm,
+            str(lm.repo_id),
+            d_model=int(config.hidden_size),
+            vocab=int(config.vocab_size),
+            tied=bool(getattr(config, "tie_word_embeddings", False)),
+            eps=eps,
+            remote=self.remote,
+            itemsize=torch.finfo(structure.lm_head.weight.dtype).bits // 8,
+            revision=getattr(lm, "revision", None) or "main",
+            cache=cache and self.remote is True,
+        )
         modules = {}
         for name, source, weight in (
-            ("norm", self._structure().model.norm, weights["gamma"]),
-            ("head", self._structure().lm_head, weights["weight"]),
+            ("norm", structure.model.norm, weights.gamma),
+            ("head", structure.lm_head, weights.weight),
         ):
             # the meta module's class, in the dtype the server holds the weights in
             module = copy.deepcopy(source).to_empty(device="cpu").to(weight.dtype)
             module.requires_grad_(False)
             modules[name] = module
         with torch.no_grad():
-            modules["norm"].weight.copy_(weights["gamma"])
-            modules["head"].weight.copy_(weights["weight"])
+            modules["norm"].weight.copy_(weights.gamma)
+            modules["head"].weight.copy_(weights.weight)
             if modules["head"].bias is not None:
-                modules["head"].bias.copy_(weights["bias"])
+                bias = weights.bias if weights.bias is not None else 0.0
+                modules["head"].bias.copy_(torch.as_tensor(bias).expand_as(modules["head"].bias))
+        self.readout_source = weights.source
         return Readout.of(modules["norm"], modules["head"], "the readout")
 
     def project_heads(self, zs: Mapping[int, Tensor]) -> dict[int, Tensor]:
@@ -119,7 +131,7 @@ class NNsightBackend(Backend):
                 *z.shape[:-2], n_heads, n_heads * d_head
             )
         layers = sorted(slotted)
-        with torch.no_grad(), lm.trace(torch.zeros(1, 1, dtype=torch.long), remote=True):
+        with torch.no_grad(), lm.trace(torch.zeros(1, 1, dtype=torch.long), remote=self.remote):
             out = {}
             for layer in layers:
                 o_proj = lm.model.layers[layer].self_attn.o_proj
@@ -261,12 +273,23 @@ class NNsightBackend(Backend):
 
 
 def load(
-    path: str, *, device: str, dtype: torch.dtype, tokenizer, dims: Dims, remote: bool = False
+    path: str,
+    *,
+    device: str,
+    dtype: torch.dtype,
+    tokenizer,
+    dims: Dims,
+    remote: bool | str = False,
 ) -> NNsightBackend:
+    """The nnsight model at ``path``. ``remote=True``: a meta-device model whose traces run on
+    NDIF (:func:`load_remote`). ``remote="local"``: the weights are loaded here, and every
+    trace goes through nnsight's local simulation of the server (the block is serialized,
+    deserialized with every non-installed module hidden, then run), and the engine treats the
+    model as remote (no KV cache, no module run or weight read in this process)."""
     from nnsight.modeling.transformers import TransformersModel
 
     kwargs = {"dtype": dtype, "attn_implementation": "eager"}
-    if remote:
+    if remote is True:
         return load_remote(path, tokenizer=tokenizer, dims=dims, **kwargs)
     if device != "cpu":
         kwargs["device_map"] = device
@@ -274,6 +297,11 @@ def load(
         path, task="text-generation", tokenizer=tokenizer, dispatch=True, **kwargs
     )
     module_tree(lm).eval()
+    if remote == "local":
+        from ..remote import ship_by_value
+
+        ship_by_value()
+        return NNsightBackend(lm, dims, remote="local")
     return NNsightBackend(lm, dims)
 
 
