@@ -157,7 +157,7 @@ def resolve_remote_source(name_or_path: str | os.PathLike) -> tuple[str, str, st
     if text == EMBEDDED_NAME:
         raise ValueError(
             f"remote=True needs a model the NDIF server hosts, named by its hub id (such as "
-            f"'meta-llama/Meta-Llama-3.1-70B'); {EMBEDDED_NAME!r} exists only on this machine"
+            f"'meta-llama/Llama-3.1-70B'); {EMBEDDED_NAME!r} exists only on this machine"
         )
     path = Path(text).expanduser()
     if path.is_dir():

@@ -6,6 +6,7 @@ Options are spelled the same everywhere: ``--model``, ``--backend``, ``--device`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -23,6 +24,7 @@ app = typer.Typer(
     help="cgar_interp: probe in-context learning as context-gated associative retrieval.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # a traceback never prints variables (an API key)
 )
 console = Console(stderr=True)
 
@@ -48,8 +50,16 @@ def _quiet_transformers() -> None:
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}")
+    from rich.markup import escape
+
+    from .remote_errors import scrub
+
+    console.print(f"[bold red]error:[/] {escape(scrub(str(err)))}", soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+REMOTE_FAILED = 3
+"""``cgar run --remote`` exit code when NDIF failed (finished units are kept: --resume)."""
 
 
 @app.command()
@@ -61,11 +71,22 @@ def info(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
     as_json: JsonOpt = False,
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote",
+            help="List the models NDIF reports as running (needs an NDIF API key); with a "
+            "MODEL, also say whether NDIF runs it.",
+        ),
+    ] = False,
 ) -> None:
     """Print a model's architecture, backend, dtype, device and checkpoint hash."""
     from .embedded import EmbeddedModelMissing
     from .models import load_model
 
+    if remote:
+        _info_remote(None if model == "embedded" else model, as_json)
+        return
     _quiet_transformers()
     try:
         handle = load_model(model, backend=backend, device=device, dtype=dtype)
@@ -92,6 +113,55 @@ def info(
         table.add_row(key, str(value))
     table.add_row("versions", ", ".join(f"{k} {v}" for k, v in record["versions"].items()))
     Console().print(table)
+
+
+def _info_remote(model: str | None, as_json: bool) -> None:
+    """``cgar info --remote``: NDIF's running models (and whether ``model`` is one)."""
+    from .remote import configured_api_key
+    from .remote_errors import scrub
+    from .remote_preflight import (
+        RemotePreflightError,
+        check_model,
+        deployments,
+        ndif_host,
+        ndif_status,
+    )
+
+    key = configured_api_key()
+    if key is None:
+        _fail(
+            ValueError(
+                "cgar info --remote needs an NDIF API key, read from $NDIF_API_KEY first, else "
+                "from nnsight's saved config: set the variable or run nnsight.login() (keys are "
+                "issued at https://login.ndif.us)"
+            )
+        )
+    try:
+        found = deployments(ndif_status(key))
+    except RemotePreflightError as err:
+        _fail(err)
+    running = [d for d in found if d["running"]]
+    verdict = None
+    if model is not None:
+        try:
+            check_model(model, found)
+            verdict = f"NDIF runs {model}"
+        except RemotePreflightError as err:
+            verdict = str(err)
+    if as_json:
+        record = {"host": ndif_host(), "running": running, "model": model, "verdict": verdict}
+        print(scrub(json.dumps(record, indent=2)))
+        return
+    table = Table(title=f"models running on NDIF ({ndif_host()})")
+    for column in ("model", "level", "state", "replicas"):
+        table.add_column(column)
+    for d in running:
+        table.add_row(d["repo_id"], d["level"], d["state"], str(d["replicas"]))
+    Console().print(table)
+    if not running:
+        console.print(f"NDIF at {ndif_host()} reports no running model")
+    if verdict is not None:
+        console.print(scrub(verdict), markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -207,7 +277,9 @@ def run(
         typer.Option(
             "--remote",
             help="Run every forward pass on NDIF (nnsight's remote execution; the model is a hub "
-            "id NDIF hosts, the API key comes from $NDIF_API_KEY).",
+            "id NDIF hosts; the API key is read from $NDIF_API_KEY, else from nnsight's saved "
+            "config, see nnsight.login()). Checks first that NDIF runs the model, knows the "
+            "key and runs this nnsight.",
         ),
     ] = False,
     dry_run: Annotated[
@@ -215,7 +287,7 @@ def run(
         typer.Option(
             "--dry-run",
             help="With --remote: print the requests and the bytes up and down a run would "
-            "make, and run nothing.",
+            "make, and run nothing (with a key configured, the NDIF preflight runs first).",
         ),
     ] = False,
 ) -> None:
@@ -237,7 +309,8 @@ def run(
     from .backends import remote_backend
     from .config import ConfigError
     from .embedded import EmbeddedModelMissing
-    from .remote import RemoteRunError
+    from .remote import RemoteRunError, configured_api_key, remote_failure
+    from .remote_errors import scrub
     from .rundir import RunDirError
     from .runner import plan_remote, run_suite
     from .selfcheck import SelfCheckFailed
@@ -260,20 +333,62 @@ def run(
     except ConfigError as err:
         _fail(err)
     out = out or Path("runs") / suite.name
+    resume_command = _resume_command(
+        suite_file,
+        out,
+        remote=remote,
+        model=model,
+        backend=None if remote else backend,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        n_eval=n_eval,
+        allow_self_check_failure=allow_self_check_failure,
+    )
+    stdout = sys.stdout  # JSON lines only, under --jsonl: everything else goes to stderr
+
+    def remote_failed(err: RemoteRunError) -> None:
+        message = scrub(str(err))
+        if jsonl:
+            record = {"event": "error", "kind": err.kind, "message": message}
+            print(json.dumps({**record, "resume": resume_command}), file=stdout, flush=True)
+        console.print(
+            f"NDIF failure ({err.kind}): {message} Resume with: {resume_command}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+            style="red",
+        )
+        raise typer.Exit(code=REMOTE_FAILED)
+
     if dry_run:
+        from .remote_preflight import preflight
+
+        key = configured_api_key()
         try:
+            if key is None:
+                print(
+                    "NDIF preflight skipped: no API key ($NDIF_API_KEY, or nnsight.login()); "
+                    "the dry run sends nothing"
+                )
+            else:
+                for line in preflight(suite.model, key).lines():
+                    print(line)
             plan = plan_remote(suite)
         except (ConfigError, EmbeddedModelMissing, ValueError) as err:
+            _fail(err)
+        except RemoteRunError as err:
             _fail(err)
         for line in plan.lines():
             print(line)
         return
 
     def emit(message: str) -> None:
+        message = scrub(message)
         if jsonl:
-            print(json.dumps({"event": "unit", "message": message}), flush=True)
+            print(json.dumps({"event": "unit", "message": message}), file=stdout, flush=True)
         elif not quiet:
-            console.print(message)
+            console.print(message, markup=False, highlight=False)
 
     columns = (
         TextColumn("{task.description}"),
@@ -284,8 +399,10 @@ def run(
         TimeRemainingColumn(),
     )
     bar = Progress(*columns, console=console, disable=quiet or jsonl, transient=False)
+    # nnsight's status line and download bars print to stdout: stderr under --jsonl
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if jsonl else contextlib.nullcontext()
     try:
-        with bar:
+        with quiet_stdout, bar:
             results = run_suite(
                 suite,
                 out,
@@ -295,30 +412,53 @@ def run(
                 progress=_progress_factory(bar),
                 allow_self_check_failure=allow_self_check_failure,
             )
+    except RemoteRunError as err:
+        remote_failed(err)
     except (
         ConfigError,
         RunDirError,
         EmbeddedModelMissing,
         ValueError,
         SelfCheckFailed,
-        RemoteRunError,
     ) as err:
         _fail(err)
     except KeyboardInterrupt:
         console.print(
-            f"[yellow]interrupted[/]; finished units are kept. Resume with: "
-            f"cgar run {suite_file} --out {out} --resume"
+            f"[yellow]interrupted[/]; finished units are kept. Resume with: {resume_command}",
+            soft_wrap=True,
         )
         raise typer.Exit(code=130) from None
+    except Exception as err:  # an NDIF failure outside a request (nnsight, httpx, websocket)
+        failure = remote_failure(err, suite.model) if suite.remote else None
+        if failure is None:
+            raise
+        remote_failed(failure)
     if jsonl:
         print(
             json.dumps(
                 {"event": "finished", "run_dir": str(out), "tables": sorted(results.tables)}
             ),
+            file=stdout,
             flush=True,
         )
     elif not quiet:
         console.print(f"[green]finished[/]: {out}/report.html")
+
+
+def _resume_command(suite_file: Path, out: Path, **options) -> str:
+    """The ``cgar run`` command that resumes this run: the same suite, --out and overrides."""
+    import shlex
+
+    parts = ["cgar", "run", str(suite_file), "--out", str(out)]
+    if options.pop("remote", False):
+        parts.append("--remote")
+    for name, value in options.items():
+        if value is True:
+            parts.append(f"--{name.replace('_', '-')}")
+        elif value not in (None, False):
+            parts += [f"--{name.replace('_', '-')}", str(value)]
+    parts.append("--resume")
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 @app.command()

@@ -18,7 +18,15 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-API_KEY_ENV = "NDIF_API_KEY"
+from .remote_errors import (  # noqa: F401  (re-exported: the failure API lives there)
+    API_KEY_ENV,
+    FAILURE_KINDS,
+    RemoteRunError,
+    failure_kind,
+    failure_message,
+    remote_failure,
+    scrub,
+)
 
 # What a remote handle can still do, for error messages.
 REMOTE_SUPPORTED = (
@@ -40,7 +48,10 @@ def remote_unsupported(what: str, model: str) -> RemoteUnsupportedError:
 
 
 def ndif_api_key() -> str:
-    """The NDIF API key: ``$NDIF_API_KEY``, else nnsight's config (``CONFIG.API.APIKEY``).
+    """The NDIF API key, read from ``$NDIF_API_KEY`` first, else from nnsight's saved config
+    (``CONFIG.API.APIKEY``: the key ``nnsight.login()`` stored in
+    ``$XDG_CONFIG_HOME/nnsight/config.yaml``, by default ``~/.config/nnsight/config.yaml``,
+    or in the file ``$NNSIGHT_CONFIG`` names).
 
     nnsight reads ``NDIF_API_KEY`` once, at import; a key set in the environment later is
     copied into its config here, so the request nnsight builds carries it.
@@ -50,15 +61,24 @@ def ndif_api_key() -> str:
     """
     from nnsight import CONFIG
 
-    key = os.environ.get(API_KEY_ENV) or CONFIG.API.APIKEY
+    key = configured_api_key()
     if not key:
         raise ValueError(
-            f"remote=True needs an NDIF API key: set the {API_KEY_ENV} environment variable, "
-            "or store one with nnsight.login() (it asks for the key and saves it in nnsight's "
-            "config); keys are issued by NDIF (https://ndif.us)"
+            f"remote=True needs an NDIF API key, read from the {API_KEY_ENV} environment "
+            "variable first, else from nnsight's saved config: set the variable, or store the "
+            "key once with nnsight.login() (it asks for the key and saves it in "
+            "~/.config/nnsight/config.yaml); keys are issued at https://login.ndif.us"
         )
     CONFIG.API.APIKEY = key  # what nnsight's RemoteBackend sends
     return key
+
+
+def configured_api_key() -> str | None:
+    """The key :func:`ndif_api_key` would use, or None when none is configured (nothing is
+    changed)."""
+    from nnsight import CONFIG
+
+    return os.environ.get(API_KEY_ENV) or CONFIG.API.APIKEY or None
 
 
 def ship_by_value() -> None:
@@ -89,69 +109,6 @@ class RemoteLedger:
 
     def as_dict(self) -> dict[str, int]:
         return {"requests": self.requests, "bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
-
-
-class RemoteRunError(RuntimeError):
-    """An NDIF request failed; ``kind`` is one of :data:`FAILURE_KINDS`."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-
-
-FAILURE_KINDS = ("not_hosted", "queue", "timeout", "authentication", "connection")
-
-# words of a server's error description, per failure kind (checked in this order)
-_FAILURE_WORDS = (
-    ("authentication", ("api key", "apikey", "unauthorized", "forbidden", "authenticat")),
-    ("not_hosted", ("not hosted", "not found", "not deployed", "not available", "unknown model")),
-    ("queue", ("queue", "capacity", "too many requests", "busy", "rate limit")),
-    ("timeout", ("timeout", "timed out")),
-)
-_FAILURE_STATUS = {401: "authentication", 403: "authentication", 404: "not_hosted"}
-_FAILURE_STATUS.update({408: "timeout", 504: "timeout", 429: "queue", 503: "queue"})
-
-
-def failure_kind(err: BaseException) -> str | None:
-    """The kind of an NDIF failure (:data:`FAILURE_KINDS`), or None for any other error."""
-    status = getattr(getattr(err, "response", None), "status_code", None)
-    if status in _FAILURE_STATUS:
-        return _FAILURE_STATUS[status]
-    text = str(err).lower()
-    name = type(err).__name__.lower()
-    if "timeout" in name:
-        return "timeout"
-    from_server = name in ("remoteerror", "httpstatuserror") or "websocket" in type(err).__module__
-    if from_server or "timeout" in text:
-        for kind, words in _FAILURE_WORDS:
-            if any(w in text for w in words):
-                return kind
-    if isinstance(err, ConnectionError | OSError) or name in (
-        "connecterror",
-        "readerror",
-        "remoteprotocolerror",
-        "websocketconnectionclosedexception",
-    ):
-        return "connection"
-    return None
-
-
-def failure_message(kind: str, model: str, detail: str) -> str:
-    """One line naming the model and saying what to do."""
-    what = {
-        "not_hosted": f"NDIF does not host model {model!r}: pick a model NDIF lists as running "
-        "(https://nnsight.net/status), or run this one locally without --remote",
-        "queue": f"NDIF's queue for model {model!r} is full: wait and rerun with --resume "
-        "(finished units are kept)",
-        "timeout": f"an NDIF request for model {model!r} timed out: rerun with --resume "
-        "(finished units are kept), or lower batch_size / remote_rows",
-        "authentication": f"NDIF refused the API key for model {model!r}: set a valid key in "
-        f"${API_KEY_ENV} (keys are issued at https://ndif.us)",
-        "connection": f"the connection to NDIF dropped during a request for model {model!r}: "
-        "rerun with --resume (finished units are kept)",
-    }[kind]
-    detail = " ".join(str(detail).split())[:200]
-    return f"{what} [{detail}]" if detail else what
 
 
 def result_bytes(obj) -> int:
@@ -195,10 +152,10 @@ def remote_session(model: str, ledger: RemoteLedger | None = None):
         try:
             result = send(self, request, tracer)
         except Exception as err:
-            kind = failure_kind(err)
-            if kind is None:
+            failure = remote_failure(err, model)
+            if failure is None:
                 raise
-            raise RemoteRunError(kind, failure_message(kind, model, str(err))) from err
+            raise failure from None  # the server's text may hold the key: failure.detail, scrubbed
         ledger.bytes_down += result_bytes(result)
         return result
 
@@ -305,7 +262,12 @@ __all__ = [
     "dry_transport",
     "RemoteLedger",
     "RemoteRunError",
+    "configured_api_key",
+    "failure_kind",
+    "failure_message",
+    "remote_failure",
     "remote_session",
+    "scrub",
     "RemoteUnsupportedError",
     "ndif_api_key",
     "remote_unsupported",

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .remote_errors import scrub_data
 from .results import atomic_write_bytes, atomic_write_json, remove_stale_parts
 
 MANIFEST = "manifest.json"
@@ -170,7 +171,8 @@ class RunDir:
             raise RunDirError(f"{self.path / MANIFEST} is not valid JSON: {err}") from err
 
     def write_manifest(self, manifest: dict) -> None:
-        atomic_write_json(self.path / MANIFEST, manifest, self.tmp)
+        """Write ``manifest.json``, every string scrubbed of the NDIF API key."""
+        atomic_write_json(self.path / MANIFEST, scrub_data(manifest), self.tmp)
 
     # ------------------------------------------------------------------ units
     def unit_dir(self, task: str, index: int, kind: str) -> Path:

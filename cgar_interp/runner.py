@@ -115,6 +115,7 @@ def run_suite(
     allow_self_check_failure: bool = False,
     self_check_rows: int = 3,
     remote: bool | None = None,
+    preflight: bool = True,
 ) -> RunResults:
     """Run every (task, probe) unit of ``suite`` into ``out`` and write tables and the report.
 
@@ -137,6 +138,10 @@ def run_suite(
             nnsight). The manifest's ``remote`` records the requests and bytes; an NDIF failure
             stops the run with a one-line :class:`~cgar_interp.remote.RemoteRunError` and
             ``--resume`` keeps the finished units. nnsight's global settings are restored after.
+        preflight: before a remote run sends anything, check that NDIF runs the model, knows
+            the key and runs this nnsight (:func:`cgar_interp.remote_preflight.preflight`; its
+            lines go to ``log``); a failure raises
+            :class:`~cgar_interp.remote_preflight.RemotePreflightError`.
     """
     if remote:
         suite = replace(suite, remote=True, backend=remote_backend())
@@ -150,14 +155,39 @@ def run_suite(
         allow_self_check_failure=allow_self_check_failure,
         self_check_rows=self_check_rows,
     )
+    if suite.remote and preflight:
+        from .remote_preflight import preflight as check
+
+        for line in check(suite.model).lines():
+            (log or (lambda _msg: None))(line)
     if suite.seeds:
         return run_seeds(suite, out, **settings)
     if not suite.remote:
         return _run_suite(suite, out, ledger=None, **settings)
-    from .remote import remote_session
+    from .remote import RemoteRunError, remote_session
 
     with remote_session(suite.model) as ledger:
-        return _run_suite(suite, out, ledger=ledger, **settings)
+        try:
+            return _run_suite(suite, out, ledger=ledger, **settings)
+        except RemoteRunError as err:
+            record_remote_failure(out, err)
+            raise
+
+
+def record_remote_failure(out: str | Path, err) -> None:
+    """Note an NDIF failure in the manifest of the run in ``out`` (``status`` ``remote_failed``,
+    ``remote.error``: kind and the one-line message, scrubbed of the key), if it has one."""
+    from .remote_errors import scrub_data
+    from .results import atomic_write_json
+
+    path = Path(out) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # the run stopped before its manifest: nothing to note
+    manifest["status"] = "remote_failed"
+    manifest.setdefault("remote", {})["error"] = {"kind": err.kind, "message": str(err)}
+    atomic_write_json(path, scrub_data(manifest))  # the message is scrubbed; the rest too
 
 
 def load_suite_model(suite: SuiteConfig) -> ModelHandle:
@@ -232,6 +262,7 @@ def run_seeds(
                 last = run_suite(
                     one,
                     target,
+                    preflight=False,  # checked once, for every seed
                     resume=resume,
                     force=force,
                     handle=handle,

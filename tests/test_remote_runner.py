@@ -21,6 +21,7 @@ from cgar_interp.remote import (
 )
 from cgar_interp.runner import plan_remote, run_suite
 from cgar_interp.suite import parse_suite
+from tests.fake_ndif_http import NDIFService
 from tests.test_remote import FAKE_KEY, FakeNDIF, no_network  # noqa: F401  (fixture)
 from tests.test_remote_probes import assert_same_tables
 
@@ -86,6 +87,7 @@ def server(monkeypatch, weightless_embedded, embedded_handles):
     monkeypatch.setitem(huggingface._ID_CACHE, model_id, model_id)
     fake = FakeNDIF(embedded_handles["nnsight"].backend.engine)
     monkeypatch.setattr(RemoteBackend, "request", lambda self, req, tr: fake(self, req, tr))
+    NDIFService(FAKE_KEY, running=(model_id,)).install(monkeypatch)  # the preflight's GETs
     return fake
 
 
@@ -208,7 +210,7 @@ def test_a_failed_request_stops_with_one_line_and_resume_finishes(
         ("RemoteError:job timed out after 3600 s", "timeout"),
         ("status:401", "authentication"),
         ("status:404", "not_hosted"),
-        ("status:503", "queue"),
+        ("status:503", "unavailable"),
         ("status:504", "timeout"),
         ("timeout", "timeout"),
         ("connect", "connection"),
