@@ -14,9 +14,11 @@ Paths that run the model's modules in this process (KV-cache prefix reuse, ``res
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from .remote_errors import (  # noqa: F401  (re-exported: the failure API lives there)
     API_KEY_ENV,
@@ -27,6 +29,7 @@ from .remote_errors import (  # noqa: F401  (re-exported: the failure API lives 
     remote_failure,
     scrub,
 )
+from .remote_jobs import result_bytes
 
 # What a remote handle can still do, for error messages.
 REMOTE_SUPPORTED = (
@@ -99,36 +102,109 @@ def ship_by_value() -> None:
 class RemoteLedger:
     """What a run sent to NDIF and got back: requests, payload bytes up, result bytes down.
 
-    ``bytes_up`` is each request's payload as nnsight sends it (zstd-compressed when nnsight's
-    ``CONFIG.API.COMPRESS`` is on); ``bytes_down`` is the tensors of each result.
+    ``requests``, ``bytes_up`` and ``bytes_down`` are this session's. ``bytes_up`` is each
+    request's payload as nnsight sends it (zstd-compressed when nnsight's
+    ``CONFIG.API.COMPRESS`` is on); ``bytes_down`` is the tensors of each result. Kept in a
+    run directory (:meth:`keep_in`), the counts of every session of the run so far are
+    rewritten there, atomically, after each change; ``earlier`` holds the earlier sessions'
+    and :meth:`totals` the sum.
     """
 
     requests: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    earlier: dict[str, int] = field(default_factory=dict)
+    earlier_sessions: int = 0
+    path: Path | None = field(default=None, repr=False)
+    tmp_dir: Path | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, int]:
+        """This session's counts."""
         return {"requests": self.requests, "bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
 
+    def totals(self) -> dict[str, int]:
+        """Every session's counts so far (this one's alone until :meth:`keep_in`)."""
+        return {k: v + int(self.earlier.get(k, 0)) for k, v in self.as_dict().items()}
 
-def result_bytes(obj) -> int:
-    """Bytes of every tensor in a (nested) result."""
-    import torch
+    def add(self, requests: int = 0, bytes_up: int = 0, bytes_down: int = 0) -> None:
+        """Count a request, its payload or its result (and write the file, if kept)."""
+        self.requests += requests
+        self.bytes_up += bytes_up
+        self.bytes_down += bytes_down
+        self.save()
 
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(result_bytes(v) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return sum(result_bytes(v) for v in obj)
-    return 0
+    def keep_in(
+        self,
+        path: str | Path,
+        tmp_dir: str | Path | None = None,
+        earlier: dict[str, int] | None = None,
+    ) -> None:
+        """Continue the counts of ``path`` (a run's ``remote/ledger.json``) and keep them there
+        from now on; where it holds none, continue ``earlier`` (a run begun before the file
+        existed: its manifest's counts), or count from zero (a first session)."""
+        path = Path(path)
+        earlier = {k: int(v) for k, v in (earlier or {}).items() if v}
+        if path.is_file():
+            try:
+                stored = json.loads(path.read_text())
+            except ValueError as err:
+                raise ValueError(
+                    f"{path} is not valid JSON ({err}); delete it to count the run's requests "
+                    "from this session on"
+                ) from err
+            earlier = {k: int(stored.get(k, 0)) for k in ("requests", "bytes_up", "bytes_down")}
+            self.earlier_sessions = int(stored.get("sessions", 0))
+        self.earlier, self.path, self.tmp_dir = earlier, path, tmp_dir
+        self.save()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        from .results import atomic_write_json
+
+        atomic_write_json(
+            self.path,
+            {
+                **self.totals(),
+                "sessions": self.earlier_sessions + 1,
+                "this_session": self.as_dict(),
+            },
+            self.tmp_dir,
+        )
+
+
+def _is_nnsight_request(send) -> bool:
+    """Is ``send`` nnsight's own ``RemoteBackend.request`` (not a transport put in its place)?"""
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    return (
+        getattr(send, "__module__", None) == RemoteBackend.__module__
+        and getattr(send, "__qualname__", None) == "RemoteBackend.request"
+    )
 
 
 @contextmanager
-def remote_session(model: str, ledger: RemoteLedger | None = None):
-    """Meter every NDIF request made inside (``ledger``), turn NDIF's failures into
-    :class:`RemoteRunError` with a one-line message, and leave nnsight as it was found:
-    its API key setting and cloudpickle's by-value registration are restored on exit.
+def remote_session(
+    model: str,
+    ledger: RemoteLedger | None = None,
+    *,
+    jobs=None,
+    queue_timeout_s: float | None = None,
+    log=None,
+):
+    """Send every NDIF request made inside as a stored job, meter it (``ledger``), turn NDIF's
+    failures into :class:`RemoteRunError` with a one-line message, and leave nnsight as it was
+    found: its transport, its API key setting and cloudpickle's by-value registration are
+    restored on exit.
+
+    Each request goes over nnsight's non-blocking HTTP path
+    (:class:`~cgar_interp.remote_jobs.JobTransport`): submitted, its job id recorded in
+    ``jobs`` (a :class:`~cgar_interp.remote_jobs.JobStore`; a run keeps it in its directory),
+    then polled until answered; a job still queued after ``queue_timeout_s`` (default
+    :data:`~cgar_interp.remote_jobs.DEFAULT_QUEUE_TIMEOUT_S`) stops the run with kind
+    ``queue``, its id kept. A transport already in place of nnsight's ``RemoteBackend.request``
+    when the session starts (a dry run's :class:`DryServer`, a test's fake server) is kept:
+    each request goes to it, metered the same way.
 
     Yields:
         the :class:`RemoteLedger`.
@@ -137,29 +213,46 @@ def remote_session(model: str, ledger: RemoteLedger | None = None):
     from nnsight import CONFIG
     from nnsight.intervention.backends.remote import RemoteBackend
 
+    from .remote_jobs import DEFAULT_QUEUE_TIMEOUT_S, JobStore, JobTransport
+
     ledger = ledger if ledger is not None else RemoteLedger()
     saved_key = CONFIG.API.APIKEY
     shipped = "cgar_interp" in _PICKLE_BY_VALUE_MODULES
     send, serialize = RemoteBackend.request, RemoteBackend._serialize
+    native = _is_nnsight_request(send)
+    transport = JobTransport(
+        model,
+        ledger,
+        jobs if jobs is not None else JobStore(),
+        DEFAULT_QUEUE_TIMEOUT_S if queue_timeout_s is None else queue_timeout_s,
+        log,
+        queue_error=lambda message: RemoteRunError("queue", message),
+    )
 
-    def metered_serialize(self, tracer):
+    def metered_serialize(self, tracer):  # a transport in place serializes by itself
         blob = serialize(self, tracer)
-        ledger.bytes_up += len(blob)
+        ledger.add(bytes_up=len(blob))
         return blob
 
     def metered_request(self, request, tracer):
-        ledger.requests += 1
         try:
+            if native:  # counted by the transport: at submission, and when answered
+                return transport(self, request, serialize(self, tracer))
+            ledger.add(requests=1)
             result = send(self, request, tracer)
+        except RemoteRunError:
+            raise
         except Exception as err:
             failure = remote_failure(err, model)
             if failure is None:
                 raise
             raise failure from None  # the server's text may hold the key: failure.detail, scrubbed
-        ledger.bytes_down += result_bytes(result)
+        ledger.add(bytes_down=result_bytes(result))
         return result
 
-    RemoteBackend.request, RemoteBackend._serialize = metered_request, metered_serialize
+    RemoteBackend.request = metered_request
+    if not native:
+        RemoteBackend._serialize = metered_serialize
     try:
         yield ledger
     finally:

@@ -19,9 +19,25 @@ from .backends import remote_backend
 from .models import ModelHandle, load_model
 from .probes import ProbeContext, get_probe
 from .probes.base import query_table_name, tag_shots
+from .remote_jobs import (
+    CAPTURES_DIR,
+    JOBS_FILE,
+    LEDGER_FILE,
+    SELF_CHECK_FILE,
+    SharedCaptureFile,
+    remote_dir,
+)
 from .results import now_utc
 from .rundir import RunDir, RunDirError
-from .selfcheck import SelfCheck, SelfCheckFailed, check_task, planned_paths
+from .selfcheck import (
+    SelfCheck,
+    SelfCheckFailed,
+    check_task,
+    load_check,
+    planned_paths,
+    self_check_key,
+    store_check,
+)
 from .suite import SuiteConfig
 from .tasks_bridge import load_spec, prepare_task
 
@@ -164,11 +180,15 @@ def run_suite(
         return run_seeds(suite, out, **settings)
     if not suite.remote:
         return _run_suite(suite, out, ledger=None, **settings)
-    from .remote import RemoteRunError, remote_session
+    from .remote import RemoteLedger, RemoteRunError, remote_session
+    from .remote_jobs import JobStore
 
-    with remote_session(suite.model) as ledger:
+    ledger, jobs = RemoteLedger(), JobStore()  # kept in the run directory once it is open
+    with remote_session(
+        suite.model, ledger, jobs=jobs, queue_timeout_s=suite.remote_queue_timeout_s, log=log
+    ):
         try:
-            return _run_suite(suite, out, ledger=ledger, **settings)
+            return _run_suite(suite, out, ledger=ledger, jobs=jobs, **settings)
         except RemoteRunError as err:
             record_remote_failure(out, err)
             raise
@@ -405,6 +425,27 @@ def plan_remote(
     )
 
 
+REMOTE_COUNTS = ("requests", "bytes_up", "bytes_down")
+INTERRUPTED_UNIT = "interrupted (earlier sessions)"
+
+
+def _remote_record(before: dict, ledger) -> dict:
+    """A remote run's manifest ``remote``: the counts of every session (``requests``,
+    ``bytes_up``, ``bytes_down``), this session's (``this_session``), and per unit (the units of
+    earlier sessions kept; what earlier sessions sent after their last finished unit, in
+    :data:`INTERRUPTED_UNIT`), so that the units add up to the totals."""
+    units = {name: dict(counts) for name, counts in (before.get("units") or {}).items()}
+    gap = {
+        k: int(ledger.earlier.get(k, 0)) - sum(u.get(k, 0) for u in units.values())
+        for k in REMOTE_COUNTS
+    }
+    if any(v > 0 for v in gap.values()):
+        lost = units.setdefault(INTERRUPTED_UNIT, dict.fromkeys(REMOTE_COUNTS, 0))
+        for k in REMOTE_COUNTS:
+            lost[k] += max(gap[k], 0)
+    return {**ledger.totals(), "this_session": ledger.as_dict(), "units": units}
+
+
 def _run_suite(
     suite: SuiteConfig,
     out: str | Path,
@@ -418,10 +459,14 @@ def _run_suite(
     allow_self_check_failure: bool,
     self_check_rows: int,
     ledger,
+    jobs=None,
     probes_only: bool = False,
 ) -> RunResults:
-    """:func:`run_suite`'s body; ``ledger`` meters a remote run's requests (None: local), and
-    ``probes_only`` stops after the probes (a dry run: :func:`plan_remote`)."""
+    """:func:`run_suite`'s body; ``ledger`` meters a remote run's requests (None: local) and
+    ``jobs`` holds its submitted NDIF jobs (:class:`~cgar_interp.remote_jobs.JobStore`), both
+    kept in ``<run>/remote/`` with the self-check and the tasks' shared passes
+    (:mod:`cgar_interp.remote_jobs`); ``probes_only`` stops after the probes (a dry run:
+    :func:`plan_remote`)."""
     say = log or (lambda _msg: None)
     started = time.perf_counter()
     clock = StageClock()
@@ -463,7 +508,17 @@ def _run_suite(
             "resumed": bool(previous),
             "data_sha256": data_sha256,
         }
-        run.write_manifest(manifest)
+        run.write_manifest(manifest)  # first: a directory holding anything else has a manifest
+        keep = remote_dir(run.path) if handle.remote else None
+        if ledger is not None:  # the counts of every session, the units' of earlier ones kept
+            before = previous.get("remote") or {}
+            # a run begun before ledger.json existed: its manifest's counts
+            ledger.keep_in(
+                keep / LEDGER_FILE, run.tmp, earlier={k: before.get(k, 0) for k in REMOTE_COUNTS}
+            )
+            manifest["remote"] = _remote_record(before, ledger)
+        if jobs is not None:
+            jobs.open(keep / JOBS_FILE, run.tmp)
         # one unit group per (task, k): units/<task key>/[shots-<k>/]<i>-<probe>
         prompt_frames, task_info, prepared_tasks, checked = [], {}, {}, []
         stems = Counter(Path(spec.path).stem for spec in specs if spec.is_file)
@@ -495,11 +550,31 @@ def _run_suite(
                 manifest["status"] = status
             run.write_manifest(manifest)
 
+        plans = [
+            (prepared.inputs, planned_paths(suite, prepared.inputs.icl, remote=handle.remote))
+            for prepared in checked
+        ]
+        # a remote run keeps its self-check: a resumed session with the same key sends nothing
+        kept_check = keep / SELF_CHECK_FILE if keep is not None and self_check_rows > 0 else None
+        check_key = (
+            self_check_key(manifest, plans, self_check_rows) if kept_check is not None else None
+        )
+        stored = load_check(kept_check, check_key) if kept_check is not None else None
         try:
-            for prepared in checked:
+            if stored is not None:
+                check.replay(stored)
+                manifest["self_check_reused"] = str(kept_check.relative_to(run.path))
+                say(
+                    f"self-check: reusing the result kept in {kept_check} (same model, dtype, "
+                    "library versions and checks); nothing sent"
+                )
+            else:
+                manifest.pop("self_check_reused", None)
                 if self_check_rows > 0:
-                    plan = planned_paths(suite, prepared.inputs.icl, remote=handle.remote)
-                    check_task(check, handle, prepared.inputs, plan, rows=self_check_rows)
+                    for inputs, plan in plans:
+                        check_task(check, handle, inputs, plan, rows=self_check_rows)
+                if kept_check is not None:
+                    store_check(kept_check, check_key, check, run.tmp)
         except SelfCheckFailed:
             record_check("self_check_failed")
             raise
@@ -512,22 +587,36 @@ def _run_suite(
             + ("" if check.passed else " -- FAILED, going on as asked")
         )
         handle.stats.reset()
-        counted = {"requests": 0, "bytes_up": 0, "bytes_down": 0}
+        counted = {"requests": 0, "bytes_up": 0, "bytes_down": 0}  # this session's, so far
 
         def record_remote(unit: str) -> None:
-            """The NDIF requests and bytes since the last unit, and the totals."""
+            """The NDIF requests and bytes since the last unit (added to the unit's count of
+            earlier sessions), and the totals of every session."""
             now = ledger.as_dict()
-            units = manifest.setdefault("remote", {}).setdefault("units", {})
-            units[unit] = {k: now[k] - counted[k] for k in now}
+            units = manifest["remote"]["units"]
+            before = units.get(unit, {})
+            units[unit] = {k: before.get(k, 0) + now[k] - counted[k] for k in now}
             counted.update(now)
-            manifest["remote"].update(now)
+            manifest["remote"].update(ledger.totals(), this_session=now)
             run.write_manifest(manifest)
 
         if ledger is not None:
             record_remote("setup (self-check)")
         for task_name, (k, prepared) in prepared_tasks.items():
             # the shared pass reads what the probes still to run declared (SharedRead): a
-            # probe kept from an earlier session adds no prompt to it
+            # probe kept from an earlier session adds no prompt to it. A remote run keeps the
+            # pass in its run directory until the task's units are done: a resumed session
+            # starts from it
+            shared = (
+                SharedCaptureFile(
+                    keep / CAPTURES_DIR / task_name / "shared.pt",
+                    run.tmp,
+                    say,
+                    root=keep / CAPTURES_DIR,
+                )
+                if keep is not None
+                else None
+            )
             ctx = ProbeContext.for_probes(
                 handle,
                 prepared.inputs,
@@ -543,6 +632,7 @@ def _run_suite(
                 progress=progress,
                 keep_states=suite.resumes_zero_shot,
                 self_check=check,
+                shared_store=shared,
             )
             for index, entry in enumerate(suite.probes):
                 if run.unit_done(task_name, index, entry.kind):
@@ -572,6 +662,8 @@ def _run_suite(
                     record_remote(f"{task_name}/{entry.kind}")
                 clock.mark(f"probe:{entry.kind}")
                 say(f"{task_name} / {entry.kind}: {time.perf_counter() - t0:.1f}s")
+            if shared is not None:  # every unit of the task is done: its pass is not needed
+                shared.discard()
         if probes_only:  # a dry run: the requests are counted, the tables are placeholders
             return RunResults(Path(out), manifest, {})
         run.write_parquet("prompts.parquet", pd.concat(prompt_frames, ignore_index=True))
@@ -607,7 +699,7 @@ def _run_suite(
             stages=clock.stages,
         )
         if ledger is not None:
-            manifest.setdefault("remote", {}).update(ledger.as_dict())
+            manifest["remote"].update(ledger.totals(), this_session=ledger.as_dict())
         run.write_manifest(manifest)
         if report:
             from .report import build_report

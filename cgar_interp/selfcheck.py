@@ -180,6 +180,22 @@ class SelfCheck:
             "--allow-self-check-failure to go on anyway (recorded, and shown in red)"
         )
 
+    def replay(self, stored: dict) -> None:
+        """Record the comparisons of an earlier session (:func:`load_check`) as if they had run
+        now: each against its own tolerance, raising :class:`SelfCheckFailed` for a failed one
+        unless failures are allowed, as running them again would."""
+        for c in stored["checks"]:
+            self.record(
+                c["path"],
+                c["task"],
+                c["max_abs_diff"],
+                rows=c["rows"],
+                logit_diff=c["max_logit_diff"],
+                detail=c["detail"],
+                tolerance=c["tolerance"],
+            )
+        self.seconds += float(stored.get("seconds", 0.0))
+
     @property
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
@@ -260,6 +276,76 @@ def planned_paths(suite, icl_batch, remote: bool = False) -> PlannedPaths:
         suite.self_check_paths(),
         shared_prefix=prefix >= 16 and not remote,  # capture_many's default min_prefix
         remote=remote,
+    )
+
+
+# the versions a kept self-check holds for (besides the model, the dtype and what it checks)
+KEY_VERSIONS = ("cgar_interp", "nnsight", "torch", "transformers")
+
+
+def self_check_key(provenance: dict, plans, rows: int) -> dict:
+    """What a self-check's result holds for: the model (id and hash as the manifest records
+    them), its backend and dtype, the library versions (:data:`KEY_VERSIONS`), the rows per
+    task, and per task the paths it checks and a digest of its prompts and labels.
+
+    Args:
+        provenance: the run manifest (:meth:`~cgar_interp.models.ModelHandle.provenance`).
+        plans: ``(TaskInputs, PlannedPaths)`` per checked task, in order.
+        rows: eval queries per task.
+    """
+    import hashlib
+
+    versions = provenance.get("versions") or {}
+    tasks = []
+    for inputs, plan in plans:
+        digest = hashlib.sha256()
+        for tensor in (inputs.label_ids, inputs.gold, inputs.eval, *_batch_tensors(inputs)):
+            t = torch.as_tensor(tensor).detach().cpu().contiguous()
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        tasks.append({"task": inputs.task, "paths": asdict(plan), "inputs": digest.hexdigest()})
+    return {
+        "model": provenance.get("model"),
+        "model_hash": provenance.get("model_hash"),
+        "backend": provenance.get("backend"),
+        "dtype": provenance.get("dtype"),
+        "versions": {k: versions.get(k) for k in KEY_VERSIONS},
+        "rows_per_task": rows,
+        "tasks": tasks,
+    }
+
+
+def _batch_tensors(inputs) -> list[Tensor]:
+    return [t for batch in (inputs.zero, inputs.icl) for t in (batch.ids, batch.lengths)]
+
+
+def load_check(path, key: dict) -> dict | None:
+    """The self-check kept at ``path`` (:func:`store_check`) if it holds for ``key``; else
+    None (absent, unreadable, or for another model, dtype, version or set of checks)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        kept = json.loads(path.read_text())
+    except ValueError:
+        return None
+    # compare through JSON: the kept key went through it (tuples are lists there)
+    if kept.get("key") != json.loads(json.dumps(key, default=str)) or "checks" not in kept:
+        return None
+    return kept
+
+
+def store_check(path, key: dict, check: SelfCheck, tmp_dir=None) -> None:
+    """Keep ``check``'s comparisons at ``path`` (atomically) with the ``key`` they hold for."""
+    from .results import atomic_write_json
+
+    atomic_write_json(
+        path,
+        {"key": key, "checks": [asdict(c) for c in check.checks], "seconds": check.seconds},
+        tmp_dir,
     )
 
 

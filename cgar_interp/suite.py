@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -70,6 +71,9 @@ class SuiteConfig:
     # remote_rows: most prompt copies per request where variants run as full forward passes
     remote: bool = False
     remote_rows: int = 256
+    # seconds one NDIF job may wait in NDIF's queue before the run stops (its job id is kept
+    # and --resume polls it); not part of the config hash: a resume may change it
+    remote_queue_timeout_s: float = 3600.0
     probes: tuple[ProbeEntry, ...] = field(default=())
 
     def __post_init__(self):
@@ -94,6 +98,17 @@ class SuiteConfig:
             raise ConfigError(f"key 'n_boot' must be >= 0; got {self.n_boot}")
         if not isinstance(self.remote_rows, int) or self.remote_rows < 1:
             raise ConfigError(f"key 'remote_rows' must be an int >= 1; got {self.remote_rows!r}")
+        timeout = self.remote_queue_timeout_s
+        if (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise ConfigError(
+                "key 'remote_queue_timeout_s' must be a number of seconds > 0 (how long an NDIF "
+                f"job may stay queued before the run stops); got {timeout!r}"
+            )
         if self.remote:
             if self.backend not in BACKENDS or not supports_remote(self.backend):
                 raise ConfigError(
@@ -143,12 +158,16 @@ class SuiteConfig:
         if not self.remote:  # likewise for suites that run here
             out.pop("remote")
             out.pop("remote_rows")
+            out.pop("remote_queue_timeout_s")
         out["probes"] = [{"kind": p.kind, **to_dict(p.config)} for p in self.probes]
         return out
 
     def config_hash(self) -> str:
-        """Hash of everything that determines the numbers (not the output location)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        """Hash of everything that determines the numbers (not the output location, nor how
+        long a remote run waits for NDIF's queue)."""
+        settings = self.to_dict()
+        settings.pop("remote_queue_timeout_s", None)
+        text = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def needed_layers(self, n_layers: int) -> tuple[int, ...]:

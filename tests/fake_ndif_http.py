@@ -9,9 +9,11 @@ COMPLETED or ERROR, download the result. No socket is opened (the ``no_network``
 ``tests/test_remote.py`` stays active).
 
 A request is answered by ``on_request(meta, blob)``: an ``httpx.Response`` (the POST fails),
-or a list of frames ``(status, description)`` sent over the websocket after the RECEIVED reply,
-or a dict of saved values, sent back as QUEUED, RUNNING, a LOG line and COMPLETED with a
-download url.
+or a list of frames ``(status, description)`` sent after the RECEIVED reply, or a dict of saved
+values, sent back as QUEUED, RUNNING, a LOG line and COMPLETED with a download url. A blocking
+request (with a session id: nnsight's websocket path) reads the frames over its websocket; a
+submitted one (no session id: nnsight's non-blocking path, which cgar_interp's job transport
+uses) reads one per ``GET /response/{job}``.
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ class NDIFService:
         self.posted: list[dict] = []
         self.seen: list[httpx.Request] = []
         self.results: dict[str, bytes] = {}
+        self.polls: dict[str, list] = {}  # a non-blocking job's statuses, one per GET
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------------ install
@@ -158,6 +161,8 @@ class NDIFService:
             return httpx.Response(200, json=self.env)
         if path == "/request" and request.method == "POST":
             return self.request(request)
+        if path.startswith("/response/") and request.method == "GET":
+            return self.poll(path.rsplit("/", 1)[-1])
         return httpx.Response(404, json={"detail": "Not Found"})
 
     def request(self, request: httpx.Request) -> httpx.Response:
@@ -170,7 +175,6 @@ class NDIFService:
         if isinstance(answer, httpx.Response):
             return answer
         job = f"job-{next(self._ids)}"
-        sock = self.sockets[-1]
         if isinstance(answer, dict):  # saved values: the job runs and its result is stored
             self.results[job] = self.result_blob(answer, meta.get("compress", False))
             answer = [
@@ -179,10 +183,24 @@ class NDIFService:
                 ("LOG", "a line the job printed on the server"),
                 ("COMPLETED", "Your job has been completed.", f"{STORAGE}/{job}"),
             ]
-        for item in answer:
-            sock.frames.append(item if isinstance(item, BaseException) else frame(job, *item))
+        frames = [item if isinstance(item, BaseException) else frame(job, *item) for item in answer]
+        if meta.get("session_id"):  # a blocking request: the frames go over its websocket
+            self.sockets[-1].frames.extend(frames)
+        else:  # submitted without a websocket: each GET /response/{job} reads the next status
+            self.polls[job] = frames
         received = frame(job, "RECEIVED", "Your job has been received and is waiting to be queued.")
         return httpx.Response(200, text=received)
+
+    def poll(self, job: str) -> httpx.Response:
+        """``GET /response/{job}``: the job's next status (the last one once all are read); an
+        exception among them is raised, as a broken connection would be."""
+        frames = self.polls.get(job)
+        if not frames:
+            return httpx.Response(404, json={"detail": "no status recorded yet"})
+        item = frames.pop(0) if len(frames) > 1 else frames[0]
+        if isinstance(item, BaseException):
+            raise item
+        return httpx.Response(200, text=item)
 
     @staticmethod
     def result_blob(saved: dict, compress: bool) -> bytes:

@@ -248,30 +248,27 @@ def test_each_ndif_failure_is_one_line_of_its_kind_without_the_key(
         assert REDACTED in message
 
 
-def test_connection_refused_at_the_websocket_and_a_401_handshake(
-    monkeypatch, service, remote, ndif_env
-):
-    import websocket
+def test_connection_refused_at_the_post_and_a_401_while_polling(service, remote, ndif_env):
+    """The job transport (nnsight's non-blocking path: POST /request, then GET /response/{id})
+    fails at either end with one line of the right kind, and never shows the key."""
 
-    def refuse(url, header=None, **kwargs):
-        raise ConnectionRefusedError(111, "Connection refused")
+    def refuse(request):
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
 
-    monkeypatch.setattr(websocket, "create_connection", refuse)
+    service.routes["/request"] = refuse
     with pytest.raises(RemoteRunError) as caught:
         capture_remotely(remote, ndif_env)
     assert caught.value.kind == "connection" and "--resume" in str(caught.value)
 
-    def unauthorized(url, header=None, **kwargs):
-        raise websocket.WebSocketBadStatusException(
-            f"Handshake status 401 Unauthorized -+-+- {{}} -+-+- invalid key {FAKE_KEY}", 401
-        )
-
-    monkeypatch.setattr(websocket, "create_connection", unauthorized)
+    del service.routes["/request"]
+    service.on_request = lambda meta, blob: [("QUEUED", "Moved to position 1 in Queue.")]
+    unauthorized = httpx.Response(401, json={"detail": f"invalid key {FAKE_KEY}"})
+    service.routes["/response/job-1"] = lambda request: unauthorized
     with pytest.raises(RemoteRunError) as caught:
         capture_remotely(remote, ndif_env)
     assert caught.value.kind == "authentication"
     assert FAKE_KEY not in str(caught.value) and FAKE_KEY not in caught.value.detail
-    assert not service.posted  # it stopped before the POST
+    assert len(service.posted) == 1  # submitted once, then the poll was refused
 
 
 def test_the_fake_transport_answers_like_a_local_run(service, remote, ndif_env, tiny_handles):

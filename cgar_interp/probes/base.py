@@ -129,6 +129,24 @@ def get_probe(kind: str) -> ProbeSpec:
     return PROBES[kind]
 
 
+def inputs_digest(inputs: TaskInputs) -> str:
+    """sha256 of a task's prompts, labels and splits (what a kept shared pass was run for)."""
+    import hashlib
+
+    digest = hashlib.sha256(repr((inputs.task, inputs.classes)).encode())
+    tensors = [inputs.label_ids, inputs.gold, inputs.fit, inputs.eval]
+    for name in ("zero", "icl", *CONTROL_PROMPT_KINDS):
+        batch = getattr(inputs, name)
+        digest.update(name.encode() + (b"-" if batch is None else b"+"))
+        if batch is not None:
+            tensors += [batch.ids, batch.lengths]
+    for tensor in tensors:
+        t = torch.as_tensor(tensor).detach().cpu().contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 @dataclass
 class _Group:
     """Rows of one prompt kind that the shared pass ran together, and what it read."""
@@ -170,9 +188,14 @@ class ProbeContext:
     # probe can read another's results (head_mediation reads hopfield_heads)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     reads: tuple[SharedRead, ...] = ()
+    # where the shared pass is kept between sessions (a remote run's run directory:
+    # cgar_interp.remote_jobs.SharedCaptureFile, with load() -> dict | None and save(dict)):
+    # a resumed run starts from it instead of requesting the pass again
+    shared_store: object | None = None
     _captures: TaskCaptures | None = field(default=None, repr=False)
     _groups: dict[str, list[_Group]] | None = field(default=None, repr=False)
     _ran_base: bool = field(default=False, repr=False)
+    _stored_reads: list = field(default_factory=list, repr=False)  # the reads the pass ran
     _query_records: list = field(default_factory=list, repr=False)
 
     @classmethod
@@ -221,11 +244,14 @@ class ProbeContext:
         residuals and logits of every prompt; each prompt kind's rows run in groups of rows
         that the same reads cover, so a read's kept states cover exactly its rows."""
         base = base or bool(self.layers)
+        if self._groups is None and self.shared_store is not None:
+            self.restore_shared_state(self.shared_store.load())
         if self._groups is not None and (self._ran_base or not base):
             return
         first = self._groups is None
         if first:
             self._groups = {kind: [] for kind in PROMPT_KINDS_SHARED}
+            self._stored_reads = self._all_reads()
         reads = self._all_reads() if first else []
         resid_sites = site_names("resid", self.layers)
         n = self.inputs.gold.shape[0]
@@ -272,6 +298,89 @@ class ProbeContext:
                 check_finite(run, self.inputs.task, kind, rows_t)
                 self._groups[kind].append(_Group(rows_t, run))
         self._ran_base = self._ran_base or base
+        if self.shared_store is not None:
+            state = self.shared_state()
+            if state is not None:
+                self.shared_store.save(state)
+
+    def shared_state(self) -> dict | None:
+        """The shared pass so far as plain tensors and containers, with what it was run for
+        (the task's prompts, the layers, the declared reads): what
+        :meth:`restore_shared_state` takes in another process. None before any pass, or when
+        a kept state holds a KV cache (a local model's, which is not kept on disk)."""
+        if self._groups is None:
+            return None
+        groups = {}
+        for kind, kind_groups in self._groups.items():
+            saved = []
+            for group in kind_groups:
+                run, states = group.run, None
+                if run.states is not None:
+                    states = []
+                    for indices, state in run.states:
+                        if state.cache is not None:
+                            return None
+                        resid = {int(layer): value for layer, value in state.resid.items()}
+                        states.append({"rows": indices, "resid": resid, "lengths": state.lengths})
+                saved.append(
+                    {
+                        "rows": group.rows,
+                        "logits": run.logits,
+                        "captures": dict(run.captures),
+                        "grads": dict(run.grads),
+                        "states": states,
+                    }
+                )
+            groups[kind] = saved
+        return {
+            "format": 1,
+            "inputs": inputs_digest(self.inputs),
+            "layers": list(self.layers),
+            "reads": [
+                [r.kind, list(r.rows), list(r.sites), r.keep_states, r.local_only]
+                for r in self._stored_reads
+            ],
+            "ran_base": self._ran_base,
+            "groups": groups,
+        }
+
+    def restore_shared_state(self, state: dict | None) -> bool:
+        """Start from a shared pass of another process (:meth:`shared_state`) if it was run
+        for these prompts and layers and read everything this context declares (a resumed
+        run's context declares the reads of the probes still to run: a subset). Returns
+        whether it was taken; otherwise the pass runs as usual."""
+        from ..prefix import LastTokenState
+
+        if not state or state.get("format") != 1 or self._groups is not None:
+            return False
+        stored = [
+            SharedRead(k, tuple(rows), tuple(sites), keep, local)
+            for k, rows, sites, keep, local in state["reads"]
+        ]
+        if (
+            state["inputs"] != inputs_digest(self.inputs)
+            or list(state["layers"]) != list(self.layers)
+            or not set(self._all_reads()) <= set(stored)
+        ):
+            return False
+        groups: dict[str, list[_Group]] = {kind: [] for kind in PROMPT_KINDS_SHARED}
+        for kind, saved in state["groups"].items():
+            for group in saved:
+                states = None
+                if group["states"] is not None:
+                    states = [
+                        (s["rows"], LastTokenState(None, dict(s["resid"]), s["lengths"]))
+                        for s in group["states"]
+                    ]
+                run = RunResult(
+                    logits=group["logits"],
+                    captures=dict(group["captures"]),
+                    states=states,
+                    grads=dict(group["grads"]),
+                )
+                groups[kind].append(_Group(group["rows"], run))
+        self._groups, self._ran_base, self._stored_reads = groups, bool(state["ran_base"]), stored
+        return True
 
     def captures(self) -> TaskCaptures:
         """Capture (once) ``resid.{l}`` at the last position for the declared layers + logits.
