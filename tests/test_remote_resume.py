@@ -306,6 +306,9 @@ def tiny_suite(model: str, task_file: Path, **settings):
 
 
 def run(suite, out, lines=None, **kwargs):
+    """``run_suite`` without the preflight (tests/test_remote_preflight.py tests it; this fake
+    NDIF speaks only the job protocol)."""
+    kwargs.setdefault("preflight", False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return run_suite(
@@ -345,10 +348,10 @@ def first_request_of(suite, manifest: dict, kind: str) -> int:
 
 
 def readout_fetches(submits: list[dict]) -> list[dict]:
-    """The requests among ``submits`` that fetched the readout weights (the final norm and the
-    unembedding: one request per process that decodes; a new process fetches them again,
-    which a resumed run still does: they are not kept in the run directory)."""
-    return [s for s in submits if s["saves"] == ["weights"]]
+    """The requests among ``submits`` that fetched the readout weights through module calls
+    (cgar_interp.remote_readout.server_readout saves ``fetched``). They are kept in the disk
+    cache, so a resumed run sends none of them again."""
+    return [s for s in submits if "fetched" in s["saves"]]
 
 
 def kill_after(server, sent: int):
@@ -412,7 +415,7 @@ def test_the_ledger_persists_and_a_resumed_run_continues_its_counts(
 
     got = json.loads((out / "manifest.json").read_text())["remote"]
     again = readout_fetches(server.submits[n_kill - 1 :])
-    assert len(again) <= 1
+    assert not again  # the disk cache answers the resumed run
     for k in ("requests", "bytes_down"):
         assert got[k] - sum(1 if k == "requests" else s["down"] for s in again) == want[k], k
     assert got["requests"] == len(server.submits)  # nothing else was sent twice
@@ -442,7 +445,8 @@ def test_requests_of_an_unfinished_unit_are_counted_as_interrupted(
     done = run(suite, out, resume=True)
     got = done.manifest["remote"]
     again = readout_fetches(server.submits[n_kill - 1 :])
-    assert got["requests"] == len(server.submits) == want["requests"] + 2 + len(again)
+    assert not again  # the disk cache answers the resumed run
+    assert got["requests"] == len(server.submits) == want["requests"] + 2
     assert got["units"][INTERRUPTED_UNIT]["requests"] == 2
     assert sum(u["requests"] for u in got["units"].values()) == got["requests"]
     assert_same_tables(reference["tables"], done.tables)
@@ -585,9 +589,14 @@ def test_the_queue_timeout_is_a_checked_setting_outside_the_config_hash(task_fil
 
 # ----------------------------------------------------------------------------- (d) self-check
 def test_the_self_check_is_reused_on_resume_and_rerun_when_its_key_changes(
-    tmp_path, server, reference, model, monkeypatch
+    tmp_path, server, reference, model, monkeypatch, readout_cache
 ):
+    import shutil
+
     import cgar_interp.models as models
+
+    for path in readout_cache.iterdir():  # the first session fetches the readout, as the
+        shutil.rmtree(path) if path.is_dir() else path.unlink()  # reference's did
 
     suite, want = reference["suite"], reference["manifest"]["remote"]
     checked = want["units"][SETUP]["requests"]
@@ -621,18 +630,20 @@ def test_the_self_check_is_reused_on_resume_and_rerun_when_its_key_changes(
         return {**versions(), "nnsight": "0.0.0-patched"}
 
     monkeypatch.setattr(models, "_versions", patched)
-    server.kill = kill_after(server, checked)
+    cached = len(readout_fetches(server.submits[:checked]))  # the disk cache answers it now
+    assert cached == 1
+    server.kill = kill_after(server, checked - cached)
     lines = []
     with pytest.raises(Killed):
         run(suite, out, lines, resume=True)
-    assert len(server.submits) == 2 * checked
+    assert len(server.submits) == 2 * checked - cached
     assert not any("reusing the result kept" in line for line in lines)
     kept = json.loads((out / "remote" / "self_check.json").read_text())
     assert kept["key"]["versions"]["nnsight"] == "0.0.0-patched"
 
     server.kill = lambda event, n, job: None
     done = run(suite, out, lines, resume=True)
-    assert done.manifest["remote"]["units"][SETUP]["requests"] == 2 * checked
+    assert done.manifest["remote"]["units"][SETUP]["requests"] == 2 * checked - cached
     assert_same_tables(reference["tables"], done.tables)
 
 
