@@ -26,11 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from .backends import BACKENDS, remote_backend, supports_remote
+from .backends.base import REMOTE_SESSION_MB, REMOTE_SESSION_ROWS, check_session_limits
 from .config import ConfigError, build, to_dict
 from .probes import ProbeConfig, get_probe
 from .task_spec import TaskSpec
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "probes"
+# the remote grouping settings: transport, not in the config hash
+SESSION_KEYS = ("remote_session_rows", "remote_session_mb")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,12 @@ class SuiteConfig:
     # remote_rows: most prompt copies per request where variants run as full forward passes
     remote: bool = False
     remote_rows: int = 256
+    # fewer round trips: independent passes run back to back (capture batches, chunks of
+    # variant passes) go as one request, an nnsight session, of at most remote_session_rows
+    # rows and about remote_session_mb MB of results; remote_session_rows = 0: one request per
+    # pass. Transport only: the numbers are the same, so neither is in the config hash
+    remote_session_rows: int = REMOTE_SESSION_ROWS
+    remote_session_mb: float = REMOTE_SESSION_MB
     probes: tuple[ProbeEntry, ...] = field(default=())
 
     def __post_init__(self):
@@ -94,6 +103,14 @@ class SuiteConfig:
             raise ConfigError(f"key 'n_boot' must be >= 0; got {self.n_boot}")
         if not isinstance(self.remote_rows, int) or self.remote_rows < 1:
             raise ConfigError(f"key 'remote_rows' must be an int >= 1; got {self.remote_rows!r}")
+        try:
+            check_session_limits(
+                self.remote_session_rows,
+                self.remote_session_mb,
+                tuple(f"key {key!r}" for key in SESSION_KEYS),
+            )
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if self.remote:
             if self.backend not in BACKENDS or not supports_remote(self.backend):
                 raise ConfigError(
@@ -141,14 +158,17 @@ class SuiteConfig:
         if not self.seeds:  # likewise for suites of one seed
             out.pop("seeds")
         if not self.remote:  # likewise for suites that run here
-            out.pop("remote")
-            out.pop("remote_rows")
+            for key in ("remote", "remote_rows", *SESSION_KEYS):
+                out.pop(key)
         out["probes"] = [{"kind": p.kind, **to_dict(p.config)} for p in self.probes]
         return out
 
     def config_hash(self) -> str:
         """Hash of everything that determines the numbers (not the output location)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        out = self.to_dict()
+        for key in SESSION_KEYS:  # how passes are grouped into requests: same numbers
+            out.pop(key, None)
+        text = json.dumps(out, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def needed_layers(self, n_layers: int) -> tuple[int, ...]:
