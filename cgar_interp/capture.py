@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .models import ModelHandle, RunResult
+from .models import ModelHandle, RunRequest, RunResult
 from .sites import Site, site_names
 from .tokens import TokenBatch
 
@@ -94,103 +94,177 @@ def capture_many(
         a :class:`RunResult` whose tensors are ``[n, ...]`` in the order of ``batch``'s rows,
         on the CPU.
     """
-    grad_sites = list(grad_sites)
-    if grad_sites and objective is None:
-        raise ValueError("grad_sites need an objective (e.g. metrics.GoldProbability)")
-    if isinstance(positions, Tensor):
-        raise ValueError(
-            "capture_many takes relative positions (ints) or None (every position); pass e.g. "
-            "-1 or [-2, -1]"
-        )
-    from .prefix import (
-        LastTokenState,
-        common_prefix_length,
-        detach_cache,
-        repeat_cache,
-        shared_prefix_cache,
+    job = CaptureJob(
+        handle,
+        batch,
+        sites,
+        positions,
+        batch_size=batch_size,
+        with_logits=with_logits,
+        progress=progress,
+        shared_prefix=shared_prefix,
+        min_prefix=min_prefix,
+        keep_states=keep_states,
+        grad_sites=grad_sites,
+        objective=objective,
     )
+    return capture_jobs(handle, [job])[0]
 
-    if keep_states and positions != -1:
-        raise ValueError(f"keep_states needs positions=-1 (each row's last token); got {positions}")
-    if shared_prefix:
-        handle.require_local("capture_many(shared_prefix=True) (a KV cache run here)")
-    sites = list(sites)
-    states: list[tuple[Tensor, LastTokenState]] = []
-    parts: dict[str, list[Tensor]] = {str(handle.site(s)): [] for s in sites}
-    grad_parts: dict[str, list[Tensor]] = {str(handle.site(s)): [] for s in grad_sites}
-    logits: list[Tensor] = []
-    order: list[Tensor] = []
-    every = positions is None  # every position: [n, width, ...], masked by lengths
-    relative = not every and all(
-        p < 0 for p in ([positions] if isinstance(positions, int) else positions)
-    )
-    prefix_len = common_prefix_length(batch.ids, batch.lengths) if relative else 0
-    use_prefix = (
-        prefix_len >= min_prefix and not handle.remote
-        if shared_prefix is None
-        else bool(shared_prefix) and prefix_len > 0
-    )
-    if use_prefix:
-        cache = shared_prefix_cache(handle, batch.ids[0, :prefix_len])
-        rest = TokenBatch(batch.ids[:, prefix_len:], batch.lengths - prefix_len)
-    for sub in iter_batches(rest if use_prefix else batch, batch_size):
-        past = repeat_cache(cache, len(sub.indices)) if use_prefix else None
-        if keep_states and past is None and not handle.remote:
-            from transformers import DynamicCache
 
-            past = DynamicCache(config=handle.backend.config)
-        if grad_sites:
-            run = handle.gradients(
-                sub.batch,
-                grad_sites,
-                objective.rows(sub.indices),
-                positions,
-                sites=sites,
-                past_key_values=past,
+def capture_jobs(handle: ModelHandle, jobs: Sequence[CaptureJob]) -> list[RunResult]:
+    """Several :func:`capture_many` calls at once, their results in the order of ``jobs``.
+
+    Every batch of every job is a pass independent of the others, so all of them go through
+    :meth:`~cgar_interp.models.ModelHandle.run_many` as one stream: on NDIF, as few requests
+    (nnsight sessions) as its caps allow; locally one pass after another, as the jobs would
+    run one by one.
+    """
+
+    def requests() -> Iterator[tuple[tuple[int, object], RunRequest]]:
+        for i, job in enumerate(jobs):
+            for key, request in job.requests():
+                yield (i, key), request
+
+    for (i, key), run in handle.run_many(requests()):
+        jobs[i].add(key, run)
+    return [job.result() for job in jobs]
+
+
+class CaptureJob:
+    """One :func:`capture_many` call: its passes (:meth:`requests`), and its result made from
+    theirs (:meth:`add` each, then :meth:`result`). Arguments as :func:`capture_many`'s."""
+
+    def __init__(
+        self,
+        handle: ModelHandle,
+        batch: TokenBatch,
+        sites: Iterable[str | Site],
+        positions: int | Sequence[int] | None = -1,
+        *,
+        batch_size: int = 16,
+        with_logits: bool = True,
+        progress: Callable[[int], None] | None = None,
+        shared_prefix: bool | None = None,
+        min_prefix: int = 16,
+        keep_states: bool = False,
+        grad_sites: Iterable[str | Site] = (),
+        objective=None,
+    ):
+        from .prefix import common_prefix_length
+
+        grad_sites = list(grad_sites)
+        if grad_sites and objective is None:
+            raise ValueError("grad_sites need an objective (e.g. metrics.GoldProbability)")
+        if isinstance(positions, Tensor):
+            raise ValueError(
+                "capture_many takes relative positions (ints) or None (every position); pass "
+                "e.g. -1 or [-2, -1]"
             )
+        if keep_states and positions != -1:
+            raise ValueError(
+                f"keep_states needs positions=-1 (each row's last token); got {positions}"
+            )
+        if shared_prefix:
+            handle.require_local("capture_many(shared_prefix=True) (a KV cache run here)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        self.handle, self.batch, self.positions = handle, batch, positions
+        self.sites, self.grad_sites, self.objective = list(sites), grad_sites, objective
+        self.batch_size, self.with_logits, self.progress = batch_size, with_logits, progress
+        self.keep_states = keep_states
+        self.states: list[tuple[Tensor, object]] = []
+        self.parts: dict[str, list[Tensor]] = {str(handle.site(s)): [] for s in self.sites}
+        self.grad_parts: dict[str, list[Tensor]] = {str(handle.site(s)): [] for s in grad_sites}
+        self.logits: list[Tensor] = []
+        self.order: list[Tensor] = []
+        self.every = positions is None  # every position: [n, width, ...], masked by lengths
+        relative = not self.every and all(
+            p < 0 for p in ([positions] if isinstance(positions, int) else positions)
+        )
+        self.prefix_len = common_prefix_length(batch.ids, batch.lengths) if relative else 0
+        self.use_prefix = (
+            self.prefix_len >= min_prefix and not handle.remote
+            if shared_prefix is None
+            else bool(shared_prefix) and self.prefix_len > 0
+        )
+
+    def requests(self) -> Iterator[tuple[tuple[SubBatch, object], RunRequest]]:
+        """One pass per batch, keyed by ``(batch, its KV cache or None)``; built lazily, so a
+        local run holds one batch's cache at a time until its pass is done."""
+        from .prefix import repeat_cache, shared_prefix_cache
+
+        handle, batch = self.handle, self.batch
+        if self.use_prefix:
+            cache = shared_prefix_cache(handle, batch.ids[0, : self.prefix_len])
+            batch = TokenBatch(batch.ids[:, self.prefix_len :], batch.lengths - self.prefix_len)
+        for sub in iter_batches(batch, self.batch_size):
+            past = repeat_cache(cache, len(sub.indices)) if self.use_prefix else None
+            if self.keep_states and past is None and not handle.remote:
+                from transformers import DynamicCache
+
+                past = DynamicCache(config=handle.backend.config)
+            if self.grad_sites:
+                request = RunRequest(
+                    sub.batch,
+                    tuple(self.sites),
+                    self.positions,
+                    logits_positions=-1,
+                    past_key_values=past,
+                    grad_sites=tuple(self.grad_sites),
+                    objective=self.objective.rows(sub.indices),
+                )
+            else:
+                request = RunRequest(
+                    sub.batch,
+                    tuple(self.sites),
+                    self.positions,
+                    logits_positions=-1,
+                    want_logits=self.with_logits,  # without, the unembedding is skipped
+                    past_key_values=past,
+                )
+            yield (sub, past), request
+
+    def add(self, key: tuple[SubBatch, object], run: RunResult) -> None:
+        """Keep one batch's result (``key`` as :meth:`requests` gave it)."""
+        from .prefix import LastTokenState, detach_cache
+
+        sub, past = key
+        width = self.batch.ids.shape[1]
+        if self.grad_sites:
             if past is not None:
                 detach_cache(past)  # the kept keys and values carry no graph
             for name, value in run.grads.items():
-                grad_parts[name].append(value.cpu())
-        else:
-            run = handle.capture(
-                sub.batch,
-                sites,
-                positions,
-                with_logits=with_logits,  # without, the unembedding is skipped altogether
-                logits_positions=-1,
-                past_key_values=past,
-            )
-        if not with_logits:
-            run = RunResult(None, run if isinstance(run, dict) else run.captures)
-        if keep_states:  # the cache now holds every slot of the batch; suffixes mask the rest
+                self.grad_parts[name].append(value.cpu())
+        if self.keep_states:  # the cache now holds every slot of the batch; suffixes mask the rest
             resid = {
                 site.layer: run.captures[str(site)]
-                for site in map(handle.site, sites)
+                for site in map(self.handle.site, self.sites)
                 if site.kind == "resid"
             }
-            lengths = sub.batch.lengths + (prefix_len if use_prefix else 0)
-            states.append((sub.indices, LastTokenState(past, resid, lengths)))
+            lengths = sub.batch.lengths + (self.prefix_len if self.use_prefix else 0)
+            self.states.append((sub.indices, LastTokenState(past, resid, lengths)))
         for name, value in run.captures.items():
-            if every:  # position axis: pad to the full batch width
-                pad = [0, 0] * (value.dim() - 2) + [0, batch.ids.shape[1] - value.shape[1]]
+            if self.every:  # position axis: pad to the full batch width
+                pad = [0, 0] * (value.dim() - 2) + [0, width - value.shape[1]]
                 value = torch.nn.functional.pad(value, pad)
             if name.startswith("attn_pattern."):  # key axis: pad to the full batch width
-                value = torch.nn.functional.pad(value, (0, batch.ids.shape[1] - value.shape[-1]))
-            parts[name].append(value.cpu())
-        if with_logits:
-            logits.append(run.logits.cpu())
-        order.append(sub.indices)
-        if progress:
-            progress(len(sub.indices))
-    inverse = torch.argsort(torch.cat(order))
-    captures = {name: torch.cat(values)[inverse] for name, values in parts.items()}
-    return RunResult(
-        logits=torch.cat(logits)[inverse] if with_logits else None,
-        captures=captures,
-        states=states if keep_states else None,
-        grads={name: torch.cat(values)[inverse] for name, values in grad_parts.items()},
-    )
+                value = torch.nn.functional.pad(value, (0, width - value.shape[-1]))
+            self.parts[name].append(value.cpu())
+        if self.with_logits:
+            self.logits.append(run.logits.cpu())
+        self.order.append(sub.indices)
+        if self.progress:
+            self.progress(len(sub.indices))
+
+    def result(self) -> RunResult:
+        """Every batch's results, in the order of the batch's rows, on the CPU."""
+        inverse = torch.argsort(torch.cat(self.order))
+        return RunResult(
+            logits=torch.cat(self.logits)[inverse] if self.with_logits else None,
+            captures={name: torch.cat(v)[inverse] for name, v in self.parts.items()},
+            states=self.states if self.keep_states else None,
+            grads={name: torch.cat(v)[inverse] for name, v in self.grad_parts.items()},
+        )
 
 
 def iter_equal_length(batch: TokenBatch, batch_size: int) -> Iterator[SubBatch]:
@@ -262,7 +336,7 @@ def resume_variants(
     Returns:
         ``{layer: {name: [n_var, n]}}`` in the order of ``batch``'s rows.
     """
-    from .prefix import last_token_state, resume_full, resume_staggered
+    from .prefix import last_token_state, resume_full_many, resume_staggered
 
     parts: dict[int, dict[str, list[Tensor]]] = {layer: {} for layer in layers}
     order: list[Tensor] = []
@@ -288,26 +362,17 @@ def resume_variants(
                 f"the batch's {batch.batch_size} rows exactly once"
             )
         groups = iter(states)
-    for indices, state in groups:
+
+    def entries_of(indices: Tensor, state) -> dict[int, Tensor]:
         missing = [layer for layer in layers if layer not in state.resid]
         if missing:
             raise ValueError(f"the kept states hold no residual at layers {missing}")
-        entries = {
+        return {
             layer: variants(layer, state.resid[layer].float(), indices)  # [n_var, b, d]
             for layer in layers
         }
-        if state.cache is None:  # a remote model's: the same variants as full forward passes
-            rows = batch.select(indices)
-            final = {}
-            for group in [{layer: entries[layer]} for layer in layers] if patches else [entries]:
-                final.update(resume_full(handle, rows, group, patches, max_rows=handle.remote_rows))
-        elif patches:  # patches act on one entry layer's variants: a pass per layer
-            final = {
-                layer: resume_staggered(handle, state, {layer: entries[layer]}, patches)[layer]
-                for layer in layers
-            }
-        else:  # every layer's variants in one pass, each joining at its own layer
-            final = resume_staggered(handle, state, entries)
+
+    def finish(indices: Tensor, final: dict[int, Tensor]) -> None:
         for layer in layers:
             logits = handle.decode_residual(final.pop(layer))  # [n_var, b, vocab]
             for name, value in score(logits, indices).items():
@@ -315,6 +380,37 @@ def resume_variants(
         order.append(indices)
         if progress:
             progress(len(indices))
+
+    # a remote model's states hold no cache (none lives on the server): the same variants
+    # as full forward passes
+    if states is not None and any(state.cache is None for _, state in states):
+
+        def jobs():  # every group's passes in one stream: on NDIF grouped into sessions
+            for indices, state in groups:
+                entries = entries_of(indices, state)
+                rows = batch.select(indices)
+                # patches act on one entry layer's variants: a job per layer
+                split = [{layer: entries[layer]} for layer in layers] if patches else [entries]
+                for i, group in enumerate(split):
+                    yield (indices, i == len(split) - 1), rows, group, patches
+
+        final: dict[int, Tensor] = {}
+        for (indices, last), out in resume_full_many(handle, jobs(), handle.remote_rows):
+            final.update(out)
+            if last:
+                finish(indices, final)
+                final = {}
+    else:
+        for indices, state in groups:
+            entries = entries_of(indices, state)
+            if patches:  # patches act on one entry layer's variants: a pass per layer
+                final = {
+                    layer: resume_staggered(handle, state, {layer: entries[layer]}, patches)[layer]
+                    for layer in layers
+                }
+            else:  # every layer's variants in one pass, each joining at its own layer
+                final = resume_staggered(handle, state, entries)
+            finish(indices, final)
     inverse = torch.argsort(torch.cat(order))
     return {
         layer: {name: torch.cat(values, dim=1)[:, inverse] for name, values in named.items()}

@@ -287,7 +287,8 @@ def run(
         typer.Option(
             "--dry-run",
             help="With --remote: print the requests and the bytes up and down a run would "
-            "make, and run nothing (with a key configured, the NDIF preflight runs first).",
+            "make, with independent passes grouped into sessions and with one request per "
+            "pass, and run nothing (with a key configured, the NDIF preflight runs first).",
         ),
     ] = False,
 ) -> None:

@@ -13,9 +13,11 @@ ids. Batches are right-padded (see :mod:`cgar_interp.tokens`), so positions are 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import platform
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -24,6 +26,13 @@ import torch
 from torch import Tensor
 
 from .backends import BACKENDS, Backend, Dims, load_backend, remote_backends, supports_remote
+from .backends.base import (
+    REMOTE_SESSION_MB,
+    REMOTE_SESSION_ROWS,
+    PassRequest,
+    PassResult,
+    check_session_limits,
+)
 from .checkpoints import resolve_remote_source, resolve_source
 from .compat import cache_keyword
 from .decoding import Readout
@@ -150,6 +159,36 @@ class RunResult:
         return self.captures[name]
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """One pass for :meth:`ModelHandle.run_many`: the arguments :meth:`ModelHandle.capture`,
+    :meth:`~ModelHandle.gradients` and :meth:`~ModelHandle.run_with_patches` take.
+
+    Attributes:
+        ids: token ids (see :func:`cgar_interp.tokens.as_batch`).
+        sites, positions: what to capture, and where (default ``-1``).
+        patches: interventions (:class:`Patch`).
+        logits_positions: where logits are wanted (``None``: every position).
+        want_logits: ``False`` skips the unembedding (``RunResult.logits`` is None).
+        past_key_values: a KV cache every row continues (a local model's).
+        grad_sites, objective: a grad pass (:meth:`ModelHandle.gradients`; then
+            ``logits_positions`` must be one position).
+    """
+
+    ids: Any
+    sites: tuple = ()
+    positions: Positions = -1
+    patches: tuple = ()
+    logits_positions: Positions = None
+    want_logits: bool = True
+    past_key_values: Any = None
+    grad_sites: tuple = ()
+    objective: Callable[[Tensor], Tensor] | None = None
+
+
+SESSION_NAMES = ("remote_session_rows", "remote_session_mb")
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     """``None`` -> float32 on CPU, bfloat16 on CUDA; strings as in :data:`DTYPES`."""
     if dtype is None:
@@ -185,8 +224,14 @@ class ModelHandle:
         placeholder_decode: a dry run's decodes (:func:`cgar_interp.runner.plan_remote`):
             placeholders in, placeholders out, without the vocabulary-sized matmuls a real
             run does here.
+        remote_session_rows, remote_session_mb: on a remote model, independent passes that
+            :meth:`run_many` runs back to back (the batches of
+            :func:`~cgar_interp.capture.capture_many`, the chunks of
+            :func:`~cgar_interp.prefix.resume_full`) go to NDIF as one request, an nnsight
+            session, of at most this many rows and about this many MB of results
+            (estimated from the sites' shapes); ``remote_session_rows=0``: one request per pass.
 
-    The two knobs are set when the handle is built (:func:`load_model`); :meth:`with_options`
+    The knobs are set when the handle is built (:func:`load_model`); :meth:`with_options`
     gives a handle over the same loaded model with other values.
     """
 
@@ -204,7 +249,10 @@ class ModelHandle:
         prepend_bos: bool,
         remote_rows: int | None = 256,
         placeholder_decode: bool = False,
+        remote_session_rows: int = REMOTE_SESSION_ROWS,
+        remote_session_mb: float = REMOTE_SESSION_MB,
     ):
+        check_session_limits(remote_session_rows, remote_session_mb, SESSION_NAMES)
         self.name = name
         self.path = path
         self.model_hash = model_hash
@@ -220,6 +268,8 @@ class ModelHandle:
         self._readout: dict[str, Readout] = {}
         self._remote_rows = remote_rows
         self._placeholder_decode = placeholder_decode
+        self._remote_session_rows = remote_session_rows
+        self._remote_session_mb = float(remote_session_mb)
 
     @property
     def remote_rows(self) -> int | None:
@@ -227,24 +277,45 @@ class ModelHandle:
         return self._remote_rows
 
     @property
+    def remote_session_rows(self) -> int:
+        """Most rows per grouped remote request (an nnsight session); ``0``: no grouping."""
+        return self._remote_session_rows
+
+    @property
+    def remote_session_mb(self) -> float:
+        """About the most MB of results per grouped remote request (estimated from shapes)."""
+        return self._remote_session_mb
+
+    @property
     def placeholder_decode(self) -> bool:
         """Whether decodes are placeholders (a dry run: :func:`~cgar_interp.runner.plan_remote`)."""
         return self._placeholder_decode
 
     def with_options(
-        self, *, remote_rows: int | None = None, placeholder_decode: bool | None = None
+        self,
+        *,
+        remote_rows: int | None = None,
+        placeholder_decode: bool | None = None,
+        remote_session_rows: int | None = None,
+        remote_session_mb: float | None = None,
     ) -> ModelHandle:
         """This handle with other knob values (``None``: keep this one's).
 
         The new handle shares the loaded model, its counters (:attr:`stats`) and its readout
         (fetched once for both); nothing is loaded again. ``self`` itself when nothing changes.
         """
-        rows = self._remote_rows if remote_rows is None else remote_rows
-        placeholder = self._placeholder_decode if placeholder_decode is None else placeholder_decode
-        if rows == self._remote_rows and placeholder == self._placeholder_decode:
+        knobs = {
+            "_remote_rows": remote_rows,
+            "_placeholder_decode": placeholder_decode,
+            "_remote_session_rows": remote_session_rows,
+            "_remote_session_mb": None if remote_session_mb is None else float(remote_session_mb),
+        }
+        changed = {k: v for k, v in knobs.items() if v is not None and v != getattr(self, k)}
+        if not changed:
             return self
         other = copy.copy(self)
-        other._remote_rows, other._placeholder_decode = rows, placeholder
+        vars(other).update(changed)
+        check_session_limits(other._remote_session_rows, other._remote_session_mb, SESSION_NAMES)
         return other
 
     # ----------------------------------------------------------------- description
@@ -368,9 +439,57 @@ class ModelHandle:
         objective: Callable[[Tensor], Tensor] | None = None,
     ) -> RunResult:
         """The one path every public method goes through: validate, run, select, derive."""
-        batch = self._batch(ids)
-        wanted = [self.site(s) for s in sites]
-        grad_wanted = [self.site(s) for s in grad_sites]
+        request = RunRequest(
+            ids,
+            tuple(sites),
+            positions,
+            tuple(patches),
+            logits_positions,
+            want_logits,
+            past_key_values,
+            tuple(grad_sites),
+            objective,
+        )
+        return next(self.run_many([(None, request)]))[1]
+
+    def run_many(
+        self, requests: Iterable[tuple[Any, RunRequest]]
+    ) -> Iterator[tuple[Any, RunResult]]:
+        """Run independent passes, ``(key, RunRequest)`` pairs, yielding ``(key, RunResult)``
+        in the same order; no request may depend on another's result.
+
+        Each request is validated and run as :meth:`capture`, :meth:`gradients` or
+        :meth:`run_with_patches` would run it; the backend runs them in turn
+        (:meth:`~cgar_interp.backends.base.Backend.forward_many`). Locally one pass at a time,
+        each request taken from ``requests`` when the previous result is out (build them
+        lazily, e.g. a KV cache per batch, and none pile up). On NDIF, consecutive passes
+        go as one request (an nnsight session) of at most :attr:`remote_session_rows` rows
+        and about :attr:`remote_session_mb` MB of results; ``remote_session_rows=0``: one
+        request per pass.
+        """
+        pending: deque[tuple[Any, Callable[[PassResult], RunResult]]] = deque()
+
+        def passes() -> Iterator[PassRequest]:
+            for key, request in requests:
+                prepared, finish = self._prepare(request)
+                pending.append((key, finish))
+                yield prepared
+
+        results = self.backend.forward_many(
+            passes(), self._remote_session_rows, self._remote_session_mb * 1e6
+        )
+        for result in results:
+            key, finish = pending.popleft()
+            yield key, finish(result)
+
+    def _prepare(
+        self, request: RunRequest
+    ) -> tuple[PassRequest, Callable[[PassResult], RunResult]]:
+        """Validate ``request``; the backend's pass, and what makes its result a RunResult."""
+        batch = self._batch(request.ids)
+        wanted = [self.site(s) for s in request.sites]
+        grad_wanted = [self.site(s) for s in request.grad_sites]
+        objective, patches = request.objective, request.patches
         for site in grad_wanted:
             if not site.spec.patchable or site.spec.derived_from is not None:
                 raise ValueError(
@@ -383,9 +502,9 @@ class ModelHandle:
             for site in wanted:
                 if site.kind == "head_out":  # derived here from z and the o_proj weights
                     self.require_local(f"site {site}")
-            if past_key_values is not None:
+            if request.past_key_values is not None:
                 self.require_local("a forward pass over a KV cache (past_key_values)")
-        pos_idx, squeeze = resolve_positions(positions, batch.lengths)
+        pos_idx, squeeze = resolve_positions(request.positions, batch.lengths)
 
         def reader(x: Tensor) -> Tensor:
             return select_positions(x, pos_idx, squeeze)
@@ -404,38 +523,68 @@ class ModelHandle:
             writes[site] = self._writer(patch, batch)
         # the unembedding runs only where logits are wanted (nowhere when none are)
         logits_index, squeeze_logits = None, False
-        if not want_logits:
+        if not request.want_logits:
             logits_index = torch.zeros(batch.batch_size, 0, dtype=torch.long)
-        elif logits_positions is not None:
-            logits_index, squeeze_logits = resolve_positions(logits_positions, batch.lengths)
-        grads = {}
+        elif request.logits_positions is not None:
+            logits_index, squeeze_logits = resolve_positions(
+                request.logits_positions, batch.lengths
+            )
+        grad_reads = None
         if grad_wanted:
             if logits_index is None or logits_index.shape[1] != 1:
                 raise ValueError("a grad pass needs logits at one position (logits_positions)")
-
-            logits, raw, raw_grads = self.backend.forward_grad(
-                batch.ids,
-                reads,
-                {s: reader for s in grad_wanted},
-                AtFirstPosition(objective),
-                past_key_values,
-                logits_index=logits_index,
-            )
-            grads = {str(s): raw_grads[s] for s in grad_wanted}
-        else:
-            logits, raw = self.backend.forward(
-                batch.ids, reads, writes, past_key_values, logits_index=logits_index
-            )
-        self.stats.forward_calls += 1
-        self.stats.forward_rows += batch.batch_size
-        if grad_wanted:
-            self.stats.backward_rows += batch.batch_size
-        captures = {str(s): self._derive(s, raw[s.base()]) for s in wanted}
-        if not want_logits:
-            return RunResult(logits=None, captures=captures, grads=grads)
-        return RunResult(
-            logits=logits[:, 0] if squeeze_logits else logits, captures=captures, grads=grads
+            grad_reads = {s: reader for s in grad_wanted}
+            objective = AtFirstPosition(objective)
+        width = batch.ids.shape[1]
+        n_logits = width if logits_index is None else logits_index.shape[1]
+        estimate = self._result_bytes(
+            [*reads, *(grad_reads or {})], batch.batch_size, pos_idx.shape[1], width, n_logits
         )
+        prepared = PassRequest(
+            batch.ids,
+            reads,
+            writes,
+            request.past_key_values,
+            logits_index,
+            grad_reads,
+            objective if grad_wanted else None,
+            result_bytes=estimate,
+        )
+
+        def finish(result: PassResult) -> RunResult:
+            self.stats.forward_calls += 1
+            self.stats.forward_rows += batch.batch_size
+            if grad_wanted:
+                self.stats.backward_rows += batch.batch_size
+            captures = {str(s): self._derive(s, result.results[s.base()]) for s in wanted}
+            grads = {str(s): result.grads[s] for s in grad_wanted}
+            if not request.want_logits:
+                return RunResult(logits=None, captures=captures, grads=grads)
+            logits = result.logits[:, 0] if squeeze_logits else result.logits
+            return RunResult(logits=logits, captures=captures, grads=grads)
+
+        return prepared, finish
+
+    def _result_bytes(
+        self, sites: Sequence[Site], rows: int, n_pos: int, width: int, n_logits: int
+    ) -> int:
+        """Bytes of what a pass reading ``sites`` at ``n_pos`` positions (and logits at
+        ``n_logits``) sends back, from the sites' canonical shapes, in the model's dtype."""
+        a = self.arch
+        sizes = {
+            "batch": rows,
+            "pos": n_pos,
+            "d_model": a.d_model,
+            "n_heads": a.n_heads,
+            "n_kv_heads": a.n_kv_heads,
+            "d_head": a.d_head,
+            "k_pos": width,
+        }
+        numel = rows * n_logits * a.vocab_size
+        for site in sites:
+            dims = site.spec.shape.strip("[]").split(", ")
+            numel += math.prod(sizes[d] for d in dims)
+        return numel * self.dtype.itemsize
 
     def _writer(self, patch: Patch, batch: TokenBatch) -> Callable[[Tensor], Tensor]:
         pos_idx, _ = resolve_positions(patch.positions, batch.lengths)
@@ -745,6 +894,8 @@ def load_model(
     remote: bool | str = False,
     remote_rows: int | None = 256,
     placeholder_decode: bool = False,
+    remote_session_rows: int = REMOTE_SESSION_ROWS,
+    remote_session_mb: float = REMOTE_SESSION_MB,
 ) -> ModelHandle:
     """Load a Llama-family checkpoint behind one backend.
 
@@ -773,6 +924,8 @@ def load_model(
             forward passes (:attr:`ModelHandle.remote_rows`).
         placeholder_decode: decodes return placeholders (a dry run's; see
             :func:`cgar_interp.runner.plan_remote`).
+        remote_session_rows, remote_session_mb: how independent remote passes are grouped
+            into one NDIF request (:attr:`ModelHandle.remote_session_rows`; ``0``: never).
 
     Raises:
         ValueError: unknown backend, model, dtype or unsupported architecture, naming it;
@@ -841,6 +994,8 @@ def load_model(
         prepend_bos=prepend_bos,
         remote_rows=remote_rows,
         placeholder_decode=placeholder_decode,
+        remote_session_rows=remote_session_rows,
+        remote_session_mb=remote_session_mb,
     )
 
 
@@ -848,6 +1003,7 @@ __all__ = [
     "Architecture",
     "ModelHandle",
     "Patch",
+    "RunRequest",
     "RunResult",
     "load_model",
     "resolve_dtype",

@@ -19,17 +19,18 @@ here: these paths raise :class:`~cgar_interp.remote.RemoteUnsupportedError` for 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .compat import cache_kwargs
 from .devices import PerDevice, module_device
-from .models import ModelHandle, Patch
+from .models import ModelHandle, Patch, RunRequest
 from .sites import site_name
 from .tokens import TokenBatch
 
@@ -366,38 +367,63 @@ def resume_full(
     Returns:
         ``{layer: [n_var_l, b, d_model]}`` residuals after the last block, before the norm.
     """
-    n_layers = handle.arch.n_layers
-    layers = _check_entries(handle, entries, patches)
-    if not layers:
+    if not _check_entries(handle, entries, patches):
         return {}
-    b = batch.batch_size
-    if entries[layers[0]].shape[1] != b:
-        raise ValueError(f"entries hold {entries[layers[0]].shape[1]} prompts; the batch {b}")
-    plan = [(layer, v) for layer in layers for v in range(entries[layer].shape[0])]
-    step = len(plan) if patches or max_rows is None else max(1, max_rows // b)
-    parts: dict[int, list[Tensor]] = {layer: [] for layer in layers}
-    final_site = site_name("resid", n_layers)
-    for start in range(0, len(plan), step):
-        chunk = plan[start : start + step]
-        copies = TokenBatch(batch.ids.repeat(len(chunk), 1), batch.lengths.repeat(len(chunk)))
-        writes = []
-        for layer in sorted({layer for layer, _ in chunk}):
-            mine = [(i, v) for i, (lay, v) in enumerate(chunk) if lay == layer]
-            index = torch.cat([torch.arange(i * b, (i + 1) * b) for i, _ in mine])
-            values = torch.cat([entries[layer][v] for _, v in mine])  # [len(mine) * b, d]
-            writes.append(
-                Patch(site_name("resid", layer), -1, partial(_replace_rows, index, values))
-            )
-        n_var = len(chunk)
-        for patch in patches:  # a suffix patch's function sees [b, n_var, ...]
-            writes.append(Patch(patch.site, -1, partial(_per_variant, patch.value, n_var)))
-        run = handle.run_with_patches(
-            copies, writes, capture=[final_site], capture_positions=-1, with_logits=False
-        )
+    return next(resume_full_many(handle, [(None, batch, entries, patches)], max_rows))[1]
+
+
+def resume_full_many(
+    handle: ModelHandle,
+    jobs: Iterable[tuple[Any, TokenBatch, dict[int, Tensor], Sequence[Patch]]],
+    max_rows: int | None = None,
+) -> Iterator[tuple[Any, dict[int, Tensor]]]:
+    """:func:`resume_full` of each ``(key, batch, entries, patches)`` job, yielding ``(key,
+    result)`` in order. Every job's passes are independent of every other's, so they run
+    through :meth:`~cgar_interp.models.ModelHandle.run_many` as one stream: on NDIF the
+    passes of several chunks and jobs go as one request (an nnsight session). Jobs are taken
+    from ``jobs`` as their passes are needed; each must have at least one entry layer."""
+    final_site = site_name("resid", handle.arch.n_layers)
+
+    def requests():
+        for key, batch, entries, patches in jobs:
+            layers = _check_entries(handle, entries, patches)
+            if not layers:
+                raise ValueError("a resume_full_many job needs at least one entry layer")
+            b = batch.batch_size
+            if entries[layers[0]].shape[1] != b:
+                raise ValueError(
+                    f"entries hold {entries[layers[0]].shape[1]} prompts; the batch {b}"
+                )
+            plan = [(layer, v) for layer in layers for v in range(entries[layer].shape[0])]
+            step = len(plan) if patches or max_rows is None else max(1, max_rows // b)
+            starts = range(0, len(plan), step)
+            for start in starts:
+                chunk = plan[start : start + step]
+                copies = TokenBatch(
+                    batch.ids.repeat(len(chunk), 1), batch.lengths.repeat(len(chunk))
+                )
+                writes = []
+                for layer in sorted({layer for layer, _ in chunk}):
+                    mine = [(i, v) for i, (lay, v) in enumerate(chunk) if lay == layer]
+                    index = torch.cat([torch.arange(i * b, (i + 1) * b) for i, _ in mine])
+                    values = torch.cat([entries[layer][v] for _, v in mine])  # [len(mine) * b, d]
+                    writes.append(
+                        Patch(site_name("resid", layer), -1, partial(_replace_rows, index, values))
+                    )
+                n_var = len(chunk)
+                for patch in patches:  # a suffix patch's function sees [b, n_var, ...]
+                    writes.append(Patch(patch.site, -1, partial(_per_variant, patch.value, n_var)))
+                request = RunRequest(copies, (final_site,), -1, tuple(writes), want_logits=False)
+                yield (key, layers, chunk, b, start == starts[-1]), request
+
+    parts: dict[int, list[Tensor]] = {}
+    for (key, layers, chunk, b, last), run in handle.run_many(requests()):
         final = run[final_site].reshape(len(chunk), b, -1)
         for i, (layer, _) in enumerate(chunk):
-            parts[layer].append(final[i])
-    return {layer: torch.stack(parts[layer]) for layer in layers}
+            parts.setdefault(layer, []).append(final[i])
+        if last:
+            yield key, {layer: torch.stack(parts[layer]) for layer in layers}
+            parts = {}
 
 
 def resume_last_token(

@@ -286,11 +286,17 @@ class DryServer:
         huggingface._ID_CACHE.setdefault(meta_model.repo_id, meta_model.repo_id)
 
     def __call__(self, backend, request, tracer):
+        import linecache
+
         from nnsight.schema.request import RequestModel
         from nnsight.tracing import tracer as tracing
 
         blob = backend._serialize(tracer)  # what NDIF would receive
         objects = self.meta_model._remoteable_persistent_objects()
+        # deserializing registers the block's source in linecache under this process's file
+        # name; the client's later payloads read functions' source from there (nnsight ships
+        # them by source), so the server's entries are dropped after, as on a real server
+        lines = dict(linecache.cache)
         restored = RequestModel.deserialize(blob, objects, compress=request.compress)
         tracing.inc()  # run as an outermost trace: only saved values come back
         try:
@@ -300,6 +306,8 @@ class DryServer:
             result = {k: v for k, v in frame.items() if id(v) in saved}
         finally:
             tracing.dec()
+            linecache.cache.clear()
+            linecache.cache.update(lines)
         return {k: _placeholder(v, k) for k, v in result.items()}
 
 

@@ -370,8 +370,8 @@ def failure_message(kind: str, model: str | None, detail: str = "") -> str:
         "(`cgar info --remote`), or run this one locally without --remote",
         "queue": f"NDIF's queue for{of} is full or the key's rate limit was reached: wait a few "
         f"minutes, then {RESUME}",
-        "timeout": f"a request for{of} timed out on NDIF: lower batch_size / remote_rows so each "
-        f"request does less, then {RESUME}",
+        "timeout": f"a request for{of} timed out on NDIF: lower batch_size / remote_rows / "
+        f"remote_session_rows so each request does less, then {RESUME}",
         "authentication": f"NDIF refused the API key for{of}: set a valid key in ${API_KEY_ENV} "
         "or store one with nnsight.login() (keys are issued at https://login.ndif.us), then "
         f"{RESUME}",
@@ -381,7 +381,7 @@ def failure_message(kind: str, model: str | None, detail: str = "") -> str:
         f"the service restarting): wait a few minutes (`cgar info --remote` lists what runs), "
         f"then {RESUME}",
         "out_of_memory": f"NDIF's GPU ran out of memory on a request for{of}: lower batch_size / "
-        f"remote_rows in the suite, then {RESUME}",
+        f"remote_rows / remote_session_rows in the suite, then {RESUME}",
         "version": f"NDIF refused this client's nnsight or Python version for{of}: install the "
         f"versions the server names (`cgar run --remote --dry-run` compares them), then {RESUME}",
         "download": f"downloading a result for{of} from NDIF's storage failed: {RESUME}",

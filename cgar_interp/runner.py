@@ -220,6 +220,8 @@ def load_suite_model(suite: SuiteConfig) -> ModelHandle:
         prepend_bos=suite.prepend_bos,
         remote=suite.remote,
         remote_rows=suite.remote_rows,
+        remote_session_rows=suite.remote_session_rows,
+        remote_session_mb=suite.remote_session_mb,
     )
 
 
@@ -339,6 +341,10 @@ class RemotePlan:
             ``"setup"`` (readout weights and self-check).
         local_peak_mib: this process's peak resident memory while planning (the readout
             weights a real run fetches are held as placeholders; its decodes are skipped).
+        session_rows, session_mb: the suite's grouping of independent passes into one
+            request (an nnsight session; ``session_rows == 0``: one request per pass).
+        ungrouped: the same run with one request per pass (``remote_session_rows = 0``), to
+            compare; None when the suite does not group, or when it was not planned.
     """
 
     model: str
@@ -348,6 +354,9 @@ class RemotePlan:
     units: dict
     local_peak_mib: float
     seconds: float
+    session_rows: int = 0
+    session_mb: float = 0.0
+    ungrouped: RemotePlan | None = None
 
     def lines(self) -> list[str]:
         mb = 1e6
@@ -355,20 +364,48 @@ class RemotePlan:
             f"dry run for {self.model} on NDIF (nothing was sent): {self.requests} requests, "
             f"{self.bytes_up / mb:,.1f} MB up, {self.bytes_down / mb:,.1f} MB down",
         ]
-        for unit, figures in sorted(self.units.items(), key=lambda u: not u[0].startswith("setup")):
+        base = self.ungrouped
+        if self.session_rows == 0:
+            out.append("  one request per pass (remote_session_rows = 0: no sessions)")
+        else:
             out.append(
+                f"  independent passes grouped into nnsight sessions of at most "
+                f"{self.session_rows} rows and about {self.session_mb:g} MB of results"
+                + (
+                    f"; one request per pass instead: {base.requests} requests, "
+                    f"{base.bytes_up / mb:,.1f} MB up, {base.bytes_down / mb:,.1f} MB down"
+                    if base is not None
+                    else ""
+                )
+            )
+        for unit, figures in sorted(self.units.items(), key=lambda u: not u[0].startswith("setup")):
+            line = (
                 f"  {unit:<32} {figures['requests']:6d} requests  {figures['bytes_up'] / mb:10,.1f} "
                 f"MB up  {figures['bytes_down'] / mb:10,.1f} MB down"
             )
+            if base is not None and unit in base.units:
+                other = base.units[unit]
+                line += (
+                    f"   (ungrouped: {other['requests']:6d} requests  "
+                    f"{other['bytes_up'] / mb:10,.1f} MB up  {other['bytes_down'] / mb:10,.1f} "
+                    "MB down)"
+                )
+            out.append(line)
+        seconds = self.seconds + (base.seconds if base is not None else 0.0)
+        peak = max(self.local_peak_mib, base.local_peak_mib if base is not None else 0.0)
         out.append(
-            f"local memory while planning: {self.local_peak_mib:,.0f} MiB peak "
-            f"({self.seconds:.1f} s); payloads measured uncompressed"
+            f"local memory while planning: {peak:,.0f} MiB peak ({seconds:.1f} s); payloads "
+            "measured uncompressed"
         )
         return out
 
 
 def plan_remote(
-    suite: SuiteConfig, *, log: Callable[[str], None] | None = None, self_check_rows: int = 3
+    suite: SuiteConfig,
+    *,
+    log: Callable[[str], None] | None = None,
+    self_check_rows: int = 3,
+    ungrouped: bool = True,
 ) -> RemotePlan:
     """Count the requests and bytes a remote run of ``suite`` makes, sending nothing.
 
@@ -376,12 +413,25 @@ def plan_remote(
     in place of NDIF: each request is serialized as it would be sent, run against the model
     built on the meta device (shapes only), and answered with placeholders, so the probes make
     the requests a real run makes. No run directory is kept; the tables are placeholders.
+
+    With ``ungrouped`` (and a suite that groups passes into sessions), the run is planned a
+    second time with one request per pass (``remote_session_rows = 0``), in
+    :attr:`RemotePlan.ungrouped`, so the two can be compared; that doubles the time.
     """
+    suite = replace(suite, remote=True, backend=remote_backend())
+    plan = _plan_once(suite, log=log, self_check_rows=self_check_rows)
+    if ungrouped and suite.remote_session_rows > 0:
+        single = replace(suite, remote_session_rows=0)
+        plan = replace(plan, ungrouped=_plan_once(single, log=log, self_check_rows=self_check_rows))
+    return plan
+
+
+def _plan_once(suite: SuiteConfig, *, log, self_check_rows: int) -> RemotePlan:
+    """One dry run of a remote ``suite`` (:func:`plan_remote`)."""
     import tempfile
 
     from .remote import dry_transport, remote_session
 
-    suite = replace(suite, remote=True, backend=remote_backend())
     started = time.perf_counter()
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -397,6 +447,8 @@ def plan_remote(
             remote=True,
             remote_rows=suite.remote_rows,
             placeholder_decode=True,
+            remote_session_rows=suite.remote_session_rows,
+            remote_session_mb=suite.remote_session_mb,
         )
         server.attach(handle.backend.engine)
         done = _run_suite(
@@ -422,6 +474,8 @@ def plan_remote(
         units=remote.get("units", {}),
         local_peak_mib=peak_rss_mib(),
         seconds=time.perf_counter() - started,
+        session_rows=suite.remote_session_rows,
+        session_mb=suite.remote_session_mb,
     )
 
 
@@ -475,7 +529,11 @@ def _run_suite(
     if suite.remote:
         if not handle.remote:
             raise ValueError("a remote suite needs a model loaded with remote=True")
-        handle = handle.with_options(remote_rows=suite.remote_rows)  # a handle passed in
+        handle = handle.with_options(  # a handle passed in: the suite's remote settings
+            remote_rows=suite.remote_rows,
+            remote_session_rows=suite.remote_session_rows,
+            remote_session_mb=suite.remote_session_mb,
+        )
     identity = {
         "config_hash": suite.config_hash(),
         "model_hash": handle.model_hash,

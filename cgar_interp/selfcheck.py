@@ -359,7 +359,7 @@ def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: in
         plan: what the suite uses (:func:`planned_paths`).
         rows: how many queries (a handful; the check must stay cheap).
     """
-    from .capture import capture_many, resume_variants
+    from .capture import CaptureJob, capture_jobs, capture_many, resume_variants
     from .models import Patch
     from .tokens import TokenBatch
 
@@ -372,8 +372,12 @@ def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: in
     resume_layers = sorted({0, n_layers // 2})  # layer 0 runs every block over the cache
     sites = list(site_names("resid", sorted({*resume_layers, n_layers})))
     try:
-        # the plain path: whole prompts, no cache
-        zero_plain = capture_many(handle, zero, sites, -1, batch_size=n, shared_prefix=False)
+        # the plain path: whole prompts, no cache; and the same prompts with their states
+        # kept for the resume check (independent passes: on NDIF one request)
+        jobs = [CaptureJob(handle, zero, sites, -1, batch_size=n, shared_prefix=False)]
+        if plan.resume:
+            jobs.append(CaptureJob(handle, zero, sites, -1, batch_size=n, keep_states=True))
+        zero_plain, *kept_run = capture_jobs(handle, jobs)
         # a patch of a residual's own size, in a seeded direction (what cbar or a task
         # vector is to the engine: a [d_model] vector added at the last position)
         gen = torch.Generator().manual_seed(12345)
@@ -403,7 +407,7 @@ def check_task(check: SelfCheck, handle, inputs, plan: PlannedPaths, *, rows: in
                 detail=f"largest relative residual difference {dr:.3g}",
             )
         if plan.resume:
-            kept = capture_many(handle, zero, sites, -1, batch_size=n, keep_states=True)
+            (kept,) = kept_run
             # a task vector at layer 0: the mean last-position residual of prompts that end
             # in the same token is that token's embedding, so replacing it changes nothing
             theta0 = zero_plain[site_name("resid", 0)].float().mean(0)
@@ -567,7 +571,7 @@ def check_grad_pass(check: SelfCheck, handle, batch, gold_tokens: Tensor, task: 
     (``|delta p|`` over the dtype's tolerance) if that is worse."""
     from .capture import capture_many, resume_gradients
     from .metrics import GoldProbability
-    from .models import Patch
+    from .models import Patch, RunRequest
 
     layer = handle.n_layers // 2
     z_site = site_name("z", layer)
@@ -593,21 +597,20 @@ def check_grad_pass(check: SelfCheck, handle, batch, gold_tokens: Tensor, task: 
 
         return fn
 
-    p = {
-        sign: objective(
-            handle.run_with_patches(
-                batch, [Patch(z_site, -1, moved(sign))], logits_positions=-1
-            ).logits.float()
-        )
+    # the two moved passes and a plain forward are independent: on NDIF one request
+    requests = [
+        (sign, RunRequest(batch, patches=(Patch(z_site, -1, moved(sign)),), logits_positions=-1))
         for sign in (1.0, -1.0)
-    }
+    ]
+    requests.append(("plain", RunRequest(batch, positions=None, logits_positions=-1)))
+    runs = dict(handle.run_many(requests))
+    p = {sign: objective(runs[sign].logits.float()) for sign in (1.0, -1.0)}
     central = (p[1.0] - p[-1.0]) / 2
     first_order = (step * norm).double()
     usable = first_order > 1e-9  # a row whose p(gold) has no gradient at all has no test
     relative = (central - first_order).abs()[usable] / first_order[usable]
     worst = float(relative.max()) if usable.any() else 0.0
-    plain = handle.logits(batch, positions=-1)
-    dp, dl = prob_diff(run.logits, plain)
+    dp, dl = prob_diff(run.logits, runs["plain"].logits)
     tolerance = GRAD_TOLERANCE.get(check.dtype, 0.5)
     check.record(
         "grad_pass",

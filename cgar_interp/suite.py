@@ -27,11 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from .backends import BACKENDS, remote_backend, supports_remote
+from .backends.base import REMOTE_SESSION_MB, REMOTE_SESSION_ROWS, check_session_limits
 from .config import ConfigError, build, to_dict
 from .probes import ProbeConfig, get_probe
 from .task_spec import TaskSpec
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "probes"
+# the remote grouping settings: transport, not in the config hash
+SESSION_KEYS = ("remote_session_rows", "remote_session_mb")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,12 @@ class SuiteConfig:
     # seconds one NDIF job may wait in NDIF's queue before the run stops (its job id is kept
     # and --resume polls it); not part of the config hash: a resume may change it
     remote_queue_timeout_s: float = 3600.0
+    # fewer round trips: independent passes run back to back (capture batches, chunks of
+    # variant passes) go as one request, an nnsight session, of at most remote_session_rows
+    # rows and about remote_session_mb MB of results; remote_session_rows = 0: one request per
+    # pass. Transport only: the numbers are the same, so neither is in the config hash
+    remote_session_rows: int = REMOTE_SESSION_ROWS
+    remote_session_mb: float = REMOTE_SESSION_MB
     probes: tuple[ProbeEntry, ...] = field(default=())
 
     def __post_init__(self):
@@ -109,6 +118,14 @@ class SuiteConfig:
                 "key 'remote_queue_timeout_s' must be a number of seconds > 0 (how long an NDIF "
                 f"job may stay queued before the run stops); got {timeout!r}"
             )
+        try:
+            check_session_limits(
+                self.remote_session_rows,
+                self.remote_session_mb,
+                tuple(f"key {key!r}" for key in SESSION_KEYS),
+            )
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if self.remote:
             if self.backend not in BACKENDS or not supports_remote(self.backend):
                 raise ConfigError(
@@ -156,18 +173,19 @@ class SuiteConfig:
         if not self.seeds:  # likewise for suites of one seed
             out.pop("seeds")
         if not self.remote:  # likewise for suites that run here
-            out.pop("remote")
-            out.pop("remote_rows")
-            out.pop("remote_queue_timeout_s")
+            for key in ("remote", "remote_rows", "remote_queue_timeout_s", *SESSION_KEYS):
+                out.pop(key)
         out["probes"] = [{"kind": p.kind, **to_dict(p.config)} for p in self.probes]
         return out
 
     def config_hash(self) -> str:
         """Hash of everything that determines the numbers (not the output location, nor how
-        long a remote run waits for NDIF's queue)."""
-        settings = self.to_dict()
-        settings.pop("remote_queue_timeout_s", None)
-        text = json.dumps(settings, sort_keys=True, default=str)
+        long a remote run waits for NDIF's queue, nor how its passes are grouped into
+        requests)."""
+        out = self.to_dict()
+        for key in ("remote_queue_timeout_s", *SESSION_KEYS):  # same numbers either way
+            out.pop(key, None)
+        text = json.dumps(out, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def needed_layers(self, n_layers: int) -> tuple[int, ...]:

@@ -25,10 +25,12 @@ import socket
 import sys
 import types
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
+import cgar_interp
 from cgar_interp.capture import capture_many
 from cgar_interp.models import load_model
 from cgar_interp.prefix import last_token_state, shared_prefix_cache
@@ -92,14 +94,40 @@ class _Hidden(importlib.abc.MetaPathFinder):
 
 @contextlib.contextmanager
 def server_environment():
+    """As on an NDIF server: ``cgar_interp`` is not installed (unimportable, and its files
+    are not on disk, so a ``with`` block nnsight looks up in them is found only in source
+    that travelled with the request), and nnsight has read no source yet (a fresh process).
+    The client's source caches come back as they were after."""
+    import linecache
+
+    from nnsight.tracing.globals import BLOCKS, SOURCES
+
+    package = str(Path(cgar_interp.__file__).parent)
     hidden = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] == "cgar_interp"}
     finder = _Hidden()
     sys.meta_path.insert(0, finder)
+    saved = {"lines": dict(linecache.cache), "sources": dict(SOURCES), "blocks": dict(BLOCKS)}
+    read_file = linecache.updatecache
+
+    def not_on_disk(filename, module_globals=None):
+        if str(filename).startswith(package):
+            return []
+        return read_file(filename, module_globals)
+
+    for name in [n for n in linecache.cache if str(n).startswith(package)]:
+        del linecache.cache[name]
+    SOURCES.clear()
+    BLOCKS.clear()
+    linecache.updatecache = not_on_disk
     try:
         yield
     finally:
+        linecache.updatecache = read_file
         sys.meta_path.remove(finder)
         sys.modules.update(hidden)
+        for cache, key in ((linecache.cache, "lines"), (SOURCES, "sources"), (BLOCKS, "blocks")):
+            cache.clear()
+            cache.update(saved[key])
 
 
 @contextlib.contextmanager
@@ -373,7 +401,9 @@ def test_capture_many_runs_remotely_without_prefix_reuse(remote, tiny_handles, n
         tiny_handles["nnsight"], batch, SITES, -1, batch_size=2, shared_prefix=False
     )
     remote.stats.reset()
-    got = capture_many(remote, batch, SITES, -1, batch_size=2)  # default: prefix reuse off
+    # one request per batch (grouped into sessions: tests/test_remote_sessions.py)
+    ungrouped = remote.with_options(remote_session_rows=0)
+    got = capture_many(ungrouped, batch, SITES, -1, batch_size=2)  # default: prefix reuse off
     assert remote.stats.prefix_calls == 0 and len(ndif.sent) == 2
     for site in SITES:
         assert torch.equal(got[site], want[site]), site

@@ -145,7 +145,7 @@ def test_dry_run_counts_what_a_run_sends_and_sends_nothing(
     from nnsight import CONFIG
 
     suite = suite_for(str(weightless_embedded), remote=True)
-    plan = plan_remote(suite)
+    plan = plan_remote(suite, ungrouped=False)  # grouped and ungrouped: test_remote_sessions
     assert not server.sent, "the dry run sent a request"
     assert CONFIG.API.COMPRESS is True  # restored
 
@@ -172,7 +172,7 @@ def test_a_failed_request_stops_with_one_line_and_resume_finishes(
     suite = suite_for(str(weightless_embedded), remote=True)
     out = tmp_path / "remote"
     answer, calls = server.__call__, {"n": 0}
-    plan = plan_remote(suite)  # the requests a run sends, counted without sending any
+    plan = plan_remote(suite, ungrouped=False)  # the requests a run sends, none sent
     sending = [unit for unit, figures in plan.units.items() if figures["requests"]]
     after = sum(plan.units[u]["requests"] for u in sending[sending.index(sending[-1]) :])
     drop = plan.requests - after + 1  # the first request of the last unit that sends any
@@ -316,7 +316,7 @@ def test_the_paper_suite_remotely_is_a_small_multiple_of_the_local_passes(
     from cgar_interp.suite import load_suite
 
     remote = load_suite("paper_ndif", model=str(weightless_embedded), dtype="float32")
-    plan = plan_remote(remote)
+    plan = plan_remote(remote, ungrouped=False)
     local = replace(remote, model="embedded", remote=False)
     done = run_suite(local, tmp_path / "local", handle=embedded_handles["nnsight"], report=False)
     stats = done.manifest["forward_stats"]

@@ -18,11 +18,12 @@ an engine's own object: how each engine holds the HF module tree stays in its ba
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -48,6 +49,92 @@ class Dims:
     n_heads: int
     n_kv_heads: int
     d_head: int
+
+
+@dataclass(frozen=True)
+class PassRequest:
+    """One forward pass, as :meth:`Backend.forward` (or, with ``grad_reads``,
+    :meth:`Backend.forward_grad`) takes it: what :meth:`Backend.forward_many` runs in turn.
+
+    Attributes:
+        ids: token ids ``[batch, pos]``.
+        reads, writes, past_key_values, logits_index: as in :meth:`Backend.forward`.
+        grad_reads, objective: a grad pass (:meth:`Backend.forward_grad`) when ``grad_reads``
+            is set; ``writes`` must then be empty.
+        result_bytes: an estimate of the bytes the pass returns (what a session's byte cap
+            counts; ``0``: unknown).
+    """
+
+    ids: Tensor
+    reads: Mapping[Site, Reader]
+    writes: Mapping[Site, Writer] = field(default_factory=dict)
+    past_key_values: object = None
+    logits_index: Tensor | None = None
+    grad_reads: Mapping[Site, Reader] | None = None
+    objective: Objective | None = None
+    result_bytes: int = 0
+
+    def __post_init__(self):
+        if self.grad_reads is not None and (self.objective is None or self.writes):
+            raise ValueError("a grad pass (grad_reads) needs an objective and takes no writes")
+
+    @property
+    def rows(self) -> int:
+        """Rows of the batch (what a session's cap counts)."""
+        return int(self.ids.shape[0])
+
+
+class PassResult(NamedTuple):
+    """What one pass returns: ``logits``, ``{site: reader result}`` and, for a grad pass,
+    ``{site: gradient reader result}`` (empty otherwise)."""
+
+    logits: Tensor
+    results: dict[Site, Tensor]
+    grads: dict[Site, Tensor]
+
+
+# grouped remote requests (nnsight sessions): the defaults of ModelHandle and SuiteConfig
+REMOTE_SESSION_ROWS = 2048
+REMOTE_SESSION_MB = 256.0
+
+
+def session_groups(
+    requests: Iterable[PassRequest], max_rows: int, max_bytes: float = math.inf
+) -> Iterator[list[PassRequest]]:
+    """Consecutive requests, in order, in groups of at most ``max_rows`` rows and
+    ``max_bytes`` estimated result bytes in all (:attr:`PassRequest.result_bytes`); a request
+    over either cap by itself is a group of its own. Lazy: a group is formed when the
+    previous one has been consumed."""
+    if max_rows < 1 or not max_bytes > 0:
+        raise ValueError(f"max_rows and max_bytes must be > 0; got {max_rows}, {max_bytes}")
+    group: list[PassRequest] = []
+    rows = size = 0
+    for request in requests:
+        if group and (rows + request.rows > max_rows or size + request.result_bytes > max_bytes):
+            yield group
+            group, rows, size = [], 0, 0
+        group.append(request)
+        rows += request.rows
+        size += request.result_bytes
+    if group:
+        yield group
+
+
+def check_session_limits(
+    rows, size, names: tuple[str, str] = ("session_rows", "session_bytes")
+) -> None:
+    """The caps of grouped remote requests: ``rows`` an int >= 0 (0: no grouping) and
+    ``size`` a number > 0, else a ValueError naming the bad value as ``names`` spell them."""
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+        raise ValueError(
+            f"{names[0]} must be an int >= 0 (most rows per grouped NDIF request; 0: one "
+            f"request per pass); got {rows!r}"
+        )
+    if isinstance(size, bool) or not isinstance(size, int | float) or not size > 0:
+        raise ValueError(
+            f"{names[1]} must be a number > 0 (about the most results per grouped NDIF "
+            f"request); got {size!r}"
+        )
 
 
 class Backend(ABC):
@@ -175,6 +262,47 @@ class Backend(ABC):
         Returns:
             ``(logits [batch, pos | k, vocab], {site: reader result})``.
         """
+
+    def run_pass(self, request: PassRequest) -> PassResult:
+        """One :class:`PassRequest`: :meth:`forward`, or :meth:`forward_grad` for a grad pass."""
+        if request.grad_reads is not None:
+            return PassResult(
+                *self.forward_grad(
+                    request.ids,
+                    request.reads,
+                    request.grad_reads,
+                    request.objective,
+                    request.past_key_values,
+                    logits_index=request.logits_index,
+                )
+            )
+        logits, results = self.forward(
+            request.ids,
+            request.reads,
+            request.writes,
+            request.past_key_values,
+            logits_index=request.logits_index,
+        )
+        return PassResult(logits, results, {})
+
+    def forward_many(
+        self,
+        requests: Iterable[PassRequest],
+        session_rows: int = 0,
+        session_bytes: float = math.inf,
+    ) -> Iterator[PassResult]:
+        """Run independent passes (no request's inputs depend on another's results), yielding
+        their results in order.
+
+        Here one at a time, each pulled from ``requests`` when the previous one is done (so a
+        caller's lazily built requests, e.g. one KV cache per batch, never pile up). A backend
+        whose passes are requests to a server groups them: the nnsight backend on NDIF sends
+        one session of several traces per request, of at most ``session_rows`` rows and
+        ``session_bytes`` estimated result bytes in all (``session_rows=0``: one request per
+        pass, as here).
+        """
+        check_session_limits(session_rows, session_bytes)
+        return (self.run_pass(request) for request in requests)
 
     def forward_grad(
         self,

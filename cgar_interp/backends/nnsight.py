@@ -13,7 +13,9 @@ server would not get), so a remote run sends back ``[batch, k, vocab]`` logits, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -26,13 +28,17 @@ from .base import (
     ROTARY_ORDER,
     Backend,
     Dims,
+    PassRequest,
+    PassResult,
     Reader,
     Writer,
+    check_session_limits,
     get_module,
     grad_mode,
     hf_from_canonical,
     hf_to_canonical,
     needs_rotary,
+    session_groups,
 )
 
 
@@ -149,9 +155,8 @@ class NNsightBackend(Backend):
         logits_index: Tensor | None = None,
         grad: bool = False,
     ) -> tuple[Tensor, dict[Site, Tensor]]:
-        logits, results, _ = self._trace(
-            ids, reads, writes, past_key_values, logits_index, grad=grad
-        )
+        request = PassRequest(ids, reads, writes, past_key_values, logits_index)
+        logits, results, _ = self._trace(request, grad=grad)
         return logits, results
 
     def forward_grad(
@@ -169,107 +174,192 @@ class NNsightBackend(Backend):
         to the grad sites (no weight gradient is accumulated); a grad site whose tensor does
         not require grad (a server whose weights do not) is made to, in place, before the
         blocks above it use it."""
-        return self._trace(
-            ids,
-            reads,
-            {},
-            past_key_values,
-            logits_index,
-            grad_reads=grad_reads,
-            objective=objective,
+        request = PassRequest(
+            ids, reads, {}, past_key_values, logits_index, dict(grad_reads), objective
         )
+        return self._trace(request)
 
-    def _trace(
+    def forward_many(
         self,
-        ids: Tensor,
-        reads: Mapping[Site, Reader],
-        writes: Mapping[Site, Writer],
-        past_key_values=None,
-        logits_index: Tensor | None = None,
-        grad: bool = False,
-        grad_reads: Mapping[Site, Reader] | None = None,
-        objective=None,
-    ) -> tuple[Tensor, dict[Site, Tensor], dict[Site, Tensor]]:
-        import nnsight
+        requests: Iterable[PassRequest],
+        session_rows: int = 0,
+        session_bytes: float = math.inf,
+    ) -> Iterator[PassResult]:
+        """On NDIF with ``session_rows >= 1``: consecutive passes of at most ``session_rows``
+        rows and ``session_bytes`` estimated result bytes in all go as one request, an
+        nnsight session whose body opens one trace per pass (:meth:`_session`); a group of
+        one pass is a plain trace (:meth:`_trace`). Locally, or with ``session_rows=0``: one
+        trace per pass, as every backend."""
+        check_session_limits(session_rows, session_bytes)
+        if not self.remote or session_rows == 0:
+            return super().forward_many(requests)
+        return self._grouped(requests, session_rows, session_bytes)
 
+    def _grouped(
+        self, requests: Iterable[PassRequest], session_rows: int, session_bytes: float
+    ) -> Iterator[PassResult]:
+        for group in session_groups(requests, session_rows, session_bytes):
+            if len(group) == 1:
+                yield self.run_pass(group[0])
+            else:
+                yield from self._session(group, remote=self.remote)
+
+    def _spec(self, request: PassRequest, grad: bool = False) -> PassSpec:
+        """What the traced block reads of one pass (a plain object, so a request carries it)."""
         lm = self.engine
-        if self.remote and past_key_values is not None:
+        if self.remote and request.past_key_values is not None:
             raise remote_unsupported("a forward pass over a KV cache", str(lm.repo_id))
-        grad_reads = dict(grad_reads or {})
-        dims = self.dims  # the block reads dims, not self: a remote run ships what it reads
-        sites = sorted(set(reads) | set(writes) | set(grad_reads), key=lambda s: s.order)
-        # keyed by name: what a server sends back must unpickle without cgar_interp installed
-        results: dict[str, Tensor] = {}
-        grads: dict[str, Tensor] = {}
+        grad_reads = dict(request.grad_reads or {})
+        sites = sorted(
+            set(request.reads) | set(request.writes) | set(grad_reads), key=lambda s: s.order
+        )
         steps: list[tuple[tuple[int, int], Site | None]] = [(s.order, s) for s in sites]
         if needs_rotary(sites):
             steps.append((ROTARY_ORDER, None))
         steps.sort(key=lambda step: step[0])
-        extra = {}
-        if past_key_values is not None:
+        ids, past = request.ids, request.past_key_values
+        kwargs = {}
+        if past is not None:
             # An explicit mask over the cached slots and the new tokens: nnsight 0.8.1 makes
             # one of the new tokens' width itself unless it sees `past_key_values`, and the
             # model then attends to none of the cache (see cgar_interp.compat).
-            width = past_key_values.get_seq_length() + ids.shape[1]
-            extra = {
-                **cache_kwargs(module_tree(lm).forward, past_key_values),
+            width = past.get_seq_length() + ids.shape[1]
+            kwargs = {
+                **cache_kwargs(module_tree(lm).forward, past),
                 "attention_mask": torch.ones(
                     ids.shape[0], width, dtype=torch.long, device=ids.device
                 ),
                 "use_cache": True,
             }
-        with grad_mode(grad or bool(grad_reads)), lm.trace(ids, remote=self.remote, **extra):
-            rotary = None
-            tracked: list[tuple[Site, Tensor]] = []  # grad sites' raw tensors, forward order
-            for _, site in steps:
-                if site is None:
-                    rotary = lm.model.rotary_emb.output
-                    continue
-                envoy = get_module(lm, site.hf_module_path())
-                part = site.spec.hf_part
-                if part == "input0":
-                    raw = envoy.input
-                else:
-                    full = envoy.output
-                    raw = full if part == "output" else full[0 if part == "output0" else 1]
-                if site in grad_reads:
-                    if not raw.requires_grad:
-                        raw.requires_grad_(True)
-                    tracked.append((site, raw))
-                canon = hf_to_canonical(site, raw, dims, rotary)
-                writer, reader = writes.get(site), reads.get(site)
-                if writer is not None:
-                    canon = writer(canon)
-                    new = hf_from_canonical(site, canon)
-                    if part == "input0":
-                        envoy.input = new
-                    elif part == "output":
-                        envoy.output = new
-                    else:
-                        out = list(full)
-                        out[0 if part == "output0" else 1] = new
-                        envoy.output = tuple(out)
-                if reader is not None:
-                    results[str(site)] = reader(canon.detach())
-            if logits_index is not None:  # the unembedding sees only the wanted positions
-                hidden = lm.lm_head.input  # [batch, pos, d_model]
-                rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
-                lm.lm_head.input = hidden[rows, logits_index.to(hidden.device)]
-            output = lm.lm_head.output
-            if tracked:
-                total = objective(output).sum()
-                with total.backward(inputs=[raw for _, raw in tracked]):
-                    for site, raw in reversed(tracked):  # gradients arrive in reverse order
-                        g = hf_to_canonical(site, raw.grad, dims, rotary)
-                        grads[str(site)] = grad_reads[site](g.detach())
-            captured = nnsight.save(results)  # a remote run sends back saved names only
-            captured_grads = nnsight.save(grads)
-            logits = nnsight.save(output.detach())
-        return (
-            logits,
-            {site: captured[str(site)] for site in reads},
-            {site: captured_grads[str(site)] for site in grad_reads},
+        return PassSpec(
+            ids=ids,
+            kwargs=kwargs,
+            steps=[site for _, site in steps],
+            reads=dict(request.reads),
+            writes=dict(request.writes),
+            grad_reads=grad_reads,
+            objective=request.objective,
+            logits_index=request.logits_index,
+            grad=grad or bool(grad_reads),
         )
+
+    @staticmethod
+    def _result(request: PassRequest, out: dict) -> PassResult:
+        """A pass's result (keyed by site) from what its trace saved (keyed by name)."""
+        return PassResult(
+            out["logits"],
+            {site: out["results"][str(site)] for site in request.reads},
+            {site: out["grads"][str(site)] for site in request.grad_reads or {}},
+        )
+
+    def _trace(self, request: PassRequest, grad: bool = False) -> PassResult:
+        """One pass, one trace (one NDIF request on a remote model)."""
+        import nnsight
+
+        lm = self.engine
+        dims = self.dims  # the block reads dims, not self: a remote run ships what it reads
+        spec = self._spec(request, grad)
+        with grad_mode(spec.grad), lm.trace(spec.ids, remote=self.remote, **spec.kwargs):
+            out = nnsight.save(traced_pass(lm, dims, spec))  # a remote run sends saves only
+        return self._result(request, out)
+
+    def _session(self, requests: list[PassRequest], remote: bool | str = True) -> list[PassResult]:
+        """Several independent passes as one nnsight session: the whole body, one trace per
+        pass, runs where ``remote`` says (``True``: NDIF, one request; ``"local"``: nnsight's
+        serialize-then-run simulation; ``False``: here). Each trace runs :func:`traced_pass`,
+        as :meth:`_trace` does; its grad mode is set inside the body, so on the server."""
+        import nnsight
+
+        lm = self.engine
+        dims = self.dims
+        specs = [self._spec(request) for request in requests]
+        with lm.session(remote=remote):
+            outs = []
+            for spec in specs:
+                with grad_mode(spec.grad), lm.trace(spec.ids, **spec.kwargs):
+                    out = traced_pass(lm, dims, spec)
+                outs.append(out)
+            outs = nnsight.save(outs)  # the session's saves are what comes back
+        return [self._result(r, o) for r, o in zip(requests, outs, strict=True)]
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """One pass as the traced block reads it: the ids and the model call's keyword
+    arguments, the sites in execution order (``None``: the rotary embedding's output), the
+    readers, writers and gradient readers, the objective, the positions whose logits are
+    wanted, and whether the pass tracks gradients."""
+
+    ids: Tensor
+    kwargs: dict
+    steps: list
+    reads: dict
+    writes: dict
+    grad_reads: dict
+    objective: object
+    logits_index: Tensor | None
+    grad: bool
+
+
+def traced_pass(lm, dims: Dims, spec: PassSpec) -> dict:
+    """The interventions of one pass, called inside its ``lm.trace``: reads and writes at
+    every site in execution order, the unembedding's input cut to the wanted positions, and
+    for a grad pass a backward inside the trace (``with total.backward(inputs=...)``).
+
+    On NDIF this function travels by value (by source: nnsight's pickler recompiles it on
+    the server, and registers that source so the ``with`` of the backward is found there).
+
+    Returns:
+        ``{"logits": [batch, k | pos, vocab], "results": {site name: reader result},
+        "grads": {site name: gradient reader result}}``, keyed by name: what a server sends
+        back must unpickle without cgar_interp installed.
+    """
+    results: dict[str, Tensor] = {}
+    grads: dict[str, Tensor] = {}
+    rotary = None
+    tracked: list[tuple[Site, Tensor]] = []  # grad sites' raw tensors, forward order
+    for site in spec.steps:
+        if site is None:
+            rotary = lm.model.rotary_emb.output
+            continue
+        envoy = get_module(lm, site.hf_module_path())
+        part = site.spec.hf_part
+        if part == "input0":
+            raw = envoy.input
+        else:
+            full = envoy.output
+            raw = full if part == "output" else full[0 if part == "output0" else 1]
+        if site in spec.grad_reads:
+            if not raw.requires_grad:
+                raw.requires_grad_(True)
+            tracked.append((site, raw))
+        canon = hf_to_canonical(site, raw, dims, rotary)
+        writer, reader = spec.writes.get(site), spec.reads.get(site)
+        if writer is not None:
+            canon = writer(canon)
+            new = hf_from_canonical(site, canon)
+            if part == "input0":
+                envoy.input = new
+            elif part == "output":
+                envoy.output = new
+            else:
+                out = list(full)
+                out[0 if part == "output0" else 1] = new
+                envoy.output = tuple(out)
+        if reader is not None:
+            results[str(site)] = reader(canon.detach())
+    if spec.logits_index is not None:  # the unembedding sees only the wanted positions
+        hidden = lm.lm_head.input  # [batch, pos, d_model]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+        lm.lm_head.input = hidden[rows, spec.logits_index.to(hidden.device)]
+    output = lm.lm_head.output
+    if tracked:
+        total = spec.objective(output).sum()
+        with total.backward(inputs=[raw for _, raw in tracked]):
+            for site, raw in reversed(tracked):  # gradients arrive in reverse order
+                g = hf_to_canonical(site, raw.grad, dims, rotary)
+                grads[str(site)] = spec.grad_reads[site](g.detach())
+    return {"logits": output.detach(), "results": results, "grads": grads}
 
 
 def load(

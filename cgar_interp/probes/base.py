@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..capture import capture_many
+from ..capture import CaptureJob, capture_jobs, capture_many
 from ..metrics import GoldProbability, gold_probability, query_metrics, summarise
 from ..models import ModelHandle, RunResult
 from ..sites import site_name, site_names
@@ -258,6 +258,7 @@ class ProbeContext:
         covered = {
             kind: {int(r) for g in self._groups[kind] for r in g.rows} for kind in self._groups
         }
+        jobs: list[tuple[str, Tensor, CaptureJob]] = []
         for kind, (batch, base_rows) in self._kind_batches().items():
             signature: dict[int, tuple] = {}
             for i, read in enumerate(reads):
@@ -286,7 +287,7 @@ class ProbeContext:
                         sites += [s for s in reads[i].sites if s not in sites]
                 keep = any(reads[i].keep_states for i in sig if i != "base")
                 rows_t = torch.tensor(rows)
-                run = capture_many(
+                job = CaptureJob(
                     self.handle,
                     batch if len(rows) == n else batch.select(rows_t),
                     sites,
@@ -295,8 +296,12 @@ class ProbeContext:
                     progress=tick,
                     keep_states=keep,
                 )
-                check_finite(run, self.inputs.task, kind, rows_t)
-                self._groups[kind].append(_Group(rows_t, run))
+                jobs.append((kind, rows_t, job))
+        # every group's batches are independent passes: one stream (on NDIF, few requests)
+        runs = capture_jobs(self.handle, [job for _, _, job in jobs])
+        for (kind, rows_t, _), run in zip(jobs, runs, strict=True):
+            check_finite(run, self.inputs.task, kind, rows_t)
+            self._groups[kind].append(_Group(rows_t, run))
         self._ran_base = self._ran_base or base
         if self.shared_store is not None:
             state = self.shared_state()
