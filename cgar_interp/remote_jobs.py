@@ -86,7 +86,17 @@ def request_key(blob: bytes, request) -> str:
         def persistent_load(self, pid):
             return ("persistent", pid)
 
-    tracer, block = loads(blob, unpickler=ById)
+    import linecache
+
+    # rebuilding functions shipped by source registers that source in linecache under this
+    # process's own file names; the next payload would then ship them by bytecode (see
+    # DryServer.__call__): restore the cache as it was
+    lines = dict(linecache.cache)
+    try:
+        tracer, block = loads(blob, unpickler=ById)
+    finally:
+        linecache.cache.clear()
+        linecache.cache.update(lines)
     digest = hashlib.sha256()
     _feed(digest, (request.model_key, request.env, block, tracer.args, tracer.kwargs), {})
     return digest.hexdigest()
