@@ -260,15 +260,17 @@ def server_readout(
     def one_request(start: int, stop: int, with_norm: bool):
         with torch.no_grad(), lm.trace(torch.zeros(1, 1, dtype=torch.long), remote=remote):
             hidden = lm.lm_head.input  # [1, 1, d]: its dtype and device are the server's
-            out = {}
-            if with_norm:
-                probe = torch.full((1, d_model), NORM_PROBE, dtype=hidden.dtype)
-                out["normed"] = lm.model.norm(probe.to(hidden.device))[0]
             eye = torch.eye(d_model, dtype=hidden.dtype, device=hidden.device)[start:stop]
             base = lm.lm_head(torch.zeros_like(eye[:1]))  # [1, V]: the bias (zeros without)
-            out["columns"] = lm.lm_head(eye) - base  # [rows, V] = W_U[:, start:stop].T
-            out["bias"] = base[0]
-            fetched = nnsight.save(out)
+            probe = torch.full((1, d_model), NORM_PROBE, dtype=hidden.dtype).to(hidden.device)
+            # one saved name per result: a second name for the same object is sent twice
+            fetched = nnsight.save(
+                {
+                    "columns": lm.lm_head(eye) - base,  # [rows, V] = W_U[:, start:stop].T
+                    "bias": base[0],
+                    **({"normed": lm.model.norm(probe)[0]} if with_norm else {}),
+                }
+            )
         return fetched
 
     columns, first, start = [], None, 0

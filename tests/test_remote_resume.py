@@ -351,7 +351,7 @@ def readout_fetches(submits: list[dict]) -> list[dict]:
     """The requests among ``submits`` that fetched the readout weights through module calls
     (cgar_interp.remote_readout.server_readout saves ``fetched``). They are kept in the disk
     cache, so a resumed run sends none of them again."""
-    return [s for s in submits if "fetched" in s["saves"]]
+    return [s for s in submits if s["saves"] == ["fetched"]]
 
 
 def clear(directory: Path) -> None:
