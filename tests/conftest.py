@@ -20,6 +20,20 @@ TINY_VOCAB = 128
 
 
 @pytest.fixture(autouse=True)
+def _linecache_restored():
+    """Each test leaves ``linecache`` as it found it. Decoding an nnsight payload (the tests'
+    payload comparisons, fake servers) registers the shipped functions' source under this
+    process's file names; nnsight would then ship ``traced_pass`` of a later test by bytecode,
+    and a backward inside it fails on a server (as it would on NDIF)."""
+    import linecache
+
+    lines = dict(linecache.cache)
+    yield
+    linecache.cache.clear()
+    linecache.cache.update(lines)
+
+
+@pytest.fixture(autouse=True)
 def readout_cache(monkeypatch, tmp_path_factory) -> Path:
     """Each test's own cache of remote readouts (cgar_interp.remote_readout), never the user's:
     a readout one test fetched must not answer another's requests."""
