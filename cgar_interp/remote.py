@@ -286,18 +286,22 @@ class DryServer:
         huggingface._ID_CACHE.setdefault(meta_model.repo_id, meta_model.repo_id)
 
     def __call__(self, backend, request, tracer):
+        blob = backend._serialize(tracer)  # what NDIF would receive
+        return self.answer(blob, request.compress)
+
+    def answer(self, blob: bytes, compress: bool) -> dict:
+        """Placeholders of the values a serialized request saves, run on the meta model."""
         import linecache
 
         from nnsight.schema.request import RequestModel
         from nnsight.tracing import tracer as tracing
 
-        blob = backend._serialize(tracer)  # what NDIF would receive
         objects = self.meta_model._remoteable_persistent_objects()
         # deserializing registers the block's source in linecache under this process's file
         # name; the client's later payloads read functions' source from there (nnsight ships
         # them by source), so the server's entries are dropped after, as on a real server
         lines = dict(linecache.cache)
-        restored = RequestModel.deserialize(blob, objects, compress=request.compress)
+        restored = RequestModel.deserialize(blob, objects, compress=compress)
         tracing.inc()  # run as an outermost trace: only saved values come back
         try:
             restored.execute(restored.info.code)

@@ -235,22 +235,12 @@ def placeholders(meta_model) -> Callable:
     """``on_request`` that runs each payload on ``meta_model`` (a remote handle's meta-device
     model: shapes only, no arithmetic) and answers placeholders of the saved values' shapes,
     as :class:`cgar_interp.remote.DryServer` does: cheap, for tests of everything but values."""
-    from cgar_interp.remote import _placeholder
+    from cgar_interp.remote import DryServer
+
+    server = DryServer()
+    server.meta_model = meta_model  # not attach(): no hub-id cache entry is added
 
     def answer(meta: dict, blob: bytes) -> dict:
-        from nnsight.schema.request import RequestModel
-        from nnsight.tracing import tracer as tracing
-
-        objects = meta_model._remoteable_persistent_objects()
-        restored = RequestModel.deserialize(blob, objects, compress=meta.get("compress", False))
-        tracing.inc()
-        try:
-            restored.execute(restored.info.code)
-            saved = tracing._saves()
-            frame = restored.info.frame.f_locals
-            result = {k: v for k, v in frame.items() if id(v) in saved}
-        finally:
-            tracing.dec()
-        return {k: _placeholder(v, k) for k, v in result.items()}
+        return server.answer(blob, meta.get("compress", False))
 
     return answer
