@@ -42,8 +42,9 @@ SITES = ["resid.1", "q.1", "attn_pattern.1", "mlp_out.0"]
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
+def refuse_sockets(monkeypatch) -> None:
+    """Make every attempt to open a network connection fail the test (any monkeypatch scope)."""
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"an offline test tried to open a network connection: {args}")
 
@@ -51,6 +52,11 @@ def no_network(monkeypatch):
         monkeypatch.setattr(socket.socket, name, refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    refuse_sockets(monkeypatch)
 
 
 @pytest.fixture

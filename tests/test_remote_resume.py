@@ -209,18 +209,12 @@ def install_server(mp: pytest.MonkeyPatch, server_model) -> HTTPNDIF:
 def install_client(mp: pytest.MonkeyPatch, model_dir: Path) -> str:
     """A fake key, the hub's canonical id of the weightless model, and no socket: what
     ``tests/test_remote.py``'s ``model`` and ``no_network`` do, for any scope."""
-    import socket
-
     from nnsight import CONFIG
     from nnsight.modeling import huggingface
 
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"an offline test tried to open a network connection: {args}")
+    from tests.test_remote import refuse_sockets
 
-    for name in ("connect", "connect_ex"):
-        mp.setattr(socket.socket, name, refuse)
-    mp.setattr(socket, "create_connection", refuse)
-    mp.setattr(socket, "getaddrinfo", refuse)
+    refuse_sockets(mp)
     mp.setenv("NDIF_API_KEY", FAKE_KEY)
     mp.setattr(CONFIG.API, "APIKEY", None)
     model_id = str(model_dir.resolve())
