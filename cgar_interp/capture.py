@@ -373,8 +373,9 @@ def resume_variants(
         }
 
     def finish(indices: Tensor, final: dict[int, Tensor]) -> None:
-        for layer in layers:
-            logits = handle.decode_residual(final.pop(layer))  # [n_var, b, vocab]
+        # [n_var, b, vocab] per layer; the layers' few rows decoded together
+        decoded = handle.decode_residuals([final.pop(layer) for layer in layers])
+        for layer, logits in zip(layers, decoded, strict=True):
             for name, value in score(logits, indices).items():
                 parts[layer].setdefault(name, []).append(value.cpu())
         order.append(indices)

@@ -258,6 +258,13 @@ def resume_staggered(
     masks: dict[int, object] = {}  # tokens in the pass -> its mask (made before any update)
 
     def mask_for(n: int):
+        if n not in masks and masks:
+            # query q's row does not depend on how many tokens follow it: a wider pass's
+            # [b, 1, n', W + n'] mask holds this one as its top-left corner
+            wider = max(masks)
+            full = masks[wider]
+            if wider > n and isinstance(full, Tensor) and full.dim() == 4 and n > 1:
+                masks[n] = full[:, :, :n, : width + n]
         if n not in masks:
             attend = torch.cat([visible, torch.ones(b, n, dtype=torch.bool)], dim=1)
             masks[n] = create_causal_mask(
@@ -271,7 +278,9 @@ def resume_staggered(
         return masks[n]
 
     running = None
-    for n in {sum(counts[: i + 1]) for i in range(len(layers)) if layers[i] < n_layers}:
+    for n in sorted(
+        {sum(counts[: i + 1]) for i in range(len(layers)) if layers[i] < n_layers}, reverse=True
+    ):
         mask_for(n)
     with torch.enable_grad() if grad else torch.no_grad(), suffix_patches(handle, patches):
         for index in range(layers[0], n_layers + 1):

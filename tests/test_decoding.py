@@ -40,3 +40,33 @@ def test_gold_probability_equals_query_metrics_gold_mass():
     assert (got - expected).abs().max() < 1e-7
     direct = torch.softmax(logits.double(), -1)[..., torch.arange(5), label_ids[gold]]
     assert (got - direct).abs().max() < 1e-7
+
+
+@pytest.mark.parametrize("backend", ["hf", "transformer_lens", "nnsight"])
+def test_decode_residuals_joins_small_inputs_and_equals_one_by_one(tiny_handles, backend):
+    """The joined unembedding gives each input the logits decode_residual gives it alone, in
+    order and shape, whether it shares a group, fills one, or is larger than one."""
+    handle = tiny_handles[backend]
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(3, 4, 64), (2, 64), (7, 64), (30, 64), (1, 1, 64), (5, 64)]
+    inputs = [torch.randn(*s, generator=gen) * 3 for s in shapes]
+    got = list(handle.decode_residuals(inputs, rows=16))
+    assert len(got) == len(inputs)
+    for h, logits in zip(inputs, got, strict=True):
+        want = handle.decode_residual(h)
+        assert logits.shape == (*h.shape[:-1], 128)
+        assert (logits - want).abs().max() <= 1e-5 * want.abs().max()
+    calls = []
+    real = type(handle).decode_residual
+
+    def counting(self, h):
+        calls.append(h.shape[0])
+        return real(self, h)
+
+    type(handle).decode_residual = counting
+    try:
+        list(handle.decode_residuals(inputs, rows=16))
+    finally:
+        type(handle).decode_residual = real
+    # 12 + 2 rows, then 7, then the 30-row input alone, then 1 + 5
+    assert calls == [14, 7, 30, 6]

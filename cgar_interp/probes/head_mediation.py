@@ -538,8 +538,9 @@ def head_effects(
             h_mid = mid[None] + (means[b][hs][:, None, :] - out)  # [h, r, d]
             entries[b + 1] = mlp_half(decoder_layers[b], h_mid, handle.dtype)
         final = resume_staggered(handle, state, entries) if entries else {}
-        for b, hs in chosen.items():
-            logits = handle.decode_residual(final.pop(b + 1))  # [h, r, vocab]
+        blocks_done = list(chosen.items())
+        decoded = handle.decode_residuals([final.pop(b + 1) for b, _ in blocks_done])
+        for (b, hs), logits in zip(blocks_done, decoded, strict=True):  # [h, r, vocab]
             patched = score(logits.float(), indices[rows]).cpu().double()
             effects[b][hs, rows[:, None]] = (patched - base[rows].cpu().double()).T
     return effects, base
