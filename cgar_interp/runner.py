@@ -709,6 +709,15 @@ def _run_suite(
                     record_check("self_check_failed")
                     raise
                 ctx.tables.update(tables)
+                # the kept caches only finished probes read are freed before the next probe
+                ctx.release(
+                    [
+                        later.config
+                        for later_index, later in enumerate(suite.probes)
+                        if later_index > index
+                        and not run.unit_done(task_name, later_index, later.kind)
+                    ]
+                )
                 run.write_unit(
                     task_name,
                     index,

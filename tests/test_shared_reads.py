@@ -116,3 +116,40 @@ def test_shared_read_refuses_bad_values():
         SharedRead.of("few_shot", [0], ["resid.0"])
     with pytest.raises(ValueError, match="distinct"):
         SharedRead.of("icl", [1, 1], ["resid.0"])
+
+
+def test_release_frees_what_only_finished_probes_read_and_tables_stay_the_same(tiny_handles):
+    """After each probe the context drops the kept KV caches and sites no later probe
+    declared; the suite's tables are those of a context that keeps everything, each prompt
+    still runs once, and a late read of something released runs its own pass."""
+    handle = tiny_handles["hf"]
+    inputs = labelled_inputs(n=12)
+    kinds = ("context_gate", "hopfield_heads", "head_mediation")
+
+    def run(release: bool):
+        ctx = ProbeContext.for_probes(handle, inputs, CONFIGS, n_boot=20)
+        handle.stats.reset()
+        kept_after = []
+        for i, (kind, config) in enumerate(zip(kinds, CONFIGS, strict=True)):
+            out = get_probe(kind).run(config, ctx)
+            ctx.tables.update(out if isinstance(out, dict) else {kind: out})
+            if release:
+                ctx.release(list(CONFIGS[i + 1 :]))
+            kept_after.append(
+                sum(len(g.run.states or ()) for gs in ctx._groups.values() for g in gs)
+            )
+        return ctx, dict(ctx.tables), handle.stats.forward_rows, kept_after
+
+    _, keep_all, rows_all, kept_all = run(release=False)
+    ctx, released, rows_released, kept = run(release=True)
+    assert rows_released == rows_all
+    assert kept[-1] == 0 and ctx.reads == () and not ctx.keep_states
+    assert kept[0] <= kept_all[0] and kept[1] < kept_all[1], (kept, kept_all)
+    for name in KEYS:
+        pd.testing.assert_frame_equal(keep_all[name], released[name])
+    # Hopfield's sites were released with its caches: a read of them now runs its own pass
+    rows = HopfieldHeadsConfig(max_queries=4).query_rows(inputs)
+    sites = head_sites(tuple(range(handle.n_layers)))
+    handle.stats.reset()
+    late = ctx.read("icl", rows, sites, keep_states=True)
+    assert handle.stats.forward_rows == len(rows) and late.states is not None

@@ -308,6 +308,44 @@ class ProbeContext:
             if state is not None:
                 self.shared_store.save(state)
 
+    def release(self, configs_left: list[ProbeConfig]) -> int:
+        """Forget what only finished probes read: after a probe's last use of the shared pass,
+        the KV caches (and last-position sites other than the residuals) that no probe in
+        ``configs_left`` declared are dropped, so a task's peak memory holds only what is
+        still to be read. The shared residuals and logits stay (:meth:`captures`). A later
+        :meth:`read` of something released runs its own pass, as an undeclared read does.
+
+        Returns:
+            the number of kept states dropped (``(rows, LastTokenState)`` pairs).
+        """
+        n_layers = self.handle.n_layers
+        needed = {
+            read
+            for c in configs_left
+            for read in c.shared_reads(self.inputs, n_layers)
+            if not (read.local_only and self.handle.remote)
+        }
+        self.reads = tuple(r for r in self.reads if r in needed)
+        self.keep_states = self.keep_states and any(c.resumes_zero_shot for c in configs_left)
+        if self._groups is None:
+            return 0
+        left = self._all_reads()
+        sites = {str(self.handle.site(site)) for read in left for site in read.sites}
+        dropped = 0
+        for kind, groups in self._groups.items():
+            readers = [r for r in left if r.kind == kind]
+            for group in groups:
+                rows = set(group.rows.tolist())
+                run = group.run
+                mine = [r for r in readers if rows & set(r.rows)]
+                if run.states is not None and not any(r.keep_states for r in mine):
+                    dropped += len(run.states)
+                    run.states = None
+                for name in list(run.captures):
+                    if not name.startswith("resid.") and name not in sites:
+                        del run.captures[name]
+        return dropped
+
     def shared_state(self) -> dict | None:
         """The shared pass so far as plain tensors and containers, with what it was run for
         (the task's prompts, the layers, the declared reads): what
