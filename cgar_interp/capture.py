@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .heap import trim_heap
 from .models import ModelHandle, RunRequest, RunResult
 from .sites import Site, site_names
 from .tokens import TokenBatch
@@ -243,6 +244,8 @@ class CaptureJob:
             }
             lengths = sub.batch.lengths + (self.prefix_len if self.use_prefix else 0)
             self.states.append((sub.indices, LastTokenState(past, resid, lengths)))
+            if past is not None:  # a kept cache sits between the pass's freed temporaries
+                trim_heap()
         for name, value in run.captures.items():
             if self.every:  # position axis: pad to the full batch width
                 pad = [0, 0] * (value.dim() - 2) + [0, width - value.shape[1]]

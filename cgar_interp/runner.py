@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .backends import remote_backend
+from .heap import trim_heap
 from .models import ModelHandle, load_model
 from .probes import ProbeContext, get_probe
 from .probes.base import query_table_name, tag_shots
@@ -718,6 +719,7 @@ def _run_suite(
                         and not run.unit_done(task_name, later_index, later.kind)
                     ]
                 )
+                trim_heap()  # what the probe and the released reads held goes back to the OS
                 run.write_unit(
                     task_name,
                     index,
