@@ -98,7 +98,13 @@ def test_sigint_stops_cleanly_and_says_how_to_resume(reference, tmp_path):
     suite, _, seconds = reference
     run_dir = tmp_path / "int"
     proc = cgar(["run", str(suite), "--out", str(run_dir), "-q"])
-    time.sleep(0.6 * seconds)
+    # mid-run for sure: after the first of its four units is written (a fixed fraction of the
+    # reference run's time could land after the end on a machine whose speed drifts)
+    deadline = time.perf_counter() + 2 * seconds + 60
+    while not list(run_dir.glob("units/**/done.json")):
+        assert proc.poll() is None, "the run ended before its first unit was written"
+        assert time.perf_counter() < deadline, "no unit written in twice the reference time"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
