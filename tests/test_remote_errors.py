@@ -36,6 +36,7 @@ from tests.test_remote import (  # noqa: F401  (fixtures)
     remote,
     weightless_dir,
 )
+from tests.test_remote_runner import weightless_embedded  # noqa: F401  (fixture)
 
 
 def server_traceback(exception_line: str, message: str) -> str:
@@ -384,20 +385,6 @@ n_boot = 10
 kind = "task_vectors"
 layers = [10, 20]
 """
-
-
-@pytest.fixture
-def weightless_embedded(tmp_path_factory):
-    import shutil
-
-    from cgar_interp.embedded import ensure_embedded
-
-    source = ensure_embedded().path
-    out = tmp_path_factory.mktemp("SmolLM2-weightless")
-    for path in source.iterdir():
-        if path.is_file() and path.suffix not in (".safetensors", ".bin"):
-            shutil.copy(path, out / path.name)
-    return out
 
 
 @pytest.fixture
