@@ -157,8 +157,6 @@ def bootstrap_ci(
     values = np.asarray(values, dtype=float)
     if values.size == 0:
         raise ValueError("cannot bootstrap an empty sample")
-    if values.size == 1 or n_boot <= 0:
-        return float(values.mean()), float(values.mean())
     low, high = bootstrap_cis(values.reshape(1, -1), n_boot=n_boot, seed=seed, level=level)
     return float(low[0]), float(high[0])
 
