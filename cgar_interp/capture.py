@@ -19,6 +19,89 @@ from .models import ModelHandle, RunRequest, RunResult
 from .sites import Site, site_names
 from .tokens import TokenBatch
 
+# cached slots (rows x width) per gradient suffix pass (resume_gradients): its backward keeps
+# each block's keys and values, expanded to the query heads, of every row it runs; on the
+# embedded model 1024 slots hold about 160 MB of them, and a 16 x 210 batch about 650 MB
+GRAD_PASS_SLOTS = 1024
+
+
+@dataclass(frozen=True)
+class CacheRead:
+    """A quantity a capture pass computes from each batch's KV cache as the pass fills it,
+    kept in place of the cache: a probe that reads the keys (not the values, and not to resume
+    them) then holds kilobytes per prompt instead of the whole cache.
+
+    Named ``"<kind>.<layer>"`` in a read (:func:`capture_many`'s ``cache_reads``, a
+    :class:`~cgar_interp.probes.inputs.SharedRead`'s); ``outputs`` are the names of what one
+    read yields, templates with ``{l}``.
+
+    Attributes:
+        kind: the registered name.
+        outputs: output name templates, e.g. ``("head_scores.{l}", "key_norm_max.{l}")``.
+        fn: ``fn(handle, state, captures, layer) -> {output name: [r, ...]}``: ``state`` is the
+            batch's :class:`~cgar_interp.prefix.LastTokenState` (``r`` rows, its cache holding
+            the batch's slots), ``captures`` the batch's last-position sites.
+        key_axis: the output templates whose last axis is the key axis: padded with zeros to
+            the batch's width, as ``attn_pattern`` is (a reader masks them by the lengths).
+        sites: site templates the function reads from ``captures`` (read with it).
+    """
+
+    kind: str
+    outputs: tuple[str, ...]
+    fn: Callable
+    key_axis: tuple[str, ...] = ()
+    sites: tuple[str, ...] = ()
+
+
+CACHE_READS: dict[str, CacheRead] = {}
+
+
+def register_cache_read(read: CacheRead) -> CacheRead:
+    """Add a :class:`CacheRead` to the registry; a duplicate kind is refused."""
+    if read.kind in CACHE_READS:
+        raise ValueError(f"cache read {read.kind!r} is already registered")
+    CACHE_READS[read.kind] = read
+    return read
+
+
+def parse_cache_read(name: str) -> tuple[CacheRead, int]:
+    """``"<kind>.<layer>"`` -> (its :class:`CacheRead`, layer); a clear error otherwise."""
+    kind, _, layer = str(name).rpartition(".")
+    if kind not in CACHE_READS or not layer.isdigit():
+        raise ValueError(
+            f"unknown cache read {name!r}: use '<kind>.<layer>' with kind one of "
+            f"{', '.join(sorted(CACHE_READS)) or '(none registered)'}"
+        )
+    return CACHE_READS[kind], int(layer)
+
+
+def cache_read_outputs(names: Iterable[str]) -> list[str]:
+    """The output names of cache reads ``names``, in order."""
+    out = []
+    for name in names:
+        read, layer = parse_cache_read(name)
+        out += [template.format(l=layer) for template in read.outputs]
+    return out
+
+
+def cache_read_sites(names: Iterable[str]) -> list[str]:
+    """The last-position sites cache reads ``names`` need in the same pass."""
+    out: list[str] = []
+    for name in names:
+        read, layer = parse_cache_read(name)
+        out += [t.format(l=layer) for t in read.sites if t.format(l=layer) not in out]
+    return out
+
+
+def is_key_axis_output(name: str) -> bool:
+    """Whether capture ``name`` is a cache read's output whose last axis is the key axis."""
+    kind, _, layer = name.rpartition(".")
+    return any(
+        template.format(l=layer) == name
+        for read in CACHE_READS.values()
+        for template in read.key_axis
+    )
+
 
 @dataclass(frozen=True)
 class SubBatch:
@@ -54,6 +137,7 @@ def capture_many(
     keep_states: bool = False,
     grad_sites: Iterable[str | Site] = (),
     objective=None,
+    cache_reads: Iterable[str] = (),
 ) -> RunResult:
     """Capture ``sites`` at ``positions`` (and last-position logits) for every row of ``batch``.
 
@@ -90,6 +174,10 @@ def capture_many(
             per-row function of the last position's logits, ``[b, vocab] -> [b]`` (e.g.
             :class:`~cgar_interp.metrics.GoldProbability`; a plain object a remote trace can
             carry).
+        cache_reads: :class:`CacheRead` s (``"<kind>.<layer>"``) computed from each batch's KV
+            cache as the pass fills it; their outputs join ``RunResult.captures`` and the cache
+            is dropped unless ``keep_states``. Needs ``positions=-1`` and a local model (a
+            remote model keeps no cache: the reads are skipped there, and their outputs absent).
 
     Returns:
         a :class:`RunResult` whose tensors are ``[n, ...]`` in the order of ``batch``'s rows,
@@ -108,6 +196,7 @@ def capture_many(
         keep_states=keep_states,
         grad_sites=grad_sites,
         objective=objective,
+        cache_reads=cache_reads,
     )
     return capture_jobs(handle, [job])[0]
 
@@ -150,6 +239,7 @@ class CaptureJob:
         keep_states: bool = False,
         grad_sites: Iterable[str | Site] = (),
         objective=None,
+        cache_reads: Iterable[str] = (),
     ):
         from .prefix import common_prefix_length
 
@@ -165,16 +255,26 @@ class CaptureJob:
             raise ValueError(
                 f"keep_states needs positions=-1 (each row's last token); got {positions}"
             )
+        # a remote model keeps no cache: its reader takes another path (the outputs are absent)
+        self.cache_reads = [] if handle.remote else list(cache_reads)
+        cache_read_outputs(self.cache_reads)  # an unknown name fails here, before any pass
+        if self.cache_reads and positions != -1:
+            raise ValueError(
+                f"cache_reads need positions=-1 (each row's last token); got {positions}"
+            )
         if shared_prefix:
             handle.require_local("capture_many(shared_prefix=True) (a KV cache run here)")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         self.handle, self.batch, self.positions = handle, batch, positions
-        self.sites, self.grad_sites, self.objective = list(sites), grad_sites, objective
+        sites = list(sites)
+        sites += [s for s in cache_read_sites(self.cache_reads) if s not in map(str, sites)]
+        self.sites, self.grad_sites, self.objective = sites, grad_sites, objective
         self.batch_size, self.with_logits, self.progress = batch_size, with_logits, progress
         self.keep_states = keep_states
         self.states: list[tuple[Tensor, object]] = []
         self.parts: dict[str, list[Tensor]] = {str(handle.site(s)): [] for s in self.sites}
+        self.parts.update({name: [] for name in cache_read_outputs(self.cache_reads)})
         self.grad_parts: dict[str, list[Tensor]] = {str(handle.site(s)): [] for s in grad_sites}
         self.logits: list[Tensor] = []
         self.order: list[Tensor] = []
@@ -200,7 +300,7 @@ class CaptureJob:
             batch = TokenBatch(batch.ids[:, self.prefix_len :], batch.lengths - self.prefix_len)
         for sub in iter_batches(batch, self.batch_size):
             past = repeat_cache(cache, len(sub.indices)) if self.use_prefix else None
-            if self.keep_states and past is None and not handle.remote:
+            if (self.keep_states or self.cache_reads) and past is None and not handle.remote:
                 from transformers import DynamicCache
 
                 past = DynamicCache(config=handle.backend.config)
@@ -236,21 +336,29 @@ class CaptureJob:
                 detach_cache(past)  # the kept keys and values carry no graph
             for name, value in run.grads.items():
                 self.grad_parts[name].append(value.cpu())
-        if self.keep_states:  # the cache now holds every slot of the batch; suffixes mask the rest
+        captures = dict(run.captures)
+        if self.keep_states or self.cache_reads:
+            # the cache now holds every slot of the batch; suffixes mask the rest
             resid = {
                 site.layer: run.captures[str(site)]
                 for site in map(self.handle.site, self.sites)
                 if site.kind == "resid"
             }
             lengths = sub.batch.lengths + (self.prefix_len if self.use_prefix else 0)
-            self.states.append((sub.indices, LastTokenState(past, resid, lengths)))
-            if past is not None:  # a kept cache sits between the pass's freed temporaries
-                trim_heap()
-        for name, value in run.captures.items():
+            state = LastTokenState(past, resid, lengths)
+            for name in self.cache_reads:
+                read, layer = parse_cache_read(name)
+                captures.update(read.fn(self.handle, state, run.captures, layer))
+            if self.keep_states:
+                self.states.append((sub.indices, state))
+            if past is not None:  # a kept cache sits between the pass's freed temporaries,
+                trim_heap()  # and a dropped one leaves its pages to the heap
+        for name, value in captures.items():
             if self.every:  # position axis: pad to the full batch width
                 pad = [0, 0] * (value.dim() - 2) + [0, width - value.shape[1]]
                 value = torch.nn.functional.pad(value, pad)
-            if name.startswith("attn_pattern."):  # key axis: pad to the full batch width
+            if name.startswith("attn_pattern.") or is_key_axis_output(name):
+                # key axis: pad to the full batch width
                 value = torch.nn.functional.pad(value, (0, width - value.shape[-1]))
             self.parts[name].append(value.cpu())
         if self.with_logits:
@@ -297,15 +405,22 @@ def resume_gradients(
     Returns:
         ``{"z.<l>": [n, n_heads, d_head]}`` in row order, float32.
     """
-    from .prefix import last_token_gradients
+    from .prefix import last_token_gradients, select_state
 
     parts: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     order = []
     for rows, state in states:
-        grads = last_token_gradients(handle, state, layers, objective.rows(rows))
-        for layer in layers:
-            parts[layer].append(grads[layer].cpu())
-        order.append(rows)
+        # a backward keeps every block's keys and values (GQA-expanded) of the rows it runs:
+        # chunks of about GRAD_PASS_SLOTS cached slots bound that, whatever the batch's width
+        width = int(state.lengths.max())
+        step = max(1, GRAD_PASS_SLOTS // width)
+        for start in range(0, len(rows), step):
+            index = torch.arange(start, min(len(rows), start + step))
+            part = state if len(index) == len(rows) else select_state(state, index)
+            grads = last_token_gradients(handle, part, layers, objective.rows(rows[index]))
+            for layer in layers:
+                parts[layer].append(grads[layer].cpu())
+            order.append(rows[index])
     inverse = torch.argsort(torch.cat(order))
     return {f"z.{layer}": torch.cat(parts[layer])[inverse] for layer in layers}
 

@@ -199,6 +199,30 @@ def fork_cache(cache):
     return fork
 
 
+def select_state(state: LastTokenState, index: Tensor) -> LastTokenState:
+    """Rows ``index`` of a kept state, its cache cut to the slots those rows' suffix passes see.
+
+    The keys and values of rows ``index`` are gathered (a copy of those rows only) and cut to
+    ``max(lengths) - 1`` slots: row ``i``'s suffix pass attends to slots ``0 .. lengths[i]-2``
+    (:func:`resume_staggered`), so the slots dropped (the last tokens and right padding of a
+    wider batch) are ones it masks anyway.
+
+    Args:
+        state: ``b`` rows.
+        index: ``[r]`` row indices into ``state``.
+    """
+    index = torch.as_tensor(index, dtype=torch.long).cpu()
+    lengths = state.lengths.cpu()[index]
+    cache = fork_cache(state.cache)
+    slots = max(int(lengths.max()) - 1, 1)
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            value = getattr(layer, name)
+            setattr(layer, name, value[index.to(value.device), :, :slots])
+    resid = {layer: value[index.to(value.device)] for layer, value in state.resid.items()}
+    return LastTokenState(cache, resid, lengths)
+
+
 def resume_staggered(
     handle: ModelHandle,
     state: LastTokenState,

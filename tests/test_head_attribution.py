@@ -290,3 +290,30 @@ def test_cache_gradients_equal_the_full_pass(tiny_handles, prompts, backend):
     for site in ("z.0", "z.1"):
         scale = full[site].abs().max()
         assert (cached[site] - full[site]).abs().max() < 1e-5 * scale + 1e-9, (backend, site)
+
+
+@pytest.mark.parametrize("slots", [1, 14])
+def test_cache_gradients_in_row_chunks_equal_the_whole_batch(tiny_handles, prompts, slots):
+    """Gradient suffix passes cut into row chunks (GRAD_PASS_SLOTS small: one row, or a few,
+    each with its cache cut to its own widest row) give the gradients of the whole batch's
+    pass, and of a full forward and backward pass."""
+    import cgar_interp.capture as capture
+    from cgar_interp.capture import resume_gradients
+
+    handle = tiny_handles["hf"]
+    kept = capture_many(handle, prompts, ["resid.0"], -1, batch_size=4, keep_states=True)
+    assert any(len(rows) > 1 for rows, _ in kept.states)
+    whole = resume_gradients(handle, kept.states, [0, 1], objective)
+    full = capture_many(
+        handle, prompts, [], -1, batch_size=4, grad_sites=["z.0", "z.1"], objective=objective
+    ).grads
+    old = capture.GRAD_PASS_SLOTS
+    capture.GRAD_PASS_SLOTS = slots
+    try:
+        chunked = resume_gradients(handle, kept.states, [0, 1], objective)
+    finally:
+        capture.GRAD_PASS_SLOTS = old
+    for site in ("z.0", "z.1"):
+        scale = full[site].abs().max()
+        assert (chunked[site] - whole[site]).abs().max() < 1e-6 * scale + 1e-9, (slots, site)
+        assert (chunked[site] - full[site]).abs().max() < 1e-5 * scale + 1e-9, (slots, site)

@@ -179,6 +179,46 @@ def test_patterns_equal_softmax_of_captured_q_and_k_and_eager_attention(tiny_han
             )
 
 
+@pytest.mark.parametrize("backend", ["hf", "transformer_lens", "nnsight"])
+def test_key_scores_of_the_pass_equal_those_of_kept_caches_and_of_k_sites(tiny_handles, backend):
+    """The cache read ``head_keys`` (scores and key norms computed from each batch's KV cache
+    as the pass fills it, no cache kept) gives what the kept caches give afterwards, and what
+    a pass of ``k`` at every position gives (a remote model's path)."""
+    from cgar_interp.capture import cache_read_outputs, capture_many
+    from cgar_interp.probes.hopfield_heads import head_sites, key_reads
+
+    handle = tiny_handles[backend]
+    batch = cue_inputs(n=5).icl
+    blocks = (0, 1)
+    in_pass = capture_many(
+        handle, batch, head_sites(blocks), -1, batch_size=2, cache_reads=key_reads(blocks)
+    )
+    assert in_pass.states is None  # nothing of the cache outlives its batch
+    assert set(cache_read_outputs(key_reads(blocks))) <= set(in_pass.captures)
+    kept = capture_many(handle, batch, head_sites(blocks), -1, batch_size=2, keep_states=True)
+    plain = capture_many(handle, batch, head_sites(blocks), -1, batch_size=2)
+    assert plain.states is None and "head_scores.0" not in plain.captures
+    paths = {
+        "pass": read_heads(handle, batch, blocks, run=in_pass),
+        "cache": read_heads(handle, batch, blocks, run=kept),
+        "k sites": read_heads(handle, batch, blocks, run=plain),
+    }
+    for b in blocks:
+        ref = paths["cache"][b]
+        for name, got in paths.items():
+            assert torch.equal(torch.isinf(got[b].scores), torch.isinf(ref.scores)), name
+            finite = torch.isfinite(ref.scores)
+            torch.testing.assert_close(got[b].scores[finite], ref.scores[finite], atol=1e-5, rtol=0)
+            torch.testing.assert_close(got[b].key_norm_max, ref.key_norm_max, atol=1e-5, rtol=0)
+
+
+def test_an_unknown_cache_read_is_refused_by_name(tiny_handles):
+    from cgar_interp.capture import capture_many
+
+    with pytest.raises(ValueError, match="unknown cache read 'head_kyes.0'.*head_keys"):
+        capture_many(tiny_handles["hf"], cue_inputs(n=2).icl, [], -1, cache_reads=["head_kyes.0"])
+
+
 @pytest.fixture(scope="module")
 def hop_tables(tiny_handles):
     inputs = cue_inputs(n=10)

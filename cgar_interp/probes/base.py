@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..capture import CaptureJob, capture_jobs, capture_many
+from ..capture import CaptureJob, cache_read_outputs, capture_jobs, capture_many, is_key_axis_output
 from ..metrics import GoldProbability, gold_probability, query_metrics, summarise
 from ..models import ModelHandle, RunResult
 from ..sites import site_name, site_names
@@ -286,6 +286,10 @@ class ProbeContext:
                     if i != "base":
                         sites += [s for s in reads[i].sites if s not in sites]
                 keep = any(reads[i].keep_states for i in sig if i != "base")
+                cache_reads = []
+                for i in sig:
+                    if i != "base":
+                        cache_reads += [c for c in reads[i].cache_reads if c not in cache_reads]
                 rows_t = torch.tensor(rows)
                 job = CaptureJob(
                     self.handle,
@@ -295,6 +299,7 @@ class ProbeContext:
                     batch_size=self.batch_size,
                     progress=tick,
                     keep_states=keep,
+                    cache_reads=cache_reads,
                 )
                 jobs.append((kind, rows_t, job))
         # every group's batches are independent passes: one stream (on NDIF, few requests)
@@ -331,6 +336,7 @@ class ProbeContext:
             return 0
         left = self._all_reads()
         sites = {str(self.handle.site(site)) for read in left for site in read.sites}
+        sites |= {name for read in left for name in cache_read_outputs(read.cache_reads)}
         dropped = 0
         for kind, groups in self._groups.items():
             readers = [r for r in left if r.kind == kind]
@@ -380,7 +386,14 @@ class ProbeContext:
             "inputs": inputs_digest(self.inputs),
             "layers": list(self.layers),
             "reads": [
-                [r.kind, list(r.rows), list(r.sites), r.keep_states, r.local_only]
+                [
+                    r.kind,
+                    list(r.rows),
+                    list(r.sites),
+                    r.keep_states,
+                    r.local_only,
+                    list(r.cache_reads),
+                ]
                 for r in self._stored_reads
             ],
             "ran_base": self._ran_base,
@@ -397,8 +410,8 @@ class ProbeContext:
         if not state or state.get("format") != 1 or self._groups is not None:
             return False
         stored = [
-            SharedRead(k, tuple(rows), tuple(sites), keep, local)
-            for k, rows, sites, keep, local in state["reads"]
+            SharedRead(k, tuple(rows), tuple(sites), keep, local, tuple(extra[0] if extra else ()))
+            for k, rows, sites, keep, local, *extra in state["reads"]
         ]
         if (
             state["inputs"] != inputs_digest(self.inputs)
@@ -461,10 +474,12 @@ class ProbeContext:
         *,
         keep_states: bool = False,
         progress: Callable[[int], None] | None = None,
+        cache_reads=(),
     ) -> RunResult:
         """``sites`` at the last position of prompt ``kind`` for query ``rows`` (and the
         last-position logits; with ``keep_states`` the KV caches, as ``(indices into rows,
-        LastTokenState)`` pairs covering every row once).
+        LastTokenState)`` pairs covering every row once; with ``cache_reads`` their outputs
+        among the captures, :func:`~cgar_interp.capture.capture_many`).
 
         From the shared pass when a declared :class:`SharedRead` has these rows, these sites
         (or more) and keeps states if asked; otherwise its own capture pass
@@ -474,7 +489,7 @@ class ProbeContext:
             a :class:`RunResult` whose tensors are ``[len(rows), ...]`` in the order of ``rows``.
         """
         rows = torch.as_tensor(rows, dtype=torch.long)
-        wanted = SharedRead.of(kind, rows, sites, keep_states)
+        wanted = SharedRead.of(kind, rows, sites, keep_states, cache_reads=cache_reads)
         batch = getattr(self.inputs, kind)
         if batch is None:
             raise ValueError(f"task {self.inputs.task!r} has no {kind!r} prompts")
@@ -482,6 +497,7 @@ class ProbeContext:
             r.kind == kind
             and r.rows == wanted.rows
             and set(wanted.sites) <= set(r.sites)
+            and set(wanted.cache_reads) <= set(r.cache_reads)
             and (r.keep_states or not keep_states)
             for r in self._all_reads()
         )
@@ -494,12 +510,15 @@ class ProbeContext:
                 batch_size=self.batch_size,
                 progress=progress,
                 keep_states=keep_states,
+                cache_reads=wanted.cache_reads,
             )
         self._shared_pass(base=False)
         position = torch.full((batch.batch_size,), -1, dtype=torch.long)
         position[rows] = torch.arange(len(rows))
         width = int(batch.lengths[rows].max())
         names = [str(self.handle.site(s)) for s in wanted.sites]
+        if not self.handle.remote:  # a remote pass computes no cache reads
+            names += cache_read_outputs(wanted.cache_reads)
         parts: dict[str, Tensor] = {}
         logits, states = None, []
         for group in self._groups[kind]:
@@ -510,7 +529,8 @@ class ProbeContext:
                 raise RuntimeError(f"shared group of {kind!r} rows straddles a declared read")
             for name in names:
                 value = group.run[name]
-                if name.startswith("attn_pattern."):  # key axis: pad to this read's width
+                if name.startswith("attn_pattern.") or is_key_axis_output(name):
+                    # key axis: pad (or cut) to this read's width
                     value = torch.nn.functional.pad(value, (0, width - value.shape[-1]))
                 if name not in parts:
                     parts[name] = value.new_zeros((len(rows), *value.shape[1:]))

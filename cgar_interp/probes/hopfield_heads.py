@@ -61,9 +61,12 @@ there, never on the queries that judge them (claim 7b). The second table, ``hopf
 regime), whether it changes under context and in which direction, and the share of queries
 whose own regime changes.
 
-Cost: none of its own in a suite: the patterns, queries and KV caches (the keys) are read in the
-suite's shared capture pass (:class:`~cgar_interp.probes.base.SharedRead`); run alone, one
-forward pass per prompt. Prompts: the eval queries' zero-shot, ICL and random-label prompts,
+Cost: none of its own in a suite: the patterns and queries are read in the suite's shared
+capture pass (:class:`~cgar_interp.probes.base.SharedRead`), and the scores and key norms are
+computed there from each batch's KV cache as the pass fills it (the cache read ``head_keys``,
+:class:`~cgar_interp.capture.CacheRead`), so no cache is kept for this probe: per prompt and
+block ``n_heads x n_keys`` scores instead of the whole cache (about 1/40 of it on the embedded
+model). Run alone, one forward pass per prompt. Prompts: the eval queries' zero-shot, ICL and random-label prompts,
 and the ICL prompts of the fit queries read for selection.
 """
 
@@ -77,7 +80,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..capture import capture_many
+from ..capture import CacheRead, capture_many, register_cache_read
 from ..models import ModelHandle, RunResult
 from ..sites import site_name, site_names
 from ..theory.mhn import (
@@ -300,9 +303,11 @@ class HopfieldHeadsConfig(ProbeConfig):
     def shared_reads(self, inputs: TaskInputs, n_layers: int) -> tuple[SharedRead, ...]:
         """Patterns and queries at the last position of every prompt kind read, with their KV
         caches (the keys): read in the suite's shared capture pass."""
-        sites = head_sites(self.blocks(n_layers))
+        blocks = self.blocks(n_layers)
         return tuple(
-            SharedRead.of(kind, self.rows_of(kind, inputs), sites, keep_states=True)
+            SharedRead.of(
+                kind, self.rows_of(kind, inputs), head_sites(blocks), cache_reads=key_reads(blocks)
+            )
             for kind in self.kinds_read(inputs)
         )
 
@@ -345,8 +350,67 @@ def attention_scale(handle: ModelHandle, block: int) -> float:
 
 
 def head_sites(blocks: tuple[int, ...]) -> tuple[str, ...]:
-    """The sites :func:`read_heads` reads at the last position (with the KV caches kept)."""
+    """The sites :func:`read_heads` reads at the last position (beside :func:`key_reads`)."""
     return site_names("attn_pattern", blocks) + site_names("q", blocks)
+
+
+def key_reads(blocks: tuple[int, ...]) -> tuple[str, ...]:
+    """The cache reads (:data:`HEAD_KEYS`) of :func:`read_heads`: each block's scores and key
+    norms, computed from a pass's KV cache as it fills it, so the cache need not be kept."""
+    return tuple(f"{HEAD_KEYS.kind}.{b}" for b in blocks)
+
+
+def key_scores(
+    handle: ModelHandle, keys: Tensor, q: Tensor, lengths: Tensor, block: int
+) -> tuple[Tensor, Tensor]:
+    """Scaled scores of every key from the last position's query, and the keys' largest norm.
+
+    Args:
+        keys: ``[r, n_kv_heads, slots, d_head]`` keys after RoPE (a KV cache layer's, or the
+            ``k`` site transposed); slots beyond a row's length are ignored.
+        q: ``[r, n_heads, d_head]`` the last position's queries.
+        lengths: ``[r]`` context lengths.
+        block: the block (its attention scaling).
+
+    Returns:
+        ``scores [r, n_heads, slots]`` (``scale * q . k_j``, ``-inf`` beyond each row's
+        length) and ``key_norm_max [r, n_heads]`` (``max_j |k_j|`` over the row's keys).
+    """
+    group = handle.arch.n_heads // handle.arch.n_kv_heads
+    slots = int(keys.shape[2])
+    k = keys.float().cpu().transpose(1, 2)  # [r, slots, n_kv, d_head]
+    k = k.repeat_interleave(group, dim=2)  # [r, slots, n_heads, d_head] (k_rep)
+    valid = torch.arange(slots)[None, :] < lengths.cpu()[:, None]  # [r, slots]
+    s = torch.einsum("bhd,bkhd->bhk", q.float().cpu(), k) * attention_scale(handle, block)
+    s = s.masked_fill(~valid[:, None, :], float("-inf"))
+    norms = k.norm(dim=-1).masked_fill(~valid[:, :, None], 0.0)  # [r, slots, n_heads]
+    return s, norms.amax(1)
+
+
+def _cache_key_scores(handle: ModelHandle, state, captures, block: int) -> dict[str, Tensor]:
+    """:data:`HEAD_KEYS` of one batch: :func:`key_scores` of its cache's keys at ``block``,
+    zero beyond each row's length (so the pass's finiteness check sees real values only;
+    :func:`read_heads` masks those slots again)."""
+    keys = state.cache.layers[block].keys
+    lengths = state.lengths.cpu()
+    scores, big_m = key_scores(handle, keys, captures[site_name("q", block)], lengths, block)
+    valid = torch.arange(scores.shape[-1])[None, :] < lengths[:, None]
+    return {
+        f"head_scores.{block}": scores.masked_fill(~valid[:, None, :], 0.0),
+        f"key_norm_max.{block}": big_m,
+    }
+
+
+# the keys' scores and norms of a block, computed in the capture pass from its KV cache
+HEAD_KEYS = register_cache_read(
+    CacheRead(
+        "head_keys",
+        outputs=("head_scores.{l}", "key_norm_max.{l}"),
+        fn=_cache_key_scores,
+        key_axis=("head_scores.{l}",),
+        sites=("q.{l}",),
+    )
+)
 
 
 def read_heads(
@@ -366,19 +430,20 @@ def read_heads(
         blocks: blocks to read.
         batch_size: rows per forward pass.
         progress: called with rows finished.
-        run: :func:`head_sites` of ``batch``'s rows at the last position with their KV caches
-            (``keep_states``), read already (e.g. :meth:`ProbeContext.read` from the suite's
-            shared pass); ``None``: one capture pass here.
+        run: :func:`head_sites` of ``batch``'s rows at the last position with the cache reads
+            :func:`key_reads` (or, without their outputs, the KV caches: ``keep_states``),
+            read already (e.g. :meth:`ProbeContext.read` from the suite's shared pass);
+            ``None``: one capture pass here.
 
     Returns:
         ``{block: HeadReads}``.
     """
     n, width = batch.batch_size, int(batch.ids.shape[1])
     n_heads = handle.arch.n_heads
-    group = n_heads // handle.arch.n_kv_heads
     # One forward pass: patterns and queries at the last position are captured, and the keys of
     # every position are read from the KV cache that pass fills (RoPE applied, as attention
-    # used them). A right-padded row's cache also holds its padding slots: cut off below.
+    # used them) as it fills it (the cache read HEAD_KEYS). A right-padded row's cache also
+    # holds its padding slots: masked by the lengths.
     last = run
     if last is None:
         last = capture_many(
@@ -388,38 +453,49 @@ def read_heads(
             -1,
             batch_size=batch_size,
             progress=progress,
-            keep_states=True,
+            cache_reads=key_reads(blocks),
         )
     lengths = batch.lengths.cpu()
     scores = {b: torch.full((n, n_heads, width), float("-inf")) for b in blocks}
     big_m = {b: torch.zeros(n, n_heads) for b in blocks}
-    keys = None
-    if any(state.cache is None for _, state in last.states):  # a remote model keeps no cache:
-        keys = capture_many(  # the keys of every position, read in a pass of their own
-            handle,
-            batch,
-            list(site_names("k", blocks)),
-            None,
-            batch_size=batch_size,
-            with_logits=False,
-        )
-    for rows, state in last.states:
+    if all(f"head_scores.{b}" in last.captures for b in blocks):  # computed in the pass
+        valid = torch.arange(width)[None, :] < lengths[:, None]  # [n, width]
         for b in blocks:
-            if keys is None:
-                cached = state.cache.layers[b].keys  # [r, n_kv_heads, slots, d_head]
-            else:
-                # [r, n_kv_heads, width, d_head]
-                cached = keys[site_name("k", b)][rows].transpose(1, 2)
-            slots = min(int(cached.shape[2]), width)
-            k = cached[:, :, :slots].float().cpu().transpose(1, 2)  # [r, slots, n_kv, d_head]
-            k = k.repeat_interleave(group, dim=2)  # [r, slots, n_heads, d_head] (k_rep)
-            valid = torch.arange(slots)[None, :] < lengths[rows][:, None]  # [r, slots]
-            q = last[site_name("q", b)][rows].float()  # [r, n_heads, d_head]
-            s = torch.einsum("bhd,bkhd->bhk", q, k) * attention_scale(handle, b)
-            s = s.masked_fill(~valid[:, None, :], float("-inf"))
-            scores[b][rows, :, :slots] = s
-            norms = k.norm(dim=-1).masked_fill(~valid[:, :, None], 0.0)  # [r, slots, n_heads]
-            big_m[b][rows] = norms.amax(1)
+            got = last[f"head_scores.{b}"].float()[:, :, :width]
+            scores[b][:, :, : got.shape[-1]] = got
+            scores[b] = scores[b].masked_fill(~valid[:, None, :], float("-inf"))
+            big_m[b] = last[f"key_norm_max.{b}"].float()
+    else:
+        states = last.states
+        keys = None
+        if states is None or any(state.cache is None for _, state in states):
+            # a remote model keeps no cache: the keys of every position, in a pass of their own
+            keys = capture_many(
+                handle,
+                batch,
+                list(site_names("k", blocks)),
+                None,
+                batch_size=batch_size,
+                with_logits=False,
+            )
+            states = [(torch.arange(n), None)]
+        for rows, state in states:
+            for b in blocks:
+                if keys is None:
+                    cached = state.cache.layers[b].keys  # [r, n_kv_heads, slots, d_head]
+                else:
+                    # [r, n_kv_heads, width, d_head]
+                    cached = keys[site_name("k", b)][rows].transpose(1, 2)
+                slots = min(int(cached.shape[2]), width)
+                s, m = key_scores(
+                    handle,
+                    cached[:, :, :slots],
+                    last[site_name("q", b)][rows],
+                    lengths[rows],
+                    b,
+                )
+                scores[b][rows, :, :slots] = s
+                big_m[b][rows] = m
     return {
         b: HeadReads(
             pattern=last[site_name("attn_pattern", b)].float(),
@@ -568,7 +644,9 @@ def run_hopfield_heads(config: HopfieldHeadsConfig, ctx: ProbeContext) -> dict[s
             if ctx.progress
             else None
         )
-        run = ctx.read(kind, read_idx, head_sites(blocks), keep_states=True, progress=tick)
+        run = ctx.read(
+            kind, read_idx, head_sites(blocks), cache_reads=key_reads(blocks), progress=tick
+        )
         reads = read_heads(handle, batch, blocks, batch_size=ctx.batch_size, run=run)
         metrics = {
             b: head_metrics(reads[b], batch, inputs.label_ids, inputs.gold[read_idx], config)

@@ -68,6 +68,9 @@ class SharedRead:
         local_only: a read the probe makes on a local model only (it takes another path on a
             remote one, e.g. a grad pass instead of resuming kept caches): a remote context
             drops it.
+        cache_reads: :class:`~cgar_interp.capture.CacheRead` s (``"<kind>.<layer>"``)
+            computed from each batch's KV cache in the pass, kept instead of the cache (e.g.
+            the keys' scores a Hopfield-heads read needs); skipped on a remote model.
     """
 
     kind: str
@@ -75,6 +78,7 @@ class SharedRead:
     sites: tuple[str, ...]
     keep_states: bool = False
     local_only: bool = False
+    cache_reads: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kind not in PROMPT_KINDS_SHARED:
@@ -87,7 +91,13 @@ class SharedRead:
 
     @classmethod
     def of(
-        cls, kind: str, rows, sites, keep_states: bool = False, local_only: bool = False
+        cls,
+        kind: str,
+        rows,
+        sites,
+        keep_states: bool = False,
+        local_only: bool = False,
+        cache_reads=(),
     ) -> SharedRead:
         """From a tensor (or list) of rows and any iterable of sites."""
         rows = torch.as_tensor(rows).tolist() if not isinstance(rows, tuple) else rows
@@ -97,4 +107,5 @@ class SharedRead:
             tuple(str(s) for s in sites),
             keep_states,
             local_only,
+            tuple(str(c) for c in cache_reads),
         )
