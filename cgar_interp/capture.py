@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .heap import trim_heap
-from .models import ModelHandle, RunRequest, RunResult
+from .models import DECODE_ROWS, ModelHandle, RunRequest, RunResult
 from .sites import Site, site_names
 from .tokens import TokenBatch
 
@@ -351,8 +351,6 @@ class CaptureJob:
                 captures.update(read.fn(self.handle, state, run.captures, layer))
             if self.keep_states:
                 self.states.append((sub.indices, state))
-            if past is not None:  # a kept cache sits between the pass's freed temporaries,
-                trim_heap()  # and a dropped one leaves its pages to the heap
         for name, value in captures.items():
             if self.every:  # position axis: pad to the full batch width
                 pad = [0, 0] * (value.dim() - 2) + [0, width - value.shape[1]]
@@ -364,6 +362,9 @@ class CaptureJob:
         if self.with_logits:
             self.logits.append(run.logits.cpu())
         self.order.append(sub.indices)
+        # the pass's freed temporaries go back to the OS before the next batch: glibc keeps
+        # them (a kept cache lands between them), and each batch would add its own
+        trim_heap()
         if self.progress:
             self.progress(len(sub.indices))
 
@@ -491,11 +492,24 @@ def resume_variants(
         }
 
     def finish(indices: Tensor, final: dict[int, Tensor]) -> None:
-        # [n_var, b, vocab] per layer; the layers' few rows decoded together
-        decoded = handle.decode_residuals([final.pop(layer) for layer in layers])
-        for layer, logits in zip(layers, decoded, strict=True):
+        # [n_var, b, vocab] per layer; the layers' few rows decoded together, and a layer's
+        # many variants in slices of about DECODE_ROWS rows (scores are per variant and row),
+        # so no more than one slice's full-vocabulary logits exist at a time
+        step = max(1, DECODE_ROWS // max(1, len(indices)))
+        pieces = [
+            (layer, h[start : start + step])
+            for layer in layers
+            for h in (final.pop(layer),)
+            for start in range(0, max(1, h.shape[0]), step)
+        ]
+        scored: dict[int, dict[str, list[Tensor]]] = {layer: {} for layer in layers}
+        decoded = handle.decode_residuals([h for _, h in pieces])
+        for (layer, _), logits in zip(pieces, decoded, strict=True):
             for name, value in score(logits, indices).items():
-                parts[layer].setdefault(name, []).append(value.cpu())
+                scored[layer].setdefault(name, []).append(value.cpu())
+        for layer in layers:
+            for name, values in scored[layer].items():
+                parts[layer].setdefault(name, []).append(torch.cat(values))
         order.append(indices)
         if progress:
             progress(len(indices))

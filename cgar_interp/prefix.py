@@ -30,6 +30,7 @@ from torch import Tensor
 
 from .compat import cache_kwargs
 from .devices import PerDevice, module_device
+from .heap import trim_heap
 from .models import ModelHandle, Patch, RunRequest
 from .sites import site_name
 from .tokens import TokenBatch
@@ -326,6 +327,7 @@ def resume_staggered(
             )
             if isinstance(running, tuple):
                 running = running[0]
+    trim_heap()  # the pass's per-block temporaries (cache concatenations, GQA-expanded keys)
     handle.stats.resume_calls += 1
     handle.stats.resume_rows += b * total
     handle.stats.resume_block_rows += b * sum(

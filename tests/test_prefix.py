@@ -85,6 +85,39 @@ def test_resume_variants_keeps_the_callers_row_order(tiny_handles):
     assert out[1]["top"][0].tolist() == expected.double().tolist()
 
 
+@pytest.mark.parametrize("rows", [1, 14])
+def test_resume_variants_decodes_many_variants_in_slices(tiny_handles, shared_batch, rows):
+    """A layer's variants decoded and scored in slices of about DECODE_ROWS rows (so one
+    slice's full-vocabulary logits exist at a time) give what one decode of them all gives."""
+    import cgar_interp.capture as capture
+
+    handle = tiny_handles["hf"]
+    run = capture_many(handle, shared_batch, ["resid.1", "resid.2"], -1, keep_states=True)
+    shifts = torch.randn(7, 64, generator=torch.Generator().manual_seed(4))
+
+    def go():
+        return resume_variants(
+            handle,
+            shared_batch,
+            [1, 2],
+            lambda layer, h, idx: h[None] + layer * shifts[:, None],
+            lambda logits, idx: {"logits": logits.float(), "top": logits.argmax(-1).double()},
+            states=run.states,
+        )
+
+    whole = go()
+    old = capture.DECODE_ROWS
+    capture.DECODE_ROWS = rows  # one variant a slice, or two
+    try:
+        sliced = go()
+    finally:
+        capture.DECODE_ROWS = old
+    for layer in (1, 2):
+        assert sliced[layer]["logits"].shape == whole[layer]["logits"].shape == (7, 7, 128)
+        torch.testing.assert_close(sliced[layer]["logits"], whole[layer]["logits"])
+        assert torch.equal(sliced[layer]["top"], whole[layer]["top"])
+
+
 def test_capture_many_without_logits(tiny_handles, shared_batch):
     out = capture_many(tiny_handles["hf"], shared_batch, ["resid.1"], -1, with_logits=False)
     assert out.logits is None and tuple(out["resid.1"].shape) == (7, 64)
