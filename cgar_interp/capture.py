@@ -257,7 +257,8 @@ class CaptureJob:
             )
         # a remote model keeps no cache: its reader takes another path (the outputs are absent)
         self.cache_reads = [] if handle.remote else list(cache_reads)
-        cache_read_outputs(self.cache_reads)  # an unknown name fails here, before any pass
+        # parsed once (an unknown name fails here, before any pass)
+        self._cache_reads = [parse_cache_read(name) for name in self.cache_reads]
         if self.cache_reads and positions != -1:
             raise ValueError(
                 f"cache_reads need positions=-1 (each row's last token); got {positions}"
@@ -346,8 +347,7 @@ class CaptureJob:
             }
             lengths = sub.batch.lengths + (self.prefix_len if self.use_prefix else 0)
             state = LastTokenState(past, resid, lengths)
-            for name in self.cache_reads:
-                read, layer = parse_cache_read(name)
+            for read, layer in self._cache_reads:
                 captures.update(read.fn(self.handle, state, run.captures, layer))
             if self.keep_states:
                 self.states.append((sub.indices, state))

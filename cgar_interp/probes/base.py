@@ -282,14 +282,12 @@ class ProbeContext:
             )
             for sig, rows in groups.items():
                 sites = list(resid_sites) if "base" in sig else []
+                cache_reads: list[str] = []
                 for i in sig:
                     if i != "base":
                         sites += [s for s in reads[i].sites if s not in sites]
-                keep = any(reads[i].keep_states for i in sig if i != "base")
-                cache_reads = []
-                for i in sig:
-                    if i != "base":
                         cache_reads += [c for c in reads[i].cache_reads if c not in cache_reads]
+                keep = any(reads[i].keep_states for i in sig if i != "base")
                 rows_t = torch.tensor(rows)
                 job = CaptureJob(
                     self.handle,
