@@ -187,3 +187,32 @@ def test_limits_bare_forwards_unembed_the_last_position_only(tiny_handles):
         assert kwargs["logits_to_keep"] == 1 and shape[1] == 1
         assert shape[2] == tiny_handles["hf"].arch.vocab_size
     assert all(kwargs.get("output_attentions") for kwargs, _ in model.calls[6:])
+
+
+def test_heap_transient_consolidates_kept_caches_without_changing_them(tiny_handles):
+    """The ``consolidated`` policy of benchmarks/heap_transient.py moves every kept key and
+    value of a batch into one block and leaves their values as they were."""
+    from cgar_interp.capture import capture_many
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import heap_transient
+    finally:
+        sys.path.remove(str(BENCH))
+    inputs = synthetic_inputs(n=6, controls=False)
+    run = capture_many(tiny_handles["hf"], inputs.icl, [], -1, batch_size=4, keep_states=True)
+    before = [
+        [(layer.keys.clone(), layer.values.clone()) for layer in state.cache.layers]
+        for _, state in run.states
+    ]
+    heap_transient.consolidate(run)
+    assert len(run.states) == 2
+    for (_, state), kept in zip(run.states, before, strict=True):
+        storages = {
+            t.untyped_storage().data_ptr()
+            for layer in state.cache.layers
+            for t in (layer.keys, layer.values)
+        }
+        assert len(storages) == 1
+        for layer, (keys, values) in zip(state.cache.layers, kept, strict=True):
+            assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
