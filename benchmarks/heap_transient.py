@@ -17,7 +17,10 @@ Policies, side by side in one run:
   the heap the later passes allocate from);
 - ``mmap16``: ``M_MMAP_THRESHOLD`` fixed at 16 MiB at process start, so every attention and
   MLP temporary of a wide pass is its own mapping, returned when freed (at the cost of page
-  faults on every such allocation).
+  faults on every such allocation);
+- ``mmap128k``: the same at 128 KiB, glibc's starting value, held fixed: every tensor but the
+  smallest is its own mapping, so the transient is close to the bytes of the tensors the
+  pass holds at once (the pass's own need, without the heap's slack; slow).
 
 Reading it: the first wide pass runs on a fresh heap; the later ones show what a long-lived
 process pays. The suite's peak is the kept tensors plus the transient of its widest pass, so
@@ -36,7 +39,8 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-POLICIES = ("plain", "consolidated", "mmap16")
+POLICIES = ("plain", "consolidated", "mmap16", "mmap128k")
+MMAP_THRESHOLD = {"mmap16": 16 << 20, "mmap128k": 128 << 10}  # fixed at process start
 # (width, rows, keep the KV cache): the order of the paper suite's agnews-mini shared pass
 SEQUENCE = (
     [(47, 16, True), (40, 16, True), (49, 8, True), (39, 16, True), (51, 8, True)]
@@ -84,8 +88,9 @@ def child(policy: str, sequence) -> list[dict]:
     import time
 
     # M_MMAP_THRESHOLD (-3), before the first large allocation
-    if policy == "mmap16" and ctypes.CDLL("libc.so.6").mallopt(-3, 16 << 20) != 1:
-        raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed")
+    threshold = MMAP_THRESHOLD.get(policy)
+    if threshold and ctypes.CDLL("libc.so.6").mallopt(-3, threshold) != 1:
+        raise RuntimeError(f"mallopt(M_MMAP_THRESHOLD, {threshold}) failed")
     import torch
 
     from cgar_interp import load_model
