@@ -6,8 +6,8 @@ TransformerLens backend (the paper suite's). Each policy runs in its own fresh c
 capture passes the paper suite's agnews-mini shared pass makes (batches of 16 or 8 prompts,
 widths 39-51 and 187-209 tokens, the KV caches of some kept until the end, every site
 ``resid.*`` read, the heap trimmed after each batch as the engine does). For each batch it
-records the *transient*: the peak resident memory during the pass (sampled every 2 ms) less
-the resident memory before it.
+records the *transient*: the peak resident memory during the pass (the kernel's high-water
+mark, reset before each pass) less the resident memory before it.
 
 Policies, side by side in one run:
 
@@ -84,7 +84,6 @@ def child(policy: str, sequence) -> list[dict]:
     transient, seconds and resident memory before and after."""
     import ctypes
     import gc
-    import threading
     import time
 
     # M_MMAP_THRESHOLD (-3), before the first large allocation
@@ -96,16 +95,9 @@ def child(policy: str, sequence) -> list[dict]:
     from cgar_interp import load_model
     from cgar_interp.capture import capture_many
     from cgar_interp.heap import trim_heap
+    from cgar_interp.runner import peak_rss_mib
     from cgar_interp.tokens import TokenBatch
 
-    high = [0.0]
-
-    def sample():
-        while True:
-            high[0] = max(high[0], rss_mib())
-            time.sleep(0.002)
-
-    threading.Thread(target=sample, daemon=True).start()
     handle = load_model("embedded", backend="transformer_lens")
     sites = [f"resid.{layer}" for layer in range(handle.n_layers + 1)]
     gen = torch.Generator().manual_seed(0)
@@ -115,13 +107,14 @@ def child(policy: str, sequence) -> list[dict]:
         batch = TokenBatch.from_sequences(ids.tolist())
         gc.collect()
         trim_heap()
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # the kernel's high-water mark (VmHWM) restarts from now
         before = rss_mib()
-        high[0] = before
         start = time.perf_counter()
         with torch.no_grad():
             run = capture_many(handle, batch, sites, -1, batch_size=16, keep_states=keep)
         seconds = time.perf_counter() - start
-        peak = high[0]
+        peak = peak_rss_mib()
         if keep and policy == "consolidated":
             consolidate(run)
         if keep:

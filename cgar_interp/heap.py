@@ -2,11 +2,14 @@
 
 glibc's ``malloc`` keeps freed memory for reuse. Once a large block has been freed, its
 dynamic mmap threshold rises (to 32 MiB on 64-bit), so a forward pass's temporaries come from
-the heap too; the KV caches a capture pass keeps land between them, and the freed temporaries
-stay resident as holes the later, differently sized ones do not fill. On the paper suite's
-shared pass (agnews-mini, 1.15 GB of kept tensors) that was 1.3 GB of resident memory nobody
-used. ``malloc_trim`` returns every free page, holes included (glibc >= 2.8). Elsewhere (macOS,
-musl, Windows) this is a no-op.
+the heap too, and freed temporaries stay resident as holes the later, differently sized ones
+do not fill. On the paper suite's shared pass (agnews-mini, 1.15 GB of kept tensors) that was
+1.3 GB of resident memory nobody used between passes. ``malloc_trim`` returns every free page,
+holes included (glibc >= 2.8). Elsewhere (macOS, musl, Windows) this is a no-op.
+
+Trimming between passes does not touch the slack *during* a pass: a wide pass holds ~250 MB
+of tensors at once and glibc makes ~450-800 MB of it resident, whether or not kept caches sit
+in the heap (``benchmarks/heap_transient.py``).
 """
 
 from __future__ import annotations

@@ -194,11 +194,7 @@ def test_heap_transient_consolidates_kept_caches_without_changing_them(tiny_hand
     value of a batch into one block and leaves their values as they were."""
     from cgar_interp.capture import capture_many
 
-    sys.path.insert(0, str(BENCH))
-    try:
-        import heap_transient
-    finally:
-        sys.path.remove(str(BENCH))
+    heap_transient = bench_module("heap_transient")
     inputs = synthetic_inputs(n=6, controls=False)
     run = capture_many(tiny_handles["hf"], inputs.icl, [], -1, batch_size=4, keep_states=True)
     before = [
