@@ -20,7 +20,11 @@ Policies, side by side in one run:
   faults on every such allocation);
 - ``mmap128k``: the same at 128 KiB, glibc's starting value, held fixed: every tensor but the
   smallest is its own mapping, so the transient is close to the bytes of the tensors the
-  pass holds at once (the pass's own need, without the heap's slack; slow).
+  pass holds at once (the pass's own need, without the heap's slack; slow);
+- ``tcmalloc``, ``jemalloc``: another allocator in front of glibc's (``LD_PRELOAD``; skipped
+  where the library is not installed). Their transients are not comparable with glibc's one
+  for one: they keep freed memory for reuse between the engine's trims, so read the last
+  column, the child's peak resident memory over the whole sequence.
 
 Reading it: the first wide pass runs on a fresh heap; the later ones show what a long-lived
 process pays. The suite's peak is the kept tensors plus the transient of its widest pass, so
@@ -39,7 +43,8 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-POLICIES = ("plain", "consolidated", "mmap16", "mmap128k")
+POLICIES = ("plain", "consolidated", "mmap16", "mmap128k", "jemalloc", "tcmalloc")
+PRELOAD = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
 MMAP_THRESHOLD = {"mmap16": 16 << 20, "mmap128k": 128 << 10}  # fixed at process start
 # (width, rows, keep the KV cache): the order of the paper suite's agnews-mini shared pass
 SEQUENCE = (
@@ -137,10 +142,14 @@ def child(policy: str, sequence) -> list[dict]:
 
 
 def run_policy(policy: str, sequence) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    if policy in PRELOAD:
+        env["LD_PRELOAD"] = PRELOAD[policy]
     done = subprocess.run(
         [sys.executable, __file__, "--child", policy, "--sequence", json.dumps(sequence)],
         capture_output=True,
         text=True,
+        env=env,
     )
     if done.returncode:
         raise RuntimeError(f"{policy} child failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -148,12 +157,27 @@ def run_policy(policy: str, sequence) -> list[dict]:
     return json.loads(line.split(" ", 1)[1])
 
 
+def preloadable(policy: str) -> bool:
+    """Whether a child preloading ``policy``'s library runs on that allocator."""
+    if policy not in PRELOAD:
+        return True
+    code = "from cgar_interp.heap import allocator; print(allocator())"
+    env = {**os.environ, "LD_PRELOAD": PRELOAD[policy]}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return done.returncode == 0 and done.stdout.strip() == policy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a shorter sequence (a smoke run)")
     parser.add_argument("--child", choices=POLICIES, help=argparse.SUPPRESS)
     parser.add_argument("--sequence", help=argparse.SUPPRESS)
+    parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated")
     args = parser.parse_args()
+    policies = args.policies.split(",")
+    for policy in policies:
+        if policy not in POLICIES:
+            parser.error(f"unknown policy {policy!r}; valid: {', '.join(POLICIES)}")
     if args.child:
         print("RESULT " + json.dumps(child(args.child, json.loads(args.sequence))), flush=True)
         return
@@ -164,11 +188,14 @@ def main() -> None:
         "each policy in a fresh child\n",
         flush=True,
     )
-    results = {policy: run_policy(policy, sequence) for policy in POLICIES}
+    for policy in [p for p in policies if not preloadable(p)]:
+        print(f"{policy}: {PRELOAD[policy]} is not installed here; skipped")
+        policies.remove(policy)
+    results = {policy: run_policy(policy, sequence) for policy in policies}
     base = None
     print(
         f"{'policy':<14}{'first wide pass':>16}{'later wide (median)':>21}{'(max)':>8}"
-        f"{'s per wide pass':>17}{'time vs plain':>15}{'resident at end':>17}"
+        f"{'s per wide pass':>17}{'time vs plain':>15}{'resident at end':>17}{'peak':>10}"
     )
     for policy, rows in results.items():
         wide = [r for r in rows if r["width"] > WIDE]
@@ -178,7 +205,8 @@ def main() -> None:
         print(
             f"{policy:<14}{wide[0]['transient']:>12.0f} MiB{statistics.median(later):>17.0f} MiB"
             f"{max(later):>8.0f}{seconds:>17.2f}{seconds / base:>14.2f}x"
-            f"{rows[-1]['after']:>13.0f} MiB",
+            f"{rows[-1]['after']:>13.0f} MiB"
+            f"{max(r['before'] + r['transient'] for r in rows):>6.0f} MiB",
             flush=True,
         )
 

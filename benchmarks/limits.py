@@ -29,6 +29,11 @@ Rows (issue 19's targets):
 Every bare forward (:func:`bare_forwards`) unembeds the last position only
 (``logits_to_keep=1``): no probe reads the logits of any other position, so that is the
 cheapest forward that yields what the probes read.
+
+The script first restarts itself under the allocator the ``cgar`` command would run on
+(:func:`cgar_interp.heap.reexec_under_allocator`: tcmalloc where it is installed, or what
+``CGAR_ALLOCATOR`` says), so every row, its floor and every child run on the same one, which
+the header names.
 """
 
 from __future__ import annotations
@@ -111,6 +116,9 @@ def bare_forwards(handle, batches, bs: int, **outputs) -> None:
 def main() -> None:
     from sweep import inputs_for, run_gate
 
+    from cgar_interp.heap import allocator, reexec_under_allocator
+
+    reexec_under_allocator(sys.orig_argv[1:])  # the cgar command's malloc; children inherit it
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--repeat", type=int, default=5)
@@ -124,8 +132,8 @@ def main() -> None:
     inputs = inputs_for(nn, "agnews-mini", n_fit, n_eval, pinned=True)
     print(
         f"model {nn.name} (sha256 {nn.model_hash[:12]}), nnsight, float32, cpu, torch "
-        f"{torch.__version__} with {torch.get_num_threads()} threads; agnews-mini, {n_fit} fit + "
-        f"{n_eval} eval queries, batch {bs}, median of {repeat}\n",
+        f"{torch.__version__} with {torch.get_num_threads()} threads, malloc {allocator()}; "
+        f"agnews-mini, {n_fit} fit + {n_eval} eval queries, batch {bs}, median of {repeat}\n",
         flush=True,
     )
 

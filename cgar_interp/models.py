@@ -360,6 +360,7 @@ class ModelHandle:
     def provenance(self) -> dict[str, Any]:
         """Everything a manifest records about the model and how it is run."""
         from .environment import lock_info  # here: `python -m cgar_interp.environment` runs clean
+        from .heap import allocator
 
         return {
             "model": self.name,
@@ -373,6 +374,8 @@ class ModelHandle:
             "bos_token_id": self.bos_token_id,
             "architecture": asdict(self.arch),
             "versions": _versions(),
+            # glibc's malloc or one preloaded in front of it: time and memory, never values
+            "allocator": allocator(),
             # the lock's hash and whether the installed packages are the locked ones
             "environment": lock_info(),
         }

@@ -58,6 +58,7 @@ def test_run_directory_layout_and_provenance(reference_run):
         "backend",
         "prepend_bos",
         "versions",
+        "allocator",
         "seed",
         "suite",
         "started",
@@ -65,6 +66,9 @@ def test_run_directory_layout_and_provenance(reference_run):
     ):
         assert key in manifest, key
     assert manifest["status"] == "finished"
+    from cgar_interp.heap import allocator
+
+    assert manifest["allocator"] == allocator()  # this process's malloc
     assert manifest["tasks"]["sst2-mini"]["prompts"]["task"]["name"] == "sst2-mini"
     # two forward passes per query (zero-shot, ICL) and one per fit query for each label
     # control (flipped, random labels); patch mode and task vectors resume the zero-shot pass's
