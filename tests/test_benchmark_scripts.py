@@ -212,3 +212,23 @@ def test_heap_transient_consolidates_kept_caches_without_changing_them(tiny_hand
         assert len(storages) == 1
         for layer, (keys, values) in zip(state.cache.layers, kept, strict=True):
             assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+
+
+def test_allocator_benchmark_finds_a_table_that_differs(tmp_path):
+    """benchmarks/allocator.py's check that an allocator changed no value: identical tables
+    pass, one changed value, a missing table and an extra one are each named."""
+    import pandas as pd
+
+    allocator = bench_module("allocator")
+    first, same, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    frame = pd.DataFrame({"metric": ["m", "n"], "value": [0.25, 1 / 3]})
+    for run in (first, same, other):
+        (run / "tables").mkdir(parents=True)
+    for run in (first, same):
+        frame.to_parquet(run / "tables" / "x.parquet")
+        frame.to_parquet(run / "tables" / "y.parquet")
+    assert allocator.compare_tables(first, same) == []
+    changed = frame.assign(value=[0.25, 1 / 3 + 1e-12])
+    changed.to_parquet(other / "tables" / "x.parquet")
+    frame.to_parquet(other / "tables" / "z.parquet")
+    assert allocator.compare_tables(first, other) == ["x.parquet", "y.parquet", "z.parquet"]
