@@ -14,8 +14,8 @@ For each allocator, in its own fresh child processes and in turn:
   may change time and memory, never a value.
 
 What it shows: which allocator to run the toolkit with (``cgar_interp.heap.allocator`` names
-the one a run used, in its manifest), and that the memory row's ratio does not move with it
-(the floor sheds the allocator's slack as the suite does).
+the one a run used, in its manifest), and the memory row's ratio on each (the floor child's
+peak moves with the allocator as the suite's does).
 """
 
 from __future__ import annotations
@@ -32,12 +32,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# allocator -> the shared library LD_PRELOAD puts in front of glibc's malloc (None: glibc's own)
-ALLOCATORS = {
-    "glibc": None,
-    "tcmalloc": "libtcmalloc_minimal.so.4",
-    "jemalloc": "libjemalloc.so.2",
-}
+# glibc's own malloc, then those LD_PRELOAD puts in front of it (cgar_interp.heap.find_library)
+ALLOCATORS = ("glibc", "tcmalloc", "jemalloc")
 FLOOR_RUNS = 3
 
 SUITE = """
@@ -65,10 +61,11 @@ def child(code: str, name: str) -> tuple[float, float]:
     """Wall seconds and peak resident MiB of ``python -c code`` in a fresh process under
     allocator ``name``; refuses a child that did not run on it (a library the loader could not
     preload is only a warning to ``ld.so``)."""
-    env = dict(os.environ)
-    env.pop("LD_PRELOAD", None)
-    if ALLOCATORS[name]:
-        env["LD_PRELOAD"] = ALLOCATORS[name]
+    from cgar_interp.heap import find_library
+
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    if name != "glibc":
+        env["LD_PRELOAD"] = find_library(name) or name
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", code + REPORT], capture_output=True, text=True, env=env
@@ -78,19 +75,18 @@ def child(code: str, name: str) -> tuple[float, float]:
         raise RuntimeError(f"{name} child failed ({done.returncode}):\n{done.stderr[-3000:]}")
     _, used, peak = [x for x in done.stdout.splitlines() if x.startswith("CHILD ")][-1].split()
     if used != name:
-        raise RuntimeError(f"the {name} child ran on {used}: is {ALLOCATORS[name]} installed?")
+        raise RuntimeError(f"the {name} child ran on {used}: is {name} installed?")
     return seconds, float(peak)
 
 
 def available(name: str) -> bool:
-    """Whether a child preloading ``name`` runs on it."""
-    if ALLOCATORS[name] is None:
-        return sys.platform.startswith("linux")
-    try:
-        child("", name)
-    except RuntimeError:
+    """Whether this machine has allocator ``name`` (:func:`child` still checks each child ran
+    on it)."""
+    from cgar_interp.heap import find_library
+
+    if not sys.platform.startswith("linux"):
         return False
-    return True
+    return name == "glibc" or find_library(name) is not None
 
 
 def compare_tables(first: Path, other: Path) -> list[str]:
@@ -132,7 +128,7 @@ def main() -> None:
             raise SystemExit(f"unknown allocator {name!r}; valid: {', '.join(ALLOCATORS)}")
     missing = [n for n in names if not available(n)]
     for name in missing:
-        print(f"{name}: not installed here ({ALLOCATORS[name]}); skipped")
+        print(f"{name}: not installed here; skipped")
     names = [n for n in names if n not in missing]
     if not names:
         raise SystemExit("no allocator to compare")
@@ -147,11 +143,12 @@ def main() -> None:
         for name in names:
             out = Path(tmp) / name
             seconds, peak = child(SUITE.format(overrides=overrides, out=str(out)), name)
-            floors = [child(FLOOR.format(width=widest(out)), name)[1] for _ in range(FLOOR_RUNS)]
+            floor_code = FLOOR.format(width=widest(out))
+            floors = [child(floor_code, name)[1] for _ in range(FLOOR_RUNS)]
             manifest = json.loads((out / "manifest.json").read_text())
             recorded = manifest.get("allocator", "?")
             differ = compare_tables(Path(tmp) / names[0], out)
-            rows.append((name, seconds, peak, floors, recorded, differ))
+            rows.append((name, seconds, peak, floors, differ))
             print(
                 f"{name}: suite {seconds:.1f} s, peak {peak:.0f} MiB; floor children "
                 f"{', '.join(f'{f:.0f}' for f in floors)} MiB; manifest says {recorded}",
@@ -162,7 +159,7 @@ def main() -> None:
         f"\n{'allocator':<11}{'suite time':>12}{'vs ' + names[0]:>10}{'peak':>10}"
         f"{'vs ' + names[0]:>10}{'floor':>9}{'peak/floor':>12}  tables vs {names[0]}"
     )
-    for name, seconds, peak, floors, _, differ in rows:
+    for name, seconds, peak, floors, differ in rows:
         floor = statistics.median(floors)
         same = "identical" if not differ else f"DIFFER: {', '.join(differ)}"
         print(

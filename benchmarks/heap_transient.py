@@ -44,7 +44,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 POLICIES = ("plain", "consolidated", "mmap16", "mmap128k", "jemalloc", "tcmalloc")
-PRELOAD = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
+PRELOADED = ("jemalloc", "tcmalloc")  # cgar_interp.heap.find_library names their libraries
 MMAP_THRESHOLD = {"mmap16": 16 << 20, "mmap128k": 128 << 10}  # fixed at process start
 # (width, rows, keep the KV cache): the order of the paper suite's agnews-mini shared pass
 SEQUENCE = (
@@ -98,6 +98,10 @@ def child(policy: str, sequence) -> list[dict]:
     import torch
 
     from cgar_interp import load_model
+    from cgar_interp.heap import allocator
+
+    if policy in PRELOADED and allocator() != policy:
+        raise RuntimeError(f"the {policy} child runs on {allocator()}: is {policy} installed?")
     from cgar_interp.capture import capture_many
     from cgar_interp.heap import trim_heap
     from cgar_interp.runner import peak_rss_mib
@@ -142,9 +146,11 @@ def child(policy: str, sequence) -> list[dict]:
 
 
 def run_policy(policy: str, sequence) -> list[dict]:
+    from cgar_interp.heap import find_library
+
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    if policy in PRELOAD:
-        env["LD_PRELOAD"] = PRELOAD[policy]
+    if policy in PRELOADED:
+        env["LD_PRELOAD"] = find_library(policy) or policy
     done = subprocess.run(
         [sys.executable, __file__, "--child", policy, "--sequence", json.dumps(sequence)],
         capture_output=True,
@@ -155,16 +161,6 @@ def run_policy(policy: str, sequence) -> list[dict]:
         raise RuntimeError(f"{policy} child failed ({done.returncode}):\n{done.stderr[-3000:]}")
     line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
     return json.loads(line.split(" ", 1)[1])
-
-
-def preloadable(policy: str) -> bool:
-    """Whether a child preloading ``policy``'s library runs on that allocator."""
-    if policy not in PRELOAD:
-        return True
-    code = "from cgar_interp.heap import allocator; print(allocator())"
-    env = {**os.environ, "LD_PRELOAD": PRELOAD[policy]}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    return done.returncode == 0 and done.stdout.strip() == policy
 
 
 def main() -> None:
@@ -188,9 +184,12 @@ def main() -> None:
         "each policy in a fresh child\n",
         flush=True,
     )
-    for policy in [p for p in policies if not preloadable(p)]:
-        print(f"{policy}: {PRELOAD[policy]} is not installed here; skipped")
-        policies.remove(policy)
+    from cgar_interp.heap import find_library
+
+    missing = [p for p in policies if p in PRELOADED and find_library(p) is None]
+    for policy in missing:
+        print(f"{policy}: not installed here; skipped")
+    policies = [p for p in policies if p not in missing]
     results = {policy: run_policy(policy, sequence) for policy in policies}
     base = None
     print(
